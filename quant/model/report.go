@@ -1,0 +1,77 @@
+package model
+
+import "sort"
+
+// Method keys of a check report's rel_error map, in the order tables and
+// plots show them. Svdquant is the checkpoint's own layer (whatever its
+// form, W4A4 or W4A16); the others are baselines recomputed from the
+// reference weights on the same calibration rows (quant.Baselines).
+const (
+	MethodSVDQuant      = "svdquant"
+	MethodSVDQuantPlain = "svdquant_plain"
+	MethodNaive         = "naive_w4a4"
+	MethodSmoothQuant   = "smoothquant_w4a4"
+	MethodLowRank       = "lowrank_w4a4"
+	MethodW4A16         = "w4a16"
+)
+
+// Methods lists every method key in display order.
+var Methods = []string{MethodSVDQuant, MethodSVDQuantPlain, MethodNaive, MethodSmoothQuant, MethodLowRank, MethodW4A16}
+
+// CheckLayer is one layer of a check report: the relative output error
+// ‖Y_q − Y‖_F / ‖Y‖_F of each method on the layer's calibration rows.
+// Precision is "int4", "nvfp4" or "w4a16" (a weight-only adaLN layer, whose
+// rel_error holds only svdquant, its own error, and the w4a16 baseline).
+type CheckLayer struct {
+	Name      string             `json:"name"`
+	Precision string             `json:"precision"`
+	RelError  map[string]float64 `json:"rel_error"`
+}
+
+// Worst names the layer with the largest svdquant error.
+type Worst struct {
+	Name     string  `json:"name"`
+	RelError float64 `json:"rel_error"`
+}
+
+// CheckReport is the result of Check; its JSON form is what `svdq check
+// --json` prints.
+type CheckReport struct {
+	Layers []CheckLayer `json:"layers"`
+	Worst  Worst        `json:"worst"`
+	Passed bool         `json:"passed"`
+}
+
+// MeanErrors returns, per method key, the mean error over the layers that
+// report it (W4A16 layers report only two keys), and the number of layers
+// each mean covers.
+func (r *CheckReport) MeanErrors() (mean map[string]float64, count map[string]int) {
+	mean, count = map[string]float64{}, map[string]int{}
+	for _, l := range r.Layers {
+		for k, v := range l.RelError {
+			mean[k] += v
+			count[k]++
+		}
+	}
+	for k := range mean {
+		mean[k] /= float64(count[k])
+	}
+	return mean, count
+}
+
+// finish fills Worst and Passed (every layer's svdquant error ≤ maxErr; a
+// maxErr ≤ 0 means no threshold) and sorts layers by name.
+func (r *CheckReport) finish(maxErr float64) {
+	sort.Slice(r.Layers, func(i, j int) bool { return r.Layers[i].Name < r.Layers[j].Name })
+	r.Worst = Worst{}
+	r.Passed = true
+	for _, l := range r.Layers {
+		e := l.RelError[MethodSVDQuant]
+		if r.Worst.Name == "" || e > r.Worst.RelError || e != e {
+			r.Worst = Worst{Name: l.Name, RelError: e}
+		}
+		if maxErr > 0 && !(e <= maxErr) {
+			r.Passed = false
+		}
+	}
+}
