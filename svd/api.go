@@ -22,27 +22,12 @@ type Truncated struct {
 
 // RandOptions tunes Randomized. Zero values select the defaults.
 type RandOptions struct {
-	Oversample int    // extra basis vectors beyond R (default 8)
-	PowerIters int    // subspace (power) iterations (default 2)
+	Oversample int    // extra basis vectors beyond R (0: default 16)
+	PowerIters int    // subspace (power) iterations (0: default 3; negative: none)
 	Seed       uint64 // seed of the Gaussian test matrix
-	// Warm, when non-nil, is an [N, R+Oversample] row-major basis used as the
-	// start of the subspace iteration instead of a Gaussian test matrix (the
-	// previous smoothing candidate's right basis is an excellent start).
+	// Warm, when non-nil, is an [N, L] row-major basis, L = min(R+Oversample,
+	// M, N), used as the start of the subspace iteration instead of a
+	// Gaussian test matrix (the previous smoothing candidate's right basis,
+	// as returned by Randomized, is an excellent start).
 	Warm []float32
-}
-
-// Randomized returns a rank-r truncated SVD of the [m, n] row-major matrix a
-// (a is not modified). With the default options the residual energy
-// ‖A − U·S·Vt‖_F² is within 1% of the optimal Σ_{i>r} σ_i² on the matrices
-// SVDQuant meets. The returned Truncated also carries, in Basis, the
-// [n, r+oversample] right basis to warm-start the next call.
-func Randomized(a []float32, m, n, r int, opt RandOptions) (t *Truncated, basis []float32) {
-	panic("svd: Randomized not implemented yet")
-}
-
-// Exact returns the full thin SVD of the [m, n] matrix a through gonum's
-// mat.SVD in float64, truncated to rank r (r ≤ min(m, n)). It is slow (pure
-// Go QR iteration) and exists to verify Randomized.
-func Exact(a []float32, m, n, r int) *Truncated {
-	panic("svd: Exact not implemented yet")
 }

@@ -5,7 +5,11 @@ package svd
 // against. op(A) is [m, k] (A stored [m, k] with row stride lda, or [k, m]
 // when transA); op(B) is [k, n] (B stored [k, n] with stride ldb, or [n, k]
 // when transB); C is [m, n] with stride ldc. When beta is 0, C is not read.
+// Strides must be at least the stored row length (and at least 1); slices
+// may be longer than needed. Panics with an "svd:" prefix on inconsistent
+// sizes.
 func GemmRef(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	checkGemm(transA, transB, m, n, k, a, lda, b, ldb, c, ldc)
 	for i := 0; i < m; i++ {
 		for j := 0; j < n; j++ {
 			var s float64
