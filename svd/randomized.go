@@ -84,7 +84,7 @@ func Randomized(a []float32, m, n, r int, opt RandOptions) (t *Truncated, basis 
 		qr.orthonormalize(y, m)
 	}
 	Gemm(true, false, n, l, m, 1, a, n, y, l, 0, z, l) // Z = Aᵀ·Q = B ᵀ
-	rt := qr.orthonormalizeR(z, n)                      // Z ← orthonormal factor, rt = Rᵀ [l, l]
+	rt := qr.orthonormalizeR(z, n)                     // Z ← orthonormal factor, rt = Rᵀ [l, l]
 
 	var f mat.SVD
 	if !f.Factorize(mat.NewDense(l, l, rt), mat.SVDFull) {
