@@ -1,0 +1,125 @@
+package quant
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/svdq/svdq/svd"
+)
+
+// W4A16 weight-only quantization (adaLN modulation layers).
+//
+//	format  codes  group  scale, zero          bits per weight
+//	w4a16   0..15  64     16-bit each          4 + 32/64 = 4.5
+//
+// nunchaku's GEMV dequantizes w = q·wscales + wzeros. The reference
+// converter (deepcompressor backend/nunchaku/utils.py,
+// convert_to_nunchaku_w4x16_linear_weight) uses a symmetric scale with
+// zero = −7·scale, which leaves code 15 unused and spends its grid on both
+// signs even when a group is one-sided. We use the asymmetric min/max form,
+// which the format allows and whose grid step, (max − min)/15, is always
+// finer than the symmetric absmax/7, so its worst-case error is smaller:
+// scale = (max − min)/15 and zero = min, both rounded to the model's 16-bit
+// type, and codes q = clamp(RoundToEven((w − zero)/scale), 0, 15)
+// computed with the rounded values, so every weight gets the nearest point of
+// the stored grid. A constant group gets scale 0, zero = its value rounded,
+// codes 0.
+
+// QuantizeWeightOnly returns the W4A16 form of W [n, k] with optional bias [n]
+// (nil: zeros), every stored value rounded to dt. The result's slices are
+// newly allocated; w and bias are not modified. It panics when a slice is
+// too short or w or bias holds NaN or ±Inf.
+func QuantizeWeightOnly(w []float32, n, k int, bias []float32, dt Float16) *WeightOnly {
+	const fn = "QuantizeWeightOnly"
+	if n <= 0 || k <= 0 || len(w) < n*k {
+		panic(fmt.Sprintf("quant: %s: weight has %d values for n=%d k=%d", fn, len(w), n, k))
+	}
+	if bias != nil && len(bias) < n {
+		panic(fmt.Sprintf("quant: %s: bias has %d values, want %d", fn, len(bias), n))
+	}
+	g := (k + Int4Group - 1) / Int4Group
+	wo := &WeightOnly{
+		N: n, K: k, DType: dt,
+		Codes:  make([]uint8, n*k),
+		Scales: make([]float32, n*g),
+		Zeros:  make([]float32, n*g),
+		Bias:   make([]float32, n),
+	}
+	for r := 0; r < n; r++ {
+		row := w[r*k : (r+1)*k]
+		for j := 0; j < g; j++ {
+			b, e := j*Int4Group, min((j+1)*Int4Group, k)
+			lo, hi := float32(math.Inf(1)), float32(math.Inf(-1))
+			for i, x := range row[b:e] {
+				if x-x != 0 {
+					panic(fmt.Sprintf("quant: %s: non-finite weight %v at row %d, column %d", fn, x, r, b+i))
+				}
+				lo, hi = min(lo, x), max(hi, x)
+			}
+			s := dt.Round((hi - lo) / 15)
+			z := dt.Round(lo)
+			wo.Scales[r*g+j], wo.Zeros[r*g+j] = s, z
+			if s == 0 || math.IsInf(float64(s), 0) {
+				continue // codes stay 0: w = zero
+			}
+			out := wo.Codes[r*k+b : r*k+e]
+			for i, x := range row[b:e] {
+				q := math.RoundToEven(float64((x - z) / s))
+				out[i] = uint8(max(0, min(15, q)))
+			}
+		}
+	}
+	if bias != nil {
+		for i := range wo.Bias {
+			if x := bias[i]; x-x != 0 {
+				panic(fmt.Sprintf("quant: %s: non-finite bias %v at %d", fn, x, i))
+			}
+			wo.Bias[i] = dt.Round(bias[i])
+		}
+	}
+	return wo
+}
+
+// Dequantize returns the [N, K] float32 weight q·scale + zero (a new slice).
+func (w *WeightOnly) Dequantize() []float32 {
+	w.check("Dequantize")
+	g := (w.K + Int4Group - 1) / Int4Group
+	out := make([]float32, w.N*w.K)
+	for r := 0; r < w.N; r++ {
+		for i := 0; i < w.K; i++ {
+			j := r*g + i/Int4Group
+			out[r*w.K+i] = float32(w.Codes[r*w.K+i])*w.Scales[j] + w.Zeros[j]
+		}
+	}
+	return out
+}
+
+// Forward computes y = x·Wᵀ + b for the [m, K] input x into the [m, N]
+// output y with the dequantized weight, in float32 (svd.Gemm). Activations
+// are not quantized. It panics when x or y is too short for m.
+func (w *WeightOnly) Forward(y, x []float32, m int) {
+	w.check("Forward")
+	if m < 0 || len(x) < m*w.K || len(y) < m*w.N {
+		panic(fmt.Sprintf("quant: WeightOnly.Forward: x has %d values, y %d, for m=%d K=%d N=%d", len(x), len(y), m, w.K, w.N))
+	}
+	if m == 0 {
+		return
+	}
+	wd := w.Dequantize()
+	svd.Gemm(false, true, m, w.N, w.K, 1, x, w.K, wd, w.K, 0, y, w.N)
+	for i := 0; i < m; i++ {
+		row := y[i*w.N : (i+1)*w.N]
+		for n, b := range w.Bias {
+			row[n] += b
+		}
+	}
+}
+
+func (w *WeightOnly) check(fn string) {
+	g := (w.K + Int4Group - 1) / Int4Group
+	if w.N <= 0 || w.K <= 0 || len(w.Codes) != w.N*w.K || len(w.Scales) != w.N*g ||
+		len(w.Zeros) != w.N*g || len(w.Bias) != w.N {
+		panic(fmt.Sprintf("quant: WeightOnly.%s: inconsistent layer N=%d K=%d: codes %d, scales %d, zeros %d, bias %d",
+			fn, w.N, w.K, len(w.Codes), len(w.Scales), len(w.Zeros), len(w.Bias)))
+	}
+}
