@@ -273,7 +273,9 @@ func (p *planner) aliasKept(out, name, file string) {
 }
 
 // alias adds a Resolve target for module.
-func (p *planner) alias(module string, t Target) { p.plan.modules[module] = append(p.plan.modules[module], t) }
+func (p *planner) alias(module string, t Target) {
+	p.plan.modules[module] = append(p.plan.modules[module], t)
+}
 
 // finish classifies the tensors no layer used: outside(local) gives the
 // output name and reason of a 16-bit tensor (ok false: unknown). Unknown

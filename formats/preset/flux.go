@@ -219,18 +219,18 @@ func (f *flux) Plan(t Table, opt Options) (*Plan, error) {
 		}
 	}
 	cfg := map[string]any{
-		"_class_name":            "FluxTransformer2DModel",
-		"attention_head_dim":     hd,
-		"axes_dims_rope":         ropeAxes(hd),
-		"guidance_embeds":        f.dev,
-		"in_channels":            p.dim(name("x_embedder.weight", "img_in.weight"), 1),
-		"joint_attention_dim":    p.dim(name("context_embedder.weight", "txt_in.weight"), 1),
-		"num_attention_heads":    D / max(hd, 1),
-		"num_layers":             len(double),
-		"num_single_layers":      len(single),
-		"out_channels":           nil,
-		"patch_size":             1,
-		"pooled_projection_dim":  p.dim(name("time_text_embed.text_embedder.linear_1.weight", "vector_in.in_layer.weight"), 1),
+		"_class_name":           "FluxTransformer2DModel",
+		"attention_head_dim":    hd,
+		"axes_dims_rope":        ropeAxes(hd),
+		"guidance_embeds":       f.dev,
+		"in_channels":           p.dim(name("x_embedder.weight", "img_in.weight"), 1),
+		"joint_attention_dim":   p.dim(name("context_embedder.weight", "txt_in.weight"), 1),
+		"num_attention_heads":   D / max(hd, 1),
+		"num_layers":            len(double),
+		"num_single_layers":     len(single),
+		"out_channels":          nil,
+		"patch_size":            1,
+		"pooled_projection_dim": p.dim(name("time_text_embed.text_embedder.linear_1.weight", "vector_in.in_layer.weight"), 1),
 	}
 	if out := p.dim(name("proj_out.weight", "final_layer.linear.weight"), 0); out != cfg["in_channels"] {
 		cfg["out_channels"] = out
