@@ -9,6 +9,18 @@ import (
 	"gonum.org/v1/gonum/mat"
 )
 
+// RandOptions tunes Randomized. Zero values select the defaults.
+type RandOptions struct {
+	Oversample int    // extra basis vectors beyond R (0: default 16)
+	PowerIters int    // subspace (power) iterations (0: default 3; negative: none)
+	Seed       uint64 // seed of the Gaussian test matrix
+	// Warm, when non-nil, is an [N, L] row-major basis, L = min(R+Oversample,
+	// M, N), used as the start of the subspace iteration instead of a
+	// Gaussian test matrix (the previous smoothing candidate's right basis,
+	// as returned by Randomized, is an excellent start).
+	Warm []float32
+}
+
 // Default RandOptions values.
 const (
 	DefaultOversample = 16
@@ -83,7 +95,7 @@ func Randomized(a []float32, m, n, r int, opt RandOptions) (t *Truncated, basis 
 		Gemm(false, false, m, l, n, 1, a, n, z, l, 0, y, l) // Y = A·Z
 		qr.orthonormalize(y, m)
 	}
-	Gemm(true, false, n, l, m, 1, a, n, y, l, 0, z, l) // Z = Aᵀ·Q = B ᵀ
+	Gemm(true, false, n, l, m, 1, a, n, y, l, 0, z, l) // Z = Aᵀ·Q = Bᵀ
 	rt := qr.orthonormalizeR(z, n)                     // Z ← orthonormal factor, rt = Rᵀ [l, l]
 
 	var f mat.SVD

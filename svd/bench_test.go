@@ -1,0 +1,46 @@
+package svd
+
+import (
+	"testing"
+
+	"gonum.org/v1/gonum/mat"
+)
+
+// benchGemm measures Gemm on C [m, n] = op(A)·op(B) with the given
+// transposes; it reports GFLOP/s.
+func benchGemm(b *testing.B, transA, transB bool, m, n, k int) {
+	ar, ac := m, k
+	if transA {
+		ar, ac = k, m
+	}
+	br, bc := k, n
+	if transB {
+		br, bc = n, k
+	}
+	x := gaussMat(ar, ac, 1)
+	y := gaussMat(br, bc, 2)
+	c := make([]float32, m*n)
+	b.ResetTimer()
+	for b.Loop() {
+		Gemm(transA, transB, m, n, k, 1, x, ac, y, bc, 0, c, n)
+	}
+	b.ReportMetric(2*float64(m)*float64(n)*float64(k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+func BenchmarkGemm3072(b *testing.B)          { benchGemm(b, false, false, 3072, 3072, 3072) }
+func BenchmarkGemm256x3072x3072(b *testing.B) { benchGemm(b, false, true, 256, 3072, 3072) }
+func BenchmarkGemmTallSkinny(b *testing.B)    { benchGemm(b, false, false, 3072, 40, 12288) }
+func BenchmarkGemmTallSkinnyT(b *testing.B)   { benchGemm(b, true, false, 12288, 40, 3072) }
+func BenchmarkGemmLowRank(b *testing.B)       { benchGemm(b, false, false, 3072, 3072, 32) }
+
+// BenchmarkGonumDgemm3072 is gonum's float64 mat.Dense.Mul, for comparison.
+func BenchmarkGonumDgemm3072(b *testing.B) {
+	const n = 3072
+	x := mat.NewDense(n, n, widen(gaussMat(n, n, 1)))
+	y := mat.NewDense(n, n, widen(gaussMat(n, n, 2)))
+	var c mat.Dense
+	for b.Loop() {
+		c.Mul(x, y)
+	}
+	b.ReportMetric(2*n*n*n*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
