@@ -34,8 +34,15 @@ type nvfp4Block struct {
 const nvfp4BlockBytes = NVFP4Group/2 + 1 // 4.5 bits per weight
 
 // e2m1Values is the value of each E2M1 code: bits s|e1 e0|m, bias 1, the
-// exponent-0 codes subnormal (0 and 0.5).
-var e2m1Values = [16]float32{0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6}
+// exponent-0 codes subnormal (0 and 0.5); code 8 is −0.
+var e2m1Values = func() (v [16]float32) {
+	mag := [8]float32{0, 0.5, 1, 1.5, 2, 3, 4, 6}
+	for c, m := range mag {
+		v[c], v[c+8] = m, -m
+	}
+	v[8] = float32(math.Copysign(0, -1)) // a constant -0 would be +0
+	return v
+}()
 
 // E2M1 returns the value of an E2M1 code (0, ±0.5, ±1, ±1.5, ±2, ±3, ±4, ±6;
 // code 8 is −0). It panics for a code outside 0..15.
