@@ -72,7 +72,7 @@ func formatCases() []formatCase {
 			quant: func(c []int8, s, v []float32, r, k int) { QuantizeUint4(c, s, v, r, k, RoundBF16) }, value: intVal},
 		{name: "nvfp4/weight", group: 16, lo: 0, hi: 15, grid: e2m1Grid, qmax: 6, errStep: 1, nearest: true, panicsOnNaN: true,
 			tscale: NVFP4TensorScale,
-			quant: func(c []int8, s, v []float32, r, k int) { QuantizeNVFP4(c, s, v, r, k, NVFP4TensorScale(v[:r*k])) },
+			quant:  func(c []int8, s, v []float32, r, k int) { QuantizeNVFP4(c, s, v, r, k, NVFP4TensorScale(v[:r*k])) },
 			value: func(c int8, s float32, v []float32) float64 {
 				return float64(E2M1(c)) * float64(s*NVFP4TensorScale(v))
 			}},
@@ -342,7 +342,7 @@ func TestInt4HandExample(t *testing.T) {
 func TestNVFP4HandExample(t *testing.T) {
 	v := make([]float32, 32)
 	copy(v, []float32{12, -6, 1, 0.5, 5, -9}) // group 0: absmax 12 → scale 2
-	v[16] = 2688                             // group 1: absmax 2688 → scale 448
+	v[16] = 2688                              // group 1: absmax 2688 → scale 448
 	ts := NVFP4TensorScale(v)
 	if ts != 1 {
 		t.Fatalf("tensor scale %v, want 2688/2688 = 1", ts)
