@@ -1,5 +1,7 @@
 package nunchaku
 
+import "encoding/binary"
+
 // Index arithmetic of the nunchaku layouts. Each function maps a logical
 // index of the padded array to its position in the packed buffer; packing
 // writes through it and unpacking reads through it, so the two are exact
@@ -33,18 +35,24 @@ func qweightColOff(k int) (off int, shift uint) {
 
 // packNibbles writes the low 4 bits of the [n, k] row-major codes into dst,
 // the zeroed qweight buffer of the padded [np, kp] matrix (np·kp/2 bytes).
+// Eight consecutive k (e = 0..7) form one word, so full words are written
+// at once.
 func packNibbles(dst []byte, codes []int8, n, k, np, kp int) {
-	off := make([]int32, k)
-	sh := make([]uint8, k)
-	for j := 0; j < k; j++ {
-		o, s := qweightColOff(j)
-		off[j], sh[j] = int32(o), uint8(s)
-	}
 	for i := 0; i < n; i++ {
 		base := qweightRowBase(i, kp)
 		row := codes[i*k : (i+1)*k]
-		for j, c := range row {
-			dst[base+int(off[j])] |= (byte(c) & 0xF) << sh[j]
+		j := 0
+		for ; j+8 <= k; j += 8 {
+			var w uint32
+			for e, c := range row[j : j+8] {
+				w |= uint32(c&0xF) << (4 * e)
+			}
+			off, _ := qweightColOff(j)
+			binary.LittleEndian.PutUint32(dst[base+off:], w)
+		}
+		for ; j < k; j++ {
+			off, sh := qweightColOff(j)
+			dst[base+off] |= (byte(row[j]) & 0xF) << sh
 		}
 	}
 }
@@ -52,21 +60,21 @@ func packNibbles(dst []byte, codes []int8, n, k, np, kp int) {
 // unpackNibbles reads the [n, k] codes of a packed [np, kp] qweight into dst;
 // signed sign-extends the nibbles (INT4, -8..7), otherwise they are 0..15.
 func unpackNibbles(dst []int8, src []byte, n, k, np, kp int, signed bool) {
-	off := make([]int32, k)
-	sh := make([]uint8, k)
-	for j := 0; j < k; j++ {
-		o, s := qweightColOff(j)
-		off[j], sh[j] = int32(o), uint8(s)
+	ext := uint32(0)
+	if signed {
+		ext = 1
 	}
 	for i := 0; i < n; i++ {
 		base := qweightRowBase(i, kp)
 		row := dst[i*k : (i+1)*k]
-		for j := range row {
-			v := int8(src[base+int(off[j])]>>sh[j]) & 0xF
-			if signed && v >= 8 {
-				v -= 16
+		for j0 := 0; j0 < k; j0 += 8 {
+			off, _ := qweightColOff(j0)
+			w := binary.LittleEndian.Uint32(src[base+off:])
+			for e := 0; e < 8 && j0+e < k; e++ {
+				v := w >> (4 * e) & 0xF
+				// sign-extend a nibble ≥ 8 when signed: v − 16·(bit 3).
+				row[j0+e] = int8(v) - int8(16*(v>>3&ext))
 			}
-			row[j] = v
 		}
 	}
 }
