@@ -269,7 +269,7 @@ func (w *Writer) SetMetadata(meta map[string]string) error {
 	}
 	if n := len(w.headerJSON(meta)); int64(n) > w.n {
 		return &Error{File: w.path, Offset: -1,
-			Msg: fmt.Sprintf("metadata makes a %d-byte header, but only %d bytes were reserved at Create (use ReserveHeader)", n, w.n)}
+			Msg: fmt.Sprintf("metadata makes a %d-byte header, but Create fixed its size at %d bytes (reserve room with ReserveHeader)", n, w.n)}
 	}
 	w.meta = maps.Clone(meta)
 	return nil
