@@ -1,0 +1,219 @@
+package quant
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/svdq/svdq/svd"
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas64"
+	"gonum.org/v1/gonum/lapack/lapack64"
+)
+
+// GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+// Generative Pre-trained Transformers", arXiv 2210.17323) on the residual
+// Ŵres, as deepcompressor's svdquant/gptq.yaml configures it: damping 1% of
+// the mean Hessian diagonal, blocks of 128 columns, no reordering. Columns
+// are quantized left to right; each one's rounding error, scaled by the
+// Cholesky factor of H⁻¹, is pushed onto the columns not yet quantized.
+// Group scales are taken when a group's first column is reached, from the
+// group's values updated so far (as GPTQ with groups does), in exactly the
+// formats' conventions (QuantizeInt4, QuantizeNVFP4).
+
+const (
+	gptqDamp  = 0.01 // fraction of the mean Hessian diagonal added to it
+	gptqBlock = 128  // columns per lazy-update block
+	gptqTries = 20   // damping doublings tried when H + damp·I is not positive definite
+)
+
+// gptqHessian returns H = Xsᵀ·Xs ([k, k], float64) for the smoothed input
+// rows xs = x/λ of every calibration row: the input the residual multiplies
+// (the shift of an unsigned input cancels against its bias correction).
+func gptqHessian(x []float32, s, k int, lam []float32) []float64 {
+	xs := make([]float32, s*k)
+	for i := 0; i < s; i++ {
+		for j, l := range lam {
+			xs[i*k+j] = x[i*k+j] / l
+		}
+	}
+	h32 := make([]float32, k*k)
+	svd.Gemm(true, false, k, k, s, 1, xs, k, xs, k, 0, h32, k)
+	h := make([]float64, k*k)
+	for i, v := range h32 {
+		h[i] = float64(v)
+	}
+	return h
+}
+
+// gptqQuantize quantizes w ([n, k], row-major) with GPTQ under the Hessian h
+// ([k, k], destroyed) into codes [n, k] and scales [n, groups] in the
+// conventions of prec (INT4 scales rounded to dt; NVFP4 with the tensor
+// scale of the original w, returned). On return w holds the dequantized
+// values. It returns false, leaving w modified but codes meaningless, when
+// no damping up to 2^gptqTries·1% makes H positive definite. Memory: h
+// plus one [k, k] float32 copy of the factor.
+func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16, codes []int8, scales []float32) (ts float32, ok bool) {
+	if len(w) != n*k || len(h) != k*k || len(codes) != n*k {
+		panic(fmt.Sprintf("quant: gptqQuantize with %d weights, %d Hessian values, %d codes for [%d, %d]", len(w), len(h), len(codes), n, k))
+	}
+	g := prec.GroupSize()
+	ng := (k + g - 1) / g
+	ts = 1
+	if prec == NVFP4 {
+		ts = NVFP4TensorScale(w)
+	}
+
+	// Dead inputs: their columns do not reach the output on these rows.
+	var mean float64
+	for j := 0; j < k; j++ {
+		if h[j*k+j] == 0 {
+			h[j*k+j] = 1
+			for i := 0; i < n; i++ {
+				w[i*k+j] = 0
+			}
+		}
+		mean += h[j*k+j]
+	}
+	mean /= float64(k)
+	u, ok := gptqFactor(h, k, gptqDamp*mean)
+	if !ok {
+		return ts, false
+	}
+
+	// Column by column, in blocks; blk holds the block's columns [n, bw],
+	// errs their scaled rounding errors.
+	blk := make([]float32, n*gptqBlock)
+	errs := make([]float32, n*gptqBlock)
+	grp := make([]float32, n*g)
+	gcodes := make([]int8, n*g)
+	gscales := make([]float32, n)
+	colScale := make([]float32, n)
+	for b0 := 0; b0 < k; b0 += gptqBlock {
+		bw := min(gptqBlock, k-b0)
+		for i := 0; i < n; i++ {
+			copy(blk[i*bw:(i+1)*bw], w[i*k+b0:i*k+b0+bw])
+		}
+		for c := 0; c < bw; c++ {
+			j := b0 + c
+			if j%g == 0 { // a new group: its scales from the values so far
+				gw := min(g, k-j)
+				for i := 0; i < n; i++ {
+					copy(grp[i*gw:(i+1)*gw], blk[i*bw+c:i*bw+c+gw])
+				}
+				if prec == NVFP4 {
+					QuantizeNVFP4(gcodes[:n*gw], gscales, grp[:n*gw], n, gw, ts)
+				} else {
+					QuantizeInt4(gcodes[:n*gw], gscales, grp[:n*gw], n, gw, dt.Round)
+				}
+				for i := 0; i < n; i++ {
+					scales[i*ng+j/g] = gscales[i]
+					colScale[i] = gscales[i]
+				}
+			}
+			d := u[j*k+j]
+			for i := 0; i < n; i++ {
+				v := blk[i*bw+c]
+				code, q := quantizeScalar(v, colScale[i], ts, prec)
+				codes[i*k+j] = code
+				blk[i*bw+c] = q
+				e := (v - q) / d
+				errs[i*bw+c] = e
+				row := blk[i*bw : (i+1)*bw]
+				urow := u[j*k : (j+1)*k]
+				for t := c + 1; t < bw; t++ {
+					row[t] -= e * urow[b0+t]
+				}
+			}
+		}
+		for i := 0; i < n; i++ {
+			copy(w[i*k+b0:i*k+b0+bw], blk[i*bw:(i+1)*bw])
+		}
+		if rest := k - b0 - bw; rest > 0 { // W[:, b1:] −= Errs · U[b0:b1, b1:]
+			svd.Gemm(false, false, n, rest, bw, -1, errs, bw, u[b0*k+b0+bw:], k, 1, w[b0+bw:], k)
+		}
+	}
+	return ts, true
+}
+
+// gptqFactor returns, as float32 [k, k], the upper Cholesky factor U of
+// (H + damp·I)⁻¹ = UᵀU, doubling damp until H + damp·I is positive definite.
+// h is overwritten.
+func gptqFactor(h []float64, k int, damp float64) ([]float32, bool) {
+	diag := make([]float64, k)
+	for j := range diag {
+		diag[j] = h[j*k+j]
+	}
+	// Dpotrf reads and writes only the upper triangle; the lower one keeps H
+	// for a retry.
+	for try := 0; try < gptqTries; try, damp = try+1, 2*damp {
+		for j := 0; j < k; j++ {
+			for i := j + 1; i < k; i++ { // restore the upper triangle from the lower
+				h[j*k+i] = h[i*k+j]
+			}
+			h[j*k+j] = diag[j] + damp
+		}
+		a := blas64.Symmetric{Uplo: blas.Upper, N: k, Stride: k, Data: h}
+		t, ok := lapack64.Potrf(a)
+		if !ok {
+			continue
+		}
+		inv, ok := lapack64.Potri(t)
+		if !ok {
+			continue
+		}
+		if _, ok := lapack64.Potrf(inv); !ok {
+			continue
+		}
+		u := make([]float32, k*k)
+		for i := 0; i < k; i++ {
+			for j := i; j < k; j++ {
+				u[i*k+j] = float32(h[i*k+j])
+			}
+		}
+		return u, true
+	}
+	return nil, false
+}
+
+// quantizeScalar rounds v to the grid of one group with scale s (and NVFP4
+// tensor scale ts) exactly as QuantizeInt4 and QuantizeNVFP4 round each
+// value, returning the code and the value DequantizeInt4/DequantizeNVFP4
+// give it.
+func quantizeScalar(v, s, ts float32, prec Precision) (int8, float32) {
+	if prec == NVFP4 {
+		full := s * ts
+		if full == 0 {
+			return 0, 0
+		}
+		c := NearestE2M1(v / full)
+		return c, E2M1(c) * full
+	}
+	if s == 0 {
+		return 0, 0
+	}
+	q := min(max(math.RoundToEven(float64(v/s)), -8), 7)
+	return int8(q), float32(q) * s
+}
+
+// gptqResidual requantizes member m's final residual with GPTQ and keeps
+// the result when its output error beats round-to-nearest; it reports
+// whether it did. On return m.deq holds the kept dequantized residual.
+func (g *groupEval) gptqResidual(m *memberEval, c Calib) bool {
+	n, k := m.in.N, g.k
+	rtnDeq := append([]float32(nil), m.deq...)
+	g.residual(m) // Ŵres of the current branch into m.deq
+	h := gptqHessian(c.X, c.S, k, g.lam)
+	var st lrState
+	st.copyFrom(&m.st)
+	ts, ok := gptqQuantize(m.deq, n, k, h, g.cfg.prec, g.cfg.dt, st.codes, st.scales)
+	if ok {
+		st.ts = ts
+		st.err = g.outputError(m)
+		if st.err < m.st.err {
+			m.st.copyFrom(&st)
+			return true
+		}
+	}
+	copy(m.deq, rtnDeq)
+	return false
+}

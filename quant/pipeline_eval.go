@@ -1,0 +1,279 @@
+package quant
+
+import (
+	"math"
+
+	"github.com/svdq/svdq/svd"
+)
+
+// The objective of the search and the refinement: the squared output error
+// on the calibration rows of a fast emulation of the layer, the arithmetic
+// of Layer.ForwardFast: the kernel's own activation path (16-bit input,
+// x̂ = round16((x + shift)/λ), per-token group quantization as the kernel
+// rounds it), the dequantized 4-bit residual, the low-rank branch on the
+// 16-bit raw input, the shift's bias correction, float32 products through
+// svd.Gemm. The bias is left out (it is the same for every candidate).
+
+// groupEval holds a group's shared state at the current smoothing candidate.
+type groupEval struct {
+	cfg   pipeConfig
+	shift float32   // ShiftINT4 for the unsigned input, else 0
+	x     []float32 // [s, k] calibration rows of the objective
+	x16   []float32 // [s, k] the same rounded to the dtype (the kernel's input)
+	s, k  int
+	ax    []float64 // [k] activation statistic (shift included)
+	aw    []float64 // [k] weight statistic over the group
+	cand  SmoothCandidate
+	lam   []float32 // [k] λ of cand, rounded to the dtype
+	xq    []float32 // [s, k] dequantized 4-bit activations
+	mem   []*memberEval
+}
+
+// memberEval holds one member's buffers: about 2.5 copies of its weight
+// besides the weight itself.
+type memberEval struct {
+	in        Input
+	r         int       // rank of its branch: min(cfg.rank, N, K)
+	yref      []float64 // [s, n] X·Wᵀ in float64
+	ynorm     float64   // ‖yref‖²
+	what      []float32 // [n, k] Ŵ = W·diag(λ)
+	deq       []float32 // [n, k] work buffer: SVD target, residual, dequantized residual
+	yq        []float32 // [s, n]
+	xt        []float32 // [s, r] x16·Downᵀ
+	st        lrState   // the current fit
+	basis     []float32 // warm start of the next randomized SVD
+	bestBasis []float32 // basis after the fit of the best search candidate
+}
+
+// lrState is one fit of a member: the stored low-rank branch and the
+// quantized residual, with its squared output error.
+type lrState struct {
+	up, down []float32 // [n, r], [r, k]; down multiplies the raw input
+	codes    []int8    // [n, k]
+	scales   []float32 // [n, groups]
+	ts       float32   // NVFP4 tensor scale; 1 for INT4
+	err      float64
+}
+
+func (st *lrState) copyFrom(o *lrState) {
+	st.up = append(st.up[:0], o.up...)
+	st.down = append(st.down[:0], o.down...)
+	st.codes = append(st.codes[:0], o.codes...)
+	st.scales = append(st.scales[:0], o.scales...)
+	st.ts, st.err = o.ts, o.err
+}
+
+func newGroupEval(ins []Input, shifted bool, c Calib, cfg pipeConfig) *groupEval {
+	k := ins[0].K
+	g := &groupEval{cfg: cfg, k: k}
+	if shifted && cfg.prec == INT4 {
+		g.shift = ShiftINT4
+	}
+	g.x, g.s = calibRows(c, k, cfg.maxRows)
+	g.x16 = make([]float32, len(g.x))
+	for i, v := range g.x {
+		g.x16[i] = cfg.dt.Round(v)
+	}
+	g.ax = activationStat(c.AbsMax, g.shift)
+	g.aw = weightAbsMax(ins)
+	g.lam = make([]float32, k)
+	g.xq = make([]float32, g.s*k)
+	groups := (k + cfg.prec.GroupSize() - 1) / cfg.prec.GroupSize()
+	for _, in := range ins {
+		n := in.N
+		m := &memberEval{
+			in:   in,
+			r:    min(cfg.rank, n, k),
+			yref: make([]float64, g.s*n),
+			what: make([]float32, n*k),
+			deq:  make([]float32, n*k),
+			yq:   make([]float32, g.s*n),
+		}
+		RefOutput(m.yref, g.x, g.s, k, in.W, n, nil)
+		for _, v := range m.yref {
+			m.ynorm += v * v
+		}
+		m.xt = make([]float32, g.s*m.r)
+		m.st = lrState{
+			up: make([]float32, n*m.r), down: make([]float32, m.r*k),
+			codes: make([]int8, n*k), scales: make([]float32, n*groups), ts: 1,
+		}
+		g.mem = append(g.mem, m)
+	}
+	return g
+}
+
+// release drops a member's large buffers once its layer is built.
+func (m *memberEval) release() {
+	m.what, m.deq, m.yq, m.yref, m.st = nil, nil, nil, nil, lrState{}
+}
+
+// search runs the configured search and returns the chosen candidate and
+// the number of candidates evaluated. Each member remembers the basis of
+// its fit at the best candidate, to start the final fit from it.
+func (g *groupEval) search() (SmoothCandidate, int) {
+	if g.cfg.fixed != nil {
+		return *g.cfg.fixed, 1
+	}
+	bestSum := math.Inf(1)
+	best, _, n := searchCandidates(g.cfg.search, func(c SmoothCandidate) float64 {
+		g.setCandidate(c)
+		var sum float64
+		for _, m := range g.mem {
+			g.fit(m, m.what)
+			sum += m.st.err
+		}
+		if sum < bestSum {
+			bestSum = sum
+			for _, m := range g.mem {
+				m.bestBasis = append(m.bestBasis[:0], m.basis...)
+			}
+		}
+		return sum
+	})
+	return best, n
+}
+
+// setCandidate sets λ for c, quantizes the activations as the kernel does
+// and forms every member's smoothed weight.
+func (g *groupEval) setCandidate(c SmoothCandidate) {
+	g.cand = c
+	SmoothVector(g.lam, g.ax, g.aw, c, g.cfg.dt)
+	// A layer with only the fields the activation path reads.
+	act := &Layer{Precision: g.cfg.prec, K: g.k, Smooth: g.lam, Unsigned: g.shift != 0, DType: g.cfg.dt}
+	parallelRows(g.s, func(lo, hi int) {
+		s := act.newScratch()
+		for i := lo; i < hi; i++ {
+			act.prepareRow(g.x[i*g.k:(i+1)*g.k], s)
+			act.dequantizeActRow(g.xq[i*g.k:(i+1)*g.k], s)
+		}
+	})
+	for _, m := range g.mem {
+		smoothWeight(m.what, m.in.W, m.in.N, g.k, g.lam)
+	}
+}
+
+// fit runs steps 3–4 for member m: the rank-r SVD of target (Ŵ itself, or
+// Ŵ − Q(Ŵres) in the refinement), the stored branch rounded to the dtype,
+// the residual Ŵres = Ŵ − Up·(Down·diag(λ)) from the stored values, its
+// round-to-nearest quantization, and the output error. target may alias
+// m.deq (only the SVD reads it); m.what must hold Ŵ. The SVD starts from
+// m.basis when set (one power iteration then) and leaves its basis there.
+func (g *groupEval) fit(m *memberEval, target []float32) {
+	n, k := m.in.N, g.k
+	if m.r > 0 {
+		opt := svd.RandOptions{Seed: g.cfg.seed, Warm: m.basis}
+		if m.basis != nil {
+			opt.PowerIters = 1
+		}
+		t, basis := svd.Randomized(target, n, k, m.r, opt)
+		m.basis = basis
+		g.storeBranch(m, t)
+	}
+	g.residual(m)
+	quantizeResidual(&m.st, m.deq, n, k, g.cfg.prec, g.cfg.dt)
+	m.st.err = g.outputError(m)
+}
+
+// storeBranch rounds Up = L_up = U·S and Down = L_down·diag(1/λ) to the
+// dtype: the values the file stores.
+func (g *groupEval) storeBranch(m *memberEval, t *svd.Truncated) {
+	n, k, r, dt := m.in.N, g.k, m.r, g.cfg.dt
+	for i := 0; i < n; i++ {
+		for p := 0; p < r; p++ {
+			m.st.up[i*r+p] = dt.Round(float32(float64(t.U[i*r+p]) * t.S[p]))
+		}
+	}
+	for p := 0; p < r; p++ {
+		for j := 0; j < k; j++ {
+			m.st.down[p*k+j] = dt.Round(t.Vt[p*k+j] / g.lam[j])
+		}
+	}
+}
+
+// residual writes Ŵres = Ŵ − Up·(Down·diag(λ)) into m.deq: the weight the
+// 4-bit path must carry once the stored branch, which the kernel applies to
+// the raw input, is taken out. λ and Down are 16-bit values, so Down·λ is
+// exact in float32.
+func (g *groupEval) residual(m *memberEval) {
+	n, k, r := m.in.N, g.k, m.r
+	copy(m.deq, m.what)
+	if r == 0 {
+		return
+	}
+	ld := make([]float32, r*k) // [r, k] L_down as the smoothed side sees it
+	for p := 0; p < r; p++ {
+		for j := 0; j < k; j++ {
+			ld[p*k+j] = m.st.down[p*k+j] * g.lam[j]
+		}
+	}
+	svd.Gemm(false, false, n, k, r, -1, m.st.up, r, ld, k, 1, m.deq, k)
+}
+
+// outputError returns Σ (Y_q − X·Wᵀ)² over the calibration rows, with the
+// dequantized residual in m.deq and the branch in m.st.
+func (g *groupEval) outputError(m *memberEval) float64 {
+	n, k, r, s := m.in.N, g.k, m.r, g.s
+	svd.Gemm(false, true, s, n, k, 1, g.xq, k, m.deq, k, 0, m.yq, n)
+	if r > 0 {
+		svd.Gemm(false, true, s, r, k, 1, g.x16, k, m.st.down, k, 0, m.xt, r)
+		svd.Gemm(false, true, s, n, r, 1, m.xt, r, m.st.up, r, 1, m.yq, n)
+	}
+	var corr []float64
+	if g.shift != 0 {
+		corr = shiftCorrection(m.deq, n, k, g.lam, g.shift)
+	}
+	var e float64
+	for i := 0; i < s; i++ {
+		yq, yr := m.yq[i*n:(i+1)*n], m.yref[i*n:(i+1)*n]
+		for j := range yq {
+			d := float64(yq[j]) - yr[j]
+			if corr != nil {
+				d -= corr[j]
+			}
+			e += d * d
+		}
+	}
+	return e
+}
+
+// shiftCorrection returns c_n = Σ_k deq[n, k]·(shift/λ_k), the term the
+// shifted input adds to the quantized product; the stored bias subtracts it.
+func shiftCorrection(deq []float32, n, k int, lam []float32, shift float32) []float64 {
+	sl := make([]float64, k)
+	for j, l := range lam {
+		sl[j] = float64(shift) / float64(l)
+	}
+	c := make([]float64, n)
+	for i := 0; i < n; i++ {
+		var s float64
+		for j, w := range deq[i*k : (i+1)*k] {
+			s += float64(w) * sl[j]
+		}
+		c[i] = s
+	}
+	return c
+}
+
+// quantizeResidual quantizes the residual in deq ([n, k]) round-to-nearest
+// into st's codes, scales and tensor scale, and replaces deq by its
+// dequantized value.
+func quantizeResidual(st *lrState, deq []float32, n, k int, prec Precision, dt Float16) {
+	st.ts = 1
+	if prec == NVFP4 {
+		st.ts = NVFP4TensorScale(deq)
+		QuantizeNVFP4(st.codes, st.scales, deq, n, k, st.ts)
+	} else {
+		QuantizeInt4(st.codes, st.scales, deq, n, k, dt.Round)
+	}
+	dequantize(deq, st, n, k, prec)
+}
+
+// dequantize writes the [n, k] weight that st's codes stand for into dst.
+func dequantize(dst []float32, st *lrState, n, k int, prec Precision) {
+	if prec == NVFP4 {
+		DequantizeNVFP4(dst, st.codes, st.scales, n, k, st.ts)
+	} else {
+		DequantizeInt4(dst, st.codes, st.scales, n, k)
+	}
+}
