@@ -67,7 +67,7 @@ func readHeader(ra io.ReaderAt, size int64, name string) (*header, error) {
 			Msg: fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", size)}
 	}
 	var prefix [8]byte
-	if _, err := ra.ReadAt(prefix[:], 0); err != nil {
+	if err := readFull(ra, prefix[:], 0); err != nil {
 		return nil, fmt.Errorf("%s: reading header length: %w", name, err)
 	}
 	n := binary.LittleEndian.Uint64(prefix[:])
@@ -80,10 +80,23 @@ func readHeader(ra io.ReaderAt, size int64, name string) (*header, error) {
 			Msg: fmt.Sprintf("header length %d runs past the end of the file (%d bytes)", n, size)}
 	}
 	buf := make([]byte, n)
-	if _, err := ra.ReadAt(buf, 8); err != nil {
+	if err := readFull(ra, buf, 8); err != nil {
 		return nil, fmt.Errorf("%s: reading %d-byte header: %w", name, n, err)
 	}
 	return parseHeader(buf, size-8-int64(n), name)
+}
+
+// readFull fills b from ra at off; io.EOF with b filled is success, as
+// io.ReaderAt allows.
+func readFull(ra io.ReaderAt, b []byte, off int64) error {
+	n, err := ra.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // parseHeader validates the header JSON buf of a file whose data section

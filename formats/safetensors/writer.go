@@ -117,7 +117,7 @@ func Create(path string, specs []Spec, meta map[string]string, opts ...Option) (
 		return nil, err
 	}
 	w.meta = maps.Clone(meta)
-	w.n = int64(roundUp8(len(w.headerJSON(meta)) + o.reserve))
+	w.n = int64(roundUp8(len(w.headerJSON(meta)) + min(o.reserve, MaxHeaderSize)))
 	if w.n > MaxHeaderSize {
 		return nil, &Error{File: path, Offset: -1,
 			Msg: fmt.Sprintf("header of %d bytes exceeds the limit of %d", w.n, MaxHeaderSize)}

@@ -407,3 +407,12 @@ func TestWriterHeaderLengthField(t *testing.T) {
 		t.Errorf("file %q", b)
 	}
 }
+
+func TestCreateHeaderLimit(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Create(filepath.Join(dir, "x.safetensors"), nil, nil, ReserveHeader(1<<62))
+	if err == nil || !strings.Contains(err.Error(), "exceeds the limit") {
+		t.Errorf("huge reservation: %v", err)
+	}
+	noTemp(t, dir)
+}
