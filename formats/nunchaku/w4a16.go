@@ -2,6 +2,7 @@ package nunchaku
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/svdq/svdq/quant"
 )
@@ -126,12 +127,12 @@ type W4A16Options struct {
 }
 
 // UnpackW4A16 reads a W4A16 layer through get and returns it in checkpoint
-// row order, undoing the interleave and subtracting the 1 PackW4A16 added
-// (rounded to the model dtype). It is the exact inverse of PackW4A16 for the
-// codes, scales and zeros; for the bias of the shifted chunks the file holds
-// round(b+1), so b comes back exactly whenever b+1 is representable (the
-// format's loss, not the unpacker's), and packing the result always
-// reproduces the file's bytes. wscales/wzeros may have K/64 rows (nunchaku's
+// row order, undoing the interleave and the +1 PackW4A16 added. It is the
+// exact inverse of PackW4A16 for the codes, scales and zeros; for the bias
+// of the shifted chunks the file holds y = round(b+1), which loses the low
+// bits of b (the format's loss, not the unpacker's): unpack returns the
+// value b' nearest y−1 with round(b'+1) = y — b itself whenever b+1 is
+// exact, and always one that packs back to the file's bytes. wscales/wzeros may have K/64 rows (nunchaku's
 // loaders) or K/64 rounded up to 16 (deepcompressor, PackW4A16); extra rows
 // are ignored. An absent bias reads as stored zeros.
 func UnpackW4A16(get Getter, opts W4A16Options) (*quant.WeightOnly, error) {
@@ -207,7 +208,62 @@ func UnpackW4A16(get Getter, opts W4A16Options) (*quant.WeightOnly, error) {
 		if hasBias {
 			b = get16(bd[2*r:], dt)
 		}
-		w.Bias[src] = dt.Round(b - chunkDelta(r, c))
+		if d := chunkDelta(r, c); d != 0 {
+			b = unshift(b, dt)
+		}
+		w.Bias[src] = b
 	}
 	return w, nil
+}
+
+// unshift returns the 16-bit value b of type dt nearest to y − 1 with
+// round(b + 1) = y, the bias PackW4A16 stored as y. Plain round(y − 1) is
+// that value except near binade edges: bf16 y = −256 can only come from
+// b = −258 (−257 ties to −256), while round(−257) = −256 would repack as
+// −255. The search looks a few representable steps either side of
+// round(y − 1); a y that no b maps to (not written by PackW4A16) gives
+// round(y − 1).
+func unshift(y float32, dt quant.Float16) float32 {
+	first := dt.Round(y - 1)
+	if dt.Round(first+1) == y {
+		return first
+	}
+	target := float64(y) - 1
+	lo, hi := first, first
+	for step := 0; step < 8; step++ {
+		lo, hi = next16(lo, dt, false), next16(hi, dt, true)
+		okLo, okHi := dt.Round(lo+1) == y, dt.Round(hi+1) == y
+		switch {
+		case okLo && okHi:
+			if math.Abs(float64(hi)-target) < math.Abs(float64(lo)-target) {
+				return hi
+			}
+			return lo
+		case okLo:
+			return lo
+		case okHi:
+			return hi
+		}
+	}
+	return first
+}
+
+// next16 returns the neighbour of the dt value f towards +∞ (up) or −∞.
+func next16(f float32, dt quant.Float16, up bool) float32 {
+	var b [2]byte
+	put16(b[:], f, dt)
+	h := uint16(b[0]) | uint16(b[1])<<8
+	sign, mag := h&0x8000, h&0x7FFF
+	switch {
+	case mag == 0 && up:
+		h = 0x0001
+	case mag == 0:
+		h = 0x8001
+	case (sign != 0) == up:
+		h = sign | (mag - 1)
+	default:
+		h = sign | (mag + 1)
+	}
+	b[0], b[1] = byte(h), byte(h>>8)
+	return get16(b[:], dt)
 }
