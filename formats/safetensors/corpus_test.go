@@ -129,6 +129,9 @@ func corpus() []corpusCase {
 		add(corpusCase{name: name, data: build(hdr, data)})
 	}
 	valid("valid-empty", `{}      `, nil)
+	// The example of the reference implementation's documentation: no
+	// padding, N = 60.
+	valid("valid-unpadded", `{"test":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}`, make([]byte, 16))
 	valid("valid-metadata-only", `{"__metadata__":{"format":"pt"}}`, nil)
 	valid("valid-scalar", `{"s":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}  `, []byte{0, 0, 0x80, 0x3f})
 	valid("valid-mixed", `{"__metadata__":{"note":"tab\there \u00e9"},`+

@@ -97,6 +97,21 @@ func TestWriterGolden(t *testing.T) {
 	}
 }
 
+// TestWriterMatchesReference checks a file the reference serializer
+// (Rust safetensors: compact serde JSON, fields dtype, shape,
+// data_offsets, padded with spaces to 8) would write byte for byte.
+func TestWriterMatchesReference(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "ref.safetensors")
+	if err := WriteFile(p, []Tensor{{Spec{"test", I32, []int64{2, 2}}, make([]byte, 16)}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(p)
+	want := build(`{"test":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}    `, make([]byte, 16))
+	if !bytes.Equal(got, want) {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+}
+
 func TestWriterDeterministic(t *testing.T) {
 	dir := t.TempDir()
 	ts := randomTensors(2)
