@@ -2,6 +2,7 @@ package preset
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 )
@@ -377,3 +378,53 @@ func (p *planner) dim(local string, a int) int {
 	}
 	return int(s[a])
 }
+
+// rule classifies a tensor left over after the layer and keep tables: the
+// first rule whose pattern matches the name (prefix stripped) keeps it
+// 16-bit with its reason.
+type rule struct {
+	re     *regexp.Regexp
+	reason string
+}
+
+// rules compiles (pattern, reason) pairs.
+func rules(pairs ...string) []rule {
+	out := make([]rule, len(pairs)/2)
+	for i := range out {
+		out[i] = rule{regexp.MustCompile(pairs[2*i]), pairs[2*i+1]}
+	}
+	return out
+}
+
+// classify turns rules into finish's outside function (output name = file
+// name without prefix).
+func classify(rs []rule) func(string) (string, string, bool) {
+	return func(local string) (string, string, bool) {
+		for _, r := range rs {
+			if r.re.MatchString(local) {
+				return local, r.reason, true
+			}
+		}
+		return "", "", false
+	}
+}
+
+// stack plans every block stem+"<i>." of the file with decls and kept
+// (diffusers naming, output names relative to the same block prefix) and
+// returns the block count. dimsOf reads one block's widths.
+func (p *planner) stack(stem string, decls []layerDecl, kept []keepDecl, dimsOf func(block string) dims) int {
+	idx := blockIndices(p.t, p.prefix, stem)
+	if err := contiguous(idx, p.prefix+stem); err != nil {
+		p.errorf("%v", err)
+		return 0
+	}
+	for _, i := range idx {
+		b := fmt.Sprintf("%s%d.", stem, i)
+		p.block(decls, dimsOf(b), b, "", b, false)
+		p.keepBlock(kept, b, "", b, false)
+	}
+	return len(idx)
+}
+
+// ceilTo rounds n up to a multiple of m.
+func ceilTo(n, m int) int { return (n + m - 1) / m * m }
