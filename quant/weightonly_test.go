@@ -1,0 +1,125 @@
+package quant
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+func TestQuantizeWeightOnly(t *testing.T) {
+	for _, tc := range []struct {
+		dt   Float16
+		n, k int
+	}{{BF16, 5, 64}, {BF16, 4, 100}, {F16, 3, 130}, {F16, 2, 1}} {
+		t.Run(fmt.Sprintf("%v/%dx%d", tc.dt, tc.n, tc.k), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(tc.k), 3))
+			w := testMatrix(rng, tc.n, tc.k, 64, false, false)
+			bias := make([]float32, tc.n)
+			for i := range bias {
+				bias[i] = float32(rng.NormFloat64())
+			}
+			wo := QuantizeWeightOnly(w, tc.n, tc.k, bias, tc.dt)
+			deq := wo.Dequantize()
+			g := (tc.k + 63) / 64
+			var asymErr, symErr float64
+			for r := 0; r < tc.n; r++ {
+				if wo.Bias[r] != tc.dt.Round(bias[r]) {
+					t.Errorf("bias %d = %v, want %v", r, wo.Bias[r], tc.dt.Round(bias[r]))
+				}
+				for j := 0; j < g; j++ {
+					b, e := j*64, min((j+1)*64, tc.k)
+					S, Z := float64(wo.Scales[r*g+j]), float64(wo.Zeros[r*g+j])
+					if float32(S) != tc.dt.Round(float32(S)) || float32(Z) != tc.dt.Round(float32(Z)) {
+						t.Errorf("row %d group %d: scale %v or zero %v not a %v value", r, j, S, Z, tc.dt)
+					}
+					lo, hi := math.Inf(1), math.Inf(-1)
+					for _, x := range w[r*tc.k+b : r*tc.k+e] {
+						lo, hi = min(lo, float64(x)), max(hi, float64(x))
+					}
+					s := (hi - lo) / 15
+					// Half a step, plus what rounding scale and zero to 16 bits moves the grid's ends.
+					tol := S/2 + 15*math.Abs(S-s) + math.Abs(Z-lo) + 1e-6*max(math.Abs(lo), math.Abs(hi))
+					if S == 0 {
+						tol = hi - lo + math.Abs(Z-lo)
+					}
+					symS := float64(tc.dt.Round(float32(max(-lo, hi) / 7)))
+					for i := b; i < e; i++ {
+						c := wo.Codes[r*tc.k+i]
+						if c > 15 {
+							t.Fatalf("code %d", c)
+						}
+						x, d := float64(w[r*tc.k+i]), float64(deq[r*tc.k+i])
+						if err := math.Abs(x - d); err > tol {
+							t.Errorf("row %d col %d: |%g − %g| = %g > %g", r, i, x, d, err, tol)
+						}
+						for q := 0; q < 16 && S > 0; q++ { // nearest point of the stored grid
+							if g := float64(float32(float64(q)*S) + float32(Z)); math.Abs(x-g) < math.Abs(x-d)-1e-6*math.Abs(x) {
+								t.Errorf("row %d col %d: %g → %g but grid point %g is nearer", r, i, x, d, g)
+							}
+						}
+						asymErr += (x - d) * (x - d)
+						sq := 0.0 // the reference's symmetric form: zero = −7·scale
+						if symS > 0 {
+							sq = max(0, min(15, math.RoundToEven(x/symS)+7))
+						}
+						sd := (sq - 7) * symS
+						symErr += (x - sd) * (x - sd)
+					}
+				}
+			}
+			if asymErr > symErr {
+				t.Errorf("asymmetric squared error %g above the symmetric reference's %g", asymErr, symErr)
+			}
+			// Forward is x·Wᵀ + b with the dequantized weight.
+			const m = 9
+			x := randInput(rng, m, tc.k, false)
+			y := make([]float32, m*tc.n)
+			wo.Forward(y, x, m)
+			ref := make([]float64, m*tc.n)
+			RefOutput(ref, x, m, tc.k, deq, tc.n, wo.Bias)
+			if e := RelError(y, ref); e > 1e-5 {
+				t.Errorf("Forward relative error %g against the float64 product", e)
+			}
+		})
+	}
+}
+
+func TestWeightOnlyHand(t *testing.T) {
+	w := make([]float32, 2*64)
+	for i := 0; i < 64; i++ {
+		w[i] = float32(i%16)*1.5 - 3 // grid of step 1.5 from −3: exact
+		w[64+i] = 2.5                // constant row
+	}
+	wo := QuantizeWeightOnly(w, 2, 64, nil, BF16)
+	if wo.Scales[0] != 1.5 || wo.Zeros[0] != -3 || wo.Scales[1] != 0 || wo.Zeros[1] != 2.5 {
+		t.Fatalf("scales %v zeros %v", wo.Scales, wo.Zeros)
+	}
+	for i := 0; i < 64; i++ {
+		if wo.Codes[i] != uint8(i%16) || wo.Codes[64+i] != 0 {
+			t.Fatalf("codes %v", wo.Codes)
+		}
+	}
+	for i, v := range wo.Dequantize() {
+		if v != w[i] {
+			t.Errorf("dequantized %d = %v, want %v", i, v, w[i])
+		}
+	}
+	if wo.Bias[0] != 0 || wo.Bias[1] != 0 {
+		t.Errorf("nil bias gave %v", wo.Bias)
+	}
+}
+
+func TestWeightOnlyPanics(t *testing.T) {
+	w := make([]float32, 128)
+	mustPanic(t, "quant: QuantizeWeightOnly", func() { QuantizeWeightOnly(w, 2, 65, nil, BF16) })
+	mustPanic(t, "quant: QuantizeWeightOnly", func() { QuantizeWeightOnly(w, 2, 64, make([]float32, 1), BF16) })
+	w[70] = float32(math.Inf(-1))
+	mustPanic(t, "quant: QuantizeWeightOnly", func() { QuantizeWeightOnly(w, 2, 64, nil, BF16) })
+	w[70] = 0
+	mustPanic(t, "quant: QuantizeWeightOnly", func() { QuantizeWeightOnly(w, 2, 64, []float32{1, float32(math.NaN())}, BF16) })
+	wo := QuantizeWeightOnly(w, 2, 64, nil, BF16)
+	mustPanic(t, "quant: WeightOnly.Forward", func() { wo.Forward(make([]float32, 3), make([]float32, 128), 2) })
+	wo.Zeros = wo.Zeros[:1]
+	mustPanic(t, "quant: WeightOnly.Forward", func() { wo.Forward(make([]float32, 4), make([]float32, 128), 2) })
+}
