@@ -257,16 +257,23 @@ func shiftCorrection(deq []float32, n, k int, lam []float32, shift float32) []fl
 
 // quantizeResidual quantizes the residual in deq ([n, k]) round-to-nearest
 // into st's codes, scales and tensor scale, and replaces deq by its
-// dequantized value.
+// dequantized value. Rows are quantized in parallel.
 func quantizeResidual(st *lrState, deq []float32, n, k int, prec Precision, dt Float16) {
 	st.ts = 1
 	if prec == NVFP4 {
 		st.ts = NVFP4TensorScale(deq)
-		QuantizeNVFP4(st.codes, st.scales, deq, n, k, st.ts)
-	} else {
-		QuantizeInt4(st.codes, st.scales, deq, n, k, dt.Round)
 	}
-	dequantize(deq, st, n, k, prec)
+	ng := len(st.scales) / n
+	parallelRows(n, func(lo, hi int) {
+		c, sc, v := st.codes[lo*k:hi*k], st.scales[lo*ng:hi*ng], deq[lo*k:hi*k]
+		if prec == NVFP4 {
+			QuantizeNVFP4(c, sc, v, hi-lo, k, st.ts)
+			DequantizeNVFP4(v, c, sc, hi-lo, k, st.ts)
+		} else {
+			QuantizeInt4(c, sc, v, hi-lo, k, dt.Round)
+			DequantizeInt4(v, c, sc, hi-lo, k)
+		}
+	})
 }
 
 // dequantize writes the [n, k] weight that st's codes stand for into dst.
