@@ -149,3 +149,5 @@ func toInts(s []int64) []int {
 	}
 	return out
 }
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed+1)) }
