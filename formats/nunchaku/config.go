@@ -25,6 +25,9 @@ const (
 //
 // and for NVFP4 weight dtype "fp4_e2m1_all", weight scale_dtype
 // [null, "fp8_e4m3_nan"], activation scale_dtype "fp8_e4m3_nan", group 16.
+// (The workspace spec prints the compact spelling and does not give the
+// NVFP4 activation entry; we follow merge_safetensors.py, and readers parse
+// JSON, so the spacing does not matter to them.)
 // rank is rounded up to a multiple of 16, the rank the tensors store (nunchaku
 // builds its modules with this rank, so it must match lora_down's width).
 // It panics on an unknown precision or a negative rank.

@@ -17,7 +17,8 @@ const e4m3One = 0x38
 //
 //	qweight      I8 [Np, Kp/2]
 //	wscales      INT4: model dtype [Kp/64, Np]; NVFP4: F8_E4M3 [Kp/16, Np]
-//	wtscale      NVFP4 only: F32 [1] (l.TensorScale, exact)
+//	wtscale      NVFP4 only: F32 [1] (l.TensorScale, exact; deepcompressor
+//	             writes the model dtype, src/Linear.cpp reads F32, BF16 or F16)
 //	bias         model dtype [Np] (padding 0)
 //	smooth       model dtype [Kp] (padding 1)
 //	smooth_orig  same bytes as smooth
@@ -26,6 +27,11 @@ const e4m3One = 0x38
 //
 // with Np, Kp = N, K rounded up to multiples of 128 and Rp = R rounded up to
 // a multiple of 16; codes and low-rank padding are zeros, scale padding is 1.
+// The public converters disagree on the other paddings: deepcompressor's
+// first nunchaku converter pads bias and smooth with 0, its later one (via
+// pad_scale) pads both with 1. We pad bias with 0 (padded output rows are
+// never read) and smooth with 1 (the kernel divides the input by it, and
+// padded input channels are 0, so 1 keeps them finite).
 // A rank-0 layer gets lora tensors of shape [Kp, 0] and [Np, 0]. wcscales
 // is never written (nunchaku defaults it to ones). The shifted-input flag
 // (l.Unsigned) is not stored in the tensors: the engine infers it from the
