@@ -1,0 +1,280 @@
+package model
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+
+	"github.com/svdq/svdq/formats/nunchaku"
+	"github.com/svdq/svdq/formats/preset"
+	"github.com/svdq/svdq/formats/safetensors"
+	"github.com/svdq/svdq/quant"
+)
+
+// PlanOptions choose the family and the layer forms of a plan.
+type PlanOptions struct {
+	Model     string          // checkpoint: file, sharded index or diffusers folder
+	Arch      string          // family name; "" or "auto": detect from the tensor names
+	Precision quant.Precision // W4A4 format; 0: INT4
+	Rank      int             // low-rank size; 0: quant.DefaultRank; negative: none
+	// Include and Exclude select layers of the generic family.
+	Include, Exclude []*regexp.Regexp
+	// PassUnknown keeps tensors a family does not know as 16-bit.
+	PassUnknown bool
+}
+
+// PlannedLayer is one layer of a plan with its output form and sizes.
+type PlannedLayer struct {
+	preset.Layer
+	Precision string // "int4", "nvfp4" or "w4a16"
+	R         int    // rank of the branch (min(rank, N, K)); 0 for W4A16
+	DType     string // dtype of the first source tensor ("BF16", ...)
+	InBytes   int64  // bytes of the source rows read
+	OutBytes  int64  // bytes of the packed tensors
+	// specs are the packed tensors (shapes and dtypes; no data).
+	specs []nunchaku.Tensor
+}
+
+// PlannedKept is a 16-bit tensor of a plan with its dtype and size.
+type PlannedKept struct {
+	preset.Kept
+	DType safetensors.DType
+	Bytes int64
+}
+
+// Plan is what QuantizePlan finds: the family, every layer with its form
+// and every tensor kept 16-bit, with exact output sizes.
+type Plan struct {
+	Model      string // path as given
+	Family     string
+	ModelClass string
+	Naming     string
+	Precision  quant.Precision
+	Rank       int // requested rank (DefaultRank when 0 was asked)
+	Layers     []PlannedLayer
+	Kept       []PlannedKept
+	// InBytes is the size of every tensor of the checkpoint; OutBytes the
+	// size of every tensor of the output (header excluded).
+	InBytes, OutBytes int64
+	// QuantParams is Σ N·K over the quantized layers; QuantBytes their
+	// packed bytes.
+	QuantParams, QuantBytes int64
+
+	preset *preset.Plan
+}
+
+// BitsPerWeight returns the packed bits per weight of the quantized layers
+// (low-rank branch, scales, smoothing and bias included).
+func (p *Plan) BitsPerWeight() float64 {
+	if p.QuantParams == 0 {
+		return 0
+	}
+	return float64(p.QuantBytes) * 8 / float64(p.QuantParams)
+}
+
+// KeptReasons returns the kept tensors grouped by reason: reason → count,
+// and the reasons sorted by decreasing count, then name.
+func (p *Plan) KeptReasons() (count map[string]int, order []string) {
+	count = map[string]int{}
+	for _, k := range p.Kept {
+		if count[k.Reason] == 0 {
+			order = append(order, k.Reason)
+		}
+		count[k.Reason]++
+	}
+	sort.Slice(order, func(i, j int) bool {
+		if count[order[i]] != count[order[j]] {
+			return count[order[i]] > count[order[j]]
+		}
+		return order[i] < order[j]
+	})
+	return count, order
+}
+
+// table adapts a safetensors.Reader to preset.Table.
+type table struct{ r safetensors.Reader }
+
+func (t table) Names() []string { return t.r.Names() }
+func (t table) Shape(name string) ([]int64, bool) {
+	i, ok := t.r.Info(name)
+	return i.Shape, ok
+}
+
+// QuantizePlan opens opt.Model and derives its quantization plan without
+// quantizing anything (what `svdq quantize --dry-run` prints). The returned
+// reader stays open for the caller (Quantize uses it); close it when done.
+func QuantizePlan(opt PlanOptions) (*Plan, safetensors.Reader, error) {
+	r, err := safetensors.OpenCheckpoint(opt.Model)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := planFor(r, opt)
+	if err != nil {
+		r.Close()
+		return nil, nil, err
+	}
+	return p, r, nil
+}
+
+// planFor plans the open checkpoint r.
+func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
+	file := opt.Model
+	var fam preset.Family
+	var err error
+	if opt.Arch == "" || opt.Arch == "auto" {
+		fam, err = preset.Detect(table{r})
+	} else {
+		fam, err = preset.Lookup(opt.Arch)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", file, err)
+	}
+	pp, err := fam.Plan(table{r}, preset.Options{Include: opt.Include, Exclude: opt.Exclude, PassUnknown: opt.PassUnknown})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", file, err)
+	}
+	prec := opt.Precision
+	if prec == 0 {
+		prec = quant.INT4
+	}
+	rank := opt.Rank
+	switch {
+	case rank == 0:
+		rank = quant.DefaultRank
+	case rank < 0:
+		rank = 0
+	}
+	p := &Plan{Model: file, Family: pp.Family, ModelClass: pp.ModelClass, Naming: pp.Naming,
+		Precision: prec, Rank: rank, preset: pp}
+	for _, name := range r.Names() {
+		info, _ := r.Info(name)
+		p.InBytes += info.End - info.Begin
+	}
+	cache := map[specKey][]nunchaku.Tensor{}
+	for _, l := range pp.Layers {
+		pl := PlannedLayer{Layer: l}
+		if len(l.Sources) == 0 {
+			return nil, fmt.Errorf("%s: layer %s has no source tensor", file, l.Name)
+		}
+		first, ok := r.Info(l.Sources[0].Tensor)
+		if !ok {
+			return nil, fmt.Errorf("%s: no tensor %q (layer %s)", file, l.Sources[0].Tensor, l.Name)
+		}
+		pl.DType = string(first.DType)
+		dt := quant.BF16
+		if first.DType == safetensors.F16 {
+			dt = quant.F16
+		}
+		for _, s := range l.Sources {
+			info, ok := r.Info(s.Tensor)
+			if !ok {
+				return nil, fmt.Errorf("%s: no tensor %q (layer %s)", file, s.Tensor, l.Name)
+			}
+			if _, _, err := matrixShape(info); err != nil {
+				return nil, fmt.Errorf("%s: tensor %q: %v", file, s.Tensor, err)
+			}
+			pl.InBytes += int64(s.SrcRows.Len()*s.Cols.Len()) * int64(info.DType.Size())
+			if s.Bias != "" {
+				if b, ok := r.Info(s.Bias); ok {
+					pl.InBytes += int64(s.SrcRows.Len()) * int64(b.DType.Size())
+				}
+			}
+		}
+		key := specKey{n: l.N, k: l.K, dt: dt}
+		switch l.Role {
+		case preset.W4A4:
+			pl.Precision = prec.String()
+			pl.R = min(rank, l.N, l.K)
+			key.prec, key.r = prec, pl.R
+			key.unsigned = l.Shifted && prec == quant.INT4
+		case preset.W4A16:
+			pl.Precision = "w4a16"
+			key.w4a16, key.chunks = true, max(l.Chunks, 1)
+		default:
+			return nil, fmt.Errorf("%s: layer %s has role %v", file, l.Name, l.Role)
+		}
+		specs, ok := cache[key]
+		if !ok {
+			if specs, err = key.specs(); err != nil {
+				return nil, fmt.Errorf("%s: layer %s: %v", file, l.Name, err)
+			}
+			cache[key] = specs
+		}
+		pl.specs = specs
+		for _, s := range specs {
+			pl.OutBytes += tensorBytes(s.DType, s.Shape)
+		}
+		p.Layers = append(p.Layers, pl)
+		p.OutBytes += pl.OutBytes
+		p.QuantBytes += pl.OutBytes
+		p.QuantParams += int64(l.N) * int64(l.K)
+	}
+	for _, k := range pp.Kept {
+		info, ok := r.Info(k.Tensor)
+		if !ok {
+			return nil, fmt.Errorf("%s: no tensor %q (kept as %s)", file, k.Tensor, k.Name)
+		}
+		pk := PlannedKept{Kept: k, DType: info.DType}
+		if k.Transform == "" {
+			pk.Shape = info.Shape
+			pk.Bytes = info.End - info.Begin
+		} else {
+			pk.Bytes = k.Elems() * int64(info.DType.Size())
+		}
+		p.Kept = append(p.Kept, pk)
+		p.OutBytes += pk.Bytes
+	}
+	return p, nil
+}
+
+// specKey identifies the packed tensor shapes of a layer.
+type specKey struct {
+	n, k, r  int
+	prec     quant.Precision
+	dt       quant.Float16
+	chunks   int
+	w4a16    bool
+	unsigned bool
+}
+
+// specs packs an all-zero layer of the key's shape and returns its tensors'
+// names, dtypes and shapes (data dropped), so that the layout stays the
+// packer's business.
+func (key specKey) specs() ([]nunchaku.Tensor, error) {
+	var ts []nunchaku.Tensor
+	var err error
+	if key.w4a16 {
+		g := (key.k + 63) / 64
+		ts, err = nunchaku.PackW4A16(&quant.WeightOnly{N: key.n, K: key.k, Codes: make([]uint8, key.n*key.k),
+			Scales: make([]float32, key.n*g), Zeros: make([]float32, key.n*g), Bias: make([]float32, key.n), DType: key.dt}, key.chunks)
+	} else {
+		l := &quant.Layer{Precision: key.prec, N: key.n, K: key.k, R: key.r, TensorScale: 1, DType: key.dt,
+			Unsigned: key.unsigned}
+		l.Codes = make([]int8, key.n*key.k)
+		l.Scales = make([]float32, key.n*l.Groups())
+		l.Smooth = make([]float32, key.k)
+		for i := range l.Smooth {
+			l.Smooth[i] = 1
+		}
+		l.Down = make([]float32, key.r*key.k)
+		l.Up = make([]float32, key.n*key.r)
+		l.Bias = make([]float32, key.n)
+		ts, err = nunchaku.PackW4A4(l)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i := range ts {
+		ts[i].Data = nil
+	}
+	return ts, nil
+}
+
+// tensorBytes is the byte size of a tensor of the given dtype and shape.
+func tensorBytes(dtype string, shape []int64) int64 {
+	n := int64(safetensors.DType(dtype).Size())
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
