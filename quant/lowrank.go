@@ -58,7 +58,9 @@ func (g *groupEval) layer(m *memberEval) *Layer {
 			bias[i] = float32(float64(bias[i]) - corr[i])
 		}
 	}
-	dt.RoundAll(bias)
+	for i, b := range bias {
+		bias[i] = roundSat(dt, b)
+	}
 	l := &Layer{
 		Precision: g.cfg.prec, N: n, K: k, R: m.r,
 		Codes: m.st.codes, Scales: m.st.scales, TensorScale: m.st.ts,

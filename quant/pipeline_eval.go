@@ -176,17 +176,18 @@ func (g *groupEval) fit(m *memberEval, target []float32) {
 }
 
 // storeBranch rounds Up = L_up = U·S and Down = L_down·diag(1/λ) to the
-// dtype: the values the file stores.
+// dtype, saturating at its largest finite value: the values the file
+// stores (the residual is formed from them, so it absorbs a saturation).
 func (g *groupEval) storeBranch(m *memberEval, t *svd.Truncated) {
 	n, k, r, dt := m.in.N, g.k, m.r, g.cfg.dt
 	for i := 0; i < n; i++ {
 		for p := 0; p < r; p++ {
-			m.st.up[i*r+p] = dt.Round(float32(float64(t.U[i*r+p]) * t.S[p]))
+			m.st.up[i*r+p] = roundSat(dt, float32(float64(t.U[i*r+p])*t.S[p]))
 		}
 	}
 	for p := 0; p < r; p++ {
 		for j := 0; j < k; j++ {
-			m.st.down[p*k+j] = dt.Round(t.Vt[p*k+j] / g.lam[j])
+			m.st.down[p*k+j] = roundSat(dt, t.Vt[p*k+j]/g.lam[j])
 		}
 	}
 }
@@ -283,4 +284,16 @@ func dequantize(dst []float32, st *lrState, n, k int, prec Precision) {
 	} else {
 		DequantizeInt4(dst, st.codes, st.scales, n, k)
 	}
+}
+
+// maxFinite16 is the largest finite value of each 16-bit type.
+var maxFinite16 = map[Float16]float32{BF16: 0x1.fep127, F16: 65504}
+
+// roundSat rounds v to dt, saturating at ±maxFinite16 instead of ±Inf.
+func roundSat(dt Float16, v float32) float32 {
+	r := dt.Round(v)
+	if m := maxFinite16[dt]; r > m || r < -m {
+		return float32(math.Copysign(float64(m), float64(v)))
+	}
+	return r
 }

@@ -412,3 +412,41 @@ func TestQuantizeGroupErrors(t *testing.T) {
 		t.Errorf("mismatched K: error %v", err)
 	}
 }
+
+// TestLayerValuesAsStored: every value of the result is what the file
+// holds (16-bit fields fixed points of the dtype's rounding, NVFP4 scales
+// E4M3 values), in bf16 and fp16.
+func TestLayerValuesAsStored(t *testing.T) {
+	sc := newSynth(patActOutliers, 128, 192, 64, 8, true)
+	for _, dt := range []Float16{BF16, F16} {
+		for _, prec := range []Precision{INT4, NVFP4} {
+			res, err := QuantizeGroup([]Input{sc.in}, true, sc.c, Options{Precision: prec, DType: dt, Search: SearchFast})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := res[0].Layer
+			name := fmt.Sprintf("%v/%v", prec, dt)
+			if l.DType != dt || l.Validate() != nil {
+				t.Fatalf("%s: dtype %v, validate %v", name, l.DType, l.Validate())
+			}
+			fields := map[string][]float32{"smooth": l.Smooth, "down": l.Down, "up": l.Up, "bias": l.Bias}
+			if prec == INT4 {
+				fields["scales"] = l.Scales
+			} else {
+				for i, s := range l.Scales {
+					if E4M3ToF32(F32ToE4M3(s)) != s {
+						t.Fatalf("%s: scale %d = %v is not an E4M3 value", name, i, s)
+					}
+				}
+			}
+			for f, v := range fields {
+				for i, x := range v {
+					if dt.Round(x) != x || math.IsInf(float64(x), 0) {
+						t.Fatalf("%s: %s[%d] = %v is not a finite %v value", name, f, i, x, dt)
+					}
+				}
+			}
+			t.Logf("%s: error %.4f", name, res[0].RelError)
+		}
+	}
+}

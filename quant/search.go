@@ -1,5 +1,7 @@
 package quant
 
+import "math"
+
 // The smoothing search: which (α, β) candidates are evaluated, in which
 // order. Evaluation is a callback returning the objective (the group's
 // squared output error); the first candidate with the smallest value wins.
@@ -15,6 +17,9 @@ func searchCandidates(mode SearchMode, eval func(SmoothCandidate) float64) (best
 			return e
 		}
 		e := eval(grid[i])
+		if e != e {
+			e = math.Inf(1) // a candidate that overflows loses
+		}
 		seen[i] = e
 		if bestIdx < 0 || e < seen[bestIdx] {
 			bestIdx = i

@@ -49,7 +49,9 @@ var smoothRange = map[Float16][2]float64{
 // (ax_j when α > 0, aw_j when β > 0) is zero, subnormal in float32 or not
 // finite gets λ_j = 1, since its input or its weight column is dead and any
 // factor serves; every other factor is clamped to the dtype's safe range
-// ([2^-64, 2^64] for bf16, [2^-14, 2^14] for fp16). The rounding happens
+// ([2^-64, 2^64] for bf16, [2^-14, 2^14] for fp16) after, for fp16, being
+// raised to ax_j/2^15 at least, so that the kernel's fp16 x/λ cannot
+// overflow (λ = 1 channels are left alone: |x| itself fits). The rounding happens
 // here, before Ŵ = W·diag(λ) is formed, so that the stored factors and the
 // smoothed weight agree. Panics if the lengths differ.
 func SmoothVector(lam []float32, ax, aw []float64, c SmoothCandidate, dt Float16) {
@@ -72,6 +74,10 @@ func SmoothVector(lam []float32, ax, aw []float64, c SmoothCandidate, dt Float16
 				continue
 			}
 			v /= math.Pow(aw[j], c.Beta)
+		}
+		if dt == F16 {
+			// The kernel holds x/λ in fp16: keep |x/λ| ≤ 2^15 < 65504.
+			v = max(v, ax[j]*0x1p-15)
 		}
 		lam[j] = dt.Round(float32(min(max(v, lim[0]), lim[1])))
 	}

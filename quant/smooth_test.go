@@ -51,6 +51,24 @@ func TestSmoothVector(t *testing.T) {
 	}
 }
 
+// TestSmoothVectorF16Overflow: in fp16 the kernel's x/λ must stay finite.
+func TestSmoothVectorF16Overflow(t *testing.T) {
+	ax, aw := []float64{1e4}, []float64{10}
+	c := SmoothCandidate{0.05, 0.95} // λ = 1e4^0.05/10^0.95 ≈ 0.178: x/λ ≈ 56000
+	lam := make([]float32, 1)
+	SmoothVector(lam, ax, aw, c, BF16)
+	if want := BF16.Round(float32(math.Pow(1e4, 0.05) / math.Pow(10, 0.95))); lam[0] != want {
+		t.Errorf("bf16: λ = %v, want %v", lam[0], want)
+	}
+	SmoothVector(lam, ax, aw, c, F16)
+	if want := F16.Round(float32(1e4 * 0x1p-15)); lam[0] != want {
+		t.Errorf("fp16: λ = %v, want %v", lam[0], want)
+	}
+	if x := F16.Round(float32(1e4) / lam[0]); x > 65504 {
+		t.Errorf("fp16: x/λ = %v overflows", x)
+	}
+}
+
 func TestWeightAbsMaxOverGroup(t *testing.T) {
 	a := Input{W: []float32{1, -5, 0, 2, 0.5, -0.25}, N: 2, K: 3}
 	b := Input{W: []float32{-3, 1, 0.125}, N: 1, K: 3}
