@@ -3,6 +3,7 @@ package nunchaku
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 
 	"github.com/svdq/svdq/quant"
 )
@@ -158,6 +159,9 @@ func checkTensor(layer, name, dtype string, shape []int64, data []byte, wantDT s
 	}
 	n := dtypeSize(dtype)
 	for _, d := range want {
+		if d < 0 || (d > 0 && n > math.MaxInt/d) { // hostile shapes must not wrap around
+			return fmt.Errorf("nunchaku: %s.%s: shape %v is too large", layer, name, want)
+		}
 		n *= d
 	}
 	if len(data) != n {

@@ -373,3 +373,90 @@ func benchPackW4A4(b *testing.B, n, k, r int) {
 		}
 	}
 }
+
+// TestUnpackHostileShapes: shapes whose element count wraps around int must
+// be rejected before anything is allocated or indexed.
+func TestUnpackHostileShapes(t *testing.T) {
+	huge := int64(1) << 62
+	for _, sh := range [][]int64{{huge, 64}, {128, huge}, {-128, 64}} {
+		get := func(s string) (string, []int64, []byte, bool) {
+			if s == "qweight" {
+				return "I8", sh, make([]byte, 128*64), true
+			}
+			return "", nil, nil, false
+		}
+		if _, err := UnpackW4A4(get, W4A4Options{Name: "x"}); err == nil {
+			t.Errorf("shape %v accepted", sh)
+		}
+		get16 := func(s string) (string, []int64, []byte, bool) {
+			if s == "qweight" {
+				return "I32", sh, make([]byte, 128*64), true
+			}
+			return "", nil, nil, false
+		}
+		if _, err := UnpackW4A16(get16, W4A16Options{Name: "x", Chunks: 1}); err == nil {
+			t.Errorf("W4A16 shape %v accepted", sh)
+		}
+	}
+}
+
+// FuzzUnpackW4A4 feeds arbitrary shapes, dtypes and bytes to the unpacker:
+// it must return an error or a layer that passes Validate, never panic.
+func FuzzUnpackW4A4(f *testing.F) {
+	f.Add(int64(128), int64(64), int64(16), uint8(0), []byte{1, 2, 3})
+	f.Add(int64(256), int64(192), int64(0), uint8(5), []byte{0x38})
+	f.Fuzz(func(t *testing.T, np, kh, rp int64, sel uint8, raw []byte) {
+		if len(raw) == 0 {
+			raw = []byte{0}
+		}
+		fill := func(dt string, shape ...int64) (string, []int64, []byte, bool) {
+			n := int64(dtypeSize(dt))
+			for _, d := range shape {
+				if d < 0 || d > 1<<12 {
+					return dt, shape, raw, true
+				}
+				n *= d
+			}
+			if sel&0x40 != 0 {
+				n++ // off by one byte
+			}
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = raw[i%len(raw)]
+			}
+			return dt, shape, b, true
+		}
+		mdt := []string{"BF16", "F16", "F32"}[int(sel)%3]
+		sdt := []string{mdt, "F8_E4M3"}[int(sel>>2)%2]
+		kp := 2 * kh
+		get := func(s string) (string, []int64, []byte, bool) {
+			switch s {
+			case "qweight":
+				return fill("I8", np, kh)
+			case "wscales":
+				g := int64(64)
+				if sdt == "F8_E4M3" {
+					g = 16
+				}
+				return fill(sdt, kp/g, np)
+			case "smooth", "smooth_orig":
+				return fill(mdt, kp)
+			case "bias":
+				return fill(mdt, np)
+			case "lora_down":
+				return fill(mdt, kp, rp)
+			case "lora_up":
+				return fill(mdt, np, rp)
+			case "wtscale":
+				return fill("F32", 1)
+			}
+			return "", nil, nil, false
+		}
+		l, err := UnpackW4A4(get, W4A4Options{Name: "fuzz", Unsigned: sel&0x80 != 0})
+		if err == nil {
+			if verr := l.Validate(); verr != nil {
+				t.Fatalf("unpacked an invalid layer: %v", verr)
+			}
+		}
+	})
+}
