@@ -11,12 +11,14 @@ import (
 // row stride lda, or [k, m] when transA), op(B) is [k, n] (B stored [k, n]
 // with stride ldb, or [n, k] when transB), C is [m, n] with stride ldc.
 //
-// It is blocked for the caches (BLIS-style: kc-deep passes, op(B) packed in
-// nc-wide blocks shared by all workers, op(A) packed per worker in mc-row
-// blocks), runs on runtime.GOMAXPROCS(0) goroutines when the product is large
-// enough, and uses the fastest micro-kernel of the CPU (KernelName). Results
-// match GemmRef within float32 accumulation error: each element is a float32
-// sum over k in order, so |C − C_ref| ≲ k·2⁻²⁴·Σ_p |alpha·op(A)_ip·op(B)_pj|.
+// It is blocked for the caches (BLIS-style: kc-deep passes; op(B) packed in
+// nc-wide blocks shared by all workers; op(A) read in place or packed per
+// worker in row blocks), runs on runtime.GOMAXPROCS(0) goroutines when the
+// product is large enough, computes Cᵀ = op(B)ᵀ·op(A)ᵀ instead when that is
+// cheaper (narrow C, transposes), and uses the fastest micro-kernel of the
+// CPU (KernelName). Results match GemmRef within float32 accumulation error:
+// each element is a float32 sum over k in order, so
+// |C − C_ref| ≲ k·2⁻²⁴·Σ_p |alpha·op(A)_ip·op(B)_pj|.
 // When beta is 0, C is not read (NaNs in C do not propagate); when alpha is 0
 // or k is 0, A and B are not read and C = beta·C. C must not overlap A or B.
 // Panics with an "svd:" prefix on inconsistent sizes.
@@ -80,15 +82,65 @@ func (g gemmProblem) transposed() gemmProblem {
 	}
 }
 
-// swapPays reports whether computing Cᵀ wastes clearly less work on tile
-// padding (e.g. n = 40 with 32-wide tiles) and k is deep enough to hide the
-// strided stores of the transposed result.
+// swapPays reports whether computing Cᵀ = op(B)ᵀ·op(A)ᵀ is estimated to be
+// clearly cheaper: less work lost to tile padding (n = 40 with 32-wide
+// tiles), or the transposing pack moved to the smaller operand.
 func (g *gemmProblem) swapPays(kern *microKernel) bool {
-	if g.k < 64 {
-		return false
+	t := g.transposed()
+	return t.cost(kern) < 0.9*g.cost(kern)
+}
+
+// Rough costs of the cost model, in nanoseconds per element on one core.
+const (
+	costFlop    = 1.0 / 110 // one floating-point operation in the kernel
+	costCopy    = 0.3       // packing a contiguous run
+	costTrans   = 1.5       // packing with a transpose (strided writes)
+	costScatter = 1.5       // storing a tile element of a transposed C
+)
+
+// cost estimates the time of the product with kern on one core (ns).
+func (g *gemmProblem) cost(kern *microKernel) float64 {
+	m, n, k := float64(g.m), float64(g.n), float64(g.k)
+	c := 2 * float64(roundUp(g.m, kern.mr)) * float64(roundUp(g.n, kern.nr)) * k * costFlop
+	if !g.directA(kern) {
+		c += m * k * float64(ceilDiv(g.n, kern.nc)) * costCopy
 	}
-	padded := func(m, n int) int { return roundUp(m, kern.mr) * roundUp(n, kern.nr) }
-	return 5*padded(g.n, g.m) < 4*padded(g.m, g.n)
+	if g.transB {
+		c += k * n * costTrans
+	} else {
+		c += k * n * costCopy
+	}
+	if g.cs != 1 {
+		c += m * n * float64(ceilDiv(g.k, kern.kc)) * costScatter
+	}
+	return c
+}
+
+// aMode says how the micro-kernel reads op(A).
+type aMode int
+
+const (
+	aAuto   aMode = iota // let the plan decide
+	aPacked              // pack row blocks into panels
+	aDirect              // read A in place through strides (edge panels packed)
+)
+
+// forceA overrides the choice of directA (tests exercise both paths).
+var forceA = aAuto
+
+// directA reports whether op(A) is read in place instead of packed: when
+// each A block meets at most two column panels of B (a narrow C such as the
+// range finder's A·Ω), so that packing would cost as much as reading A. A
+// block reused across many panels is faster packed (3072³: 210 against 155
+// GFLOP/s on two Zen 4 cores).
+func (g *gemmProblem) directA(kern *microKernel) bool {
+	switch forceA {
+	case aPacked:
+		return false
+	case aDirect:
+		return true
+	}
+	return ceilDiv(min(g.n, kern.nc), kern.nr) <= 2
 }
 
 // minParallelFlops is the size below which Gemm stays on one goroutine.
@@ -100,24 +152,38 @@ func (g *gemmProblem) run(kern *microKernel, workers int) {
 	if 2*float64(g.m)*float64(g.n)*float64(g.k) < minParallelFlops {
 		workers = 1
 	}
-	// Balanced block sizes: as many blocks as the kernel's limits require,
-	// the row blocks a multiple of the worker count.
+	// Balanced block sizes: as many blocks as the kernel's limits require;
+	// row blocks are whole panels, their count a multiple of the workers.
 	nPC := ceilDiv(g.k, kern.kc)
 	kcMax := ceilDiv(g.k, nPC)
 	nJC := ceilDiv(g.n, kern.nc)
 	ncMax := roundUp(ceilDiv(g.n, nJC), nr)
-	nIC := roundUp(ceilDiv(g.m, kern.mc), workers)
-	mc := roundUp(ceilDiv(g.m, nIC), mr)
-	nIC = ceilDiv(g.m, mc)
-	splits := 1 // column splits of each row block, when rows are too few
+	panelsM := ceilDiv(g.m, mr)
+	nIC := min(roundUp(ceilDiv(g.m, kern.mc), workers), panelsM)
+	rowBlock := func(ic int) (i0, rows int) {
+		q, r := panelsM/nIC, panelsM%nIC
+		p0 := ic*q + min(ic, r)
+		p1 := p0 + q
+		if ic < r {
+			p1++
+		}
+		return p0 * mr, min(p1*mr, g.m) - p0*mr
+	}
+	mcMax := ceilDiv(panelsM, nIC) * mr
+	splits := 1 // column splits of each row block, when row blocks are few
 	if nIC < workers {
 		splits = ceilDiv(workers, nIC)
 	}
+	direct := g.directA(kern)
 
-	bp := getBuf(roundUp(ncMax, nr) * kcMax)
+	bp := getBuf(ncMax * kcMax)
 	ws := make([]gemmWorker, workers)
 	for w := range ws {
-		ws[w].a = getBuf(mc * kcMax)
+		if direct {
+			ws[w].a = getBuf(mr * kcMax) // the edge panel only
+		} else {
+			ws[w].a = getBuf(mcMax * kcMax)
+		}
 	}
 	defer func() {
 		putBuf(bp)
@@ -137,34 +203,38 @@ func (g *gemmProblem) run(kern *microKernel, workers int) {
 			}
 			// Pack op(B)[pc:pc+kc, jc:jc+nc], panels shared out.
 			per := ceilDiv(panels, workers)
-			parallel(min(workers, ceilDiv(panels, per)), ceilDiv(panels, per), func(_, u int) {
+			parallel(workers, ceilDiv(panels, per), func(_, u int) {
 				packB(*bp, g, pc, kc, jc, nc, nr, u*per, min(panels, (u+1)*per))
 			})
 			// Compute: units are (row block, column split), row-block major.
 			perSplit := ceilDiv(panels, splits)
-			units := nIC * ceilDiv(panels, perSplit)
+			nSplit := ceilDiv(panels, perSplit)
 			for w := range ws {
 				ws[w].ic = -1
 			}
-			parallel(workers, units, func(w, u int) {
-				ic, s := u/ceilDiv(panels, perSplit), u%ceilDiv(panels, perSplit)
+			parallel(workers, nIC*nSplit, func(w, u int) {
+				ic, s := u/nSplit, u%nSplit
 				wk := &ws[w]
-				i0 := ic * mc
-				mcCur := min(mc, g.m-i0)
+				i0, rows := rowBlock(ic)
 				if wk.ic != ic {
-					packA(*wk.a, g, i0, mcCur, pc, kc, mr)
+					if !direct {
+						packA(*wk.a, g, i0, rows, pc, kc, mr)
+					} else if full := rows / mr * mr; full < rows {
+						packA(*wk.a, g, i0+full, rows-full, pc, kc, mr)
+					}
 					wk.ic = ic
 				}
-				g.block(kern, wk, *bp, i0, mcCur, jc, nc, kc, s*perSplit, min(panels, (s+1)*perSplit), beta)
+				g.block(kern, wk, direct, *bp, i0, rows, pc, jc, nc, kc, s*perSplit, min(panels, (s+1)*perSplit), beta)
 			})
 		}
 	}
 }
 
-// gemmWorker is one goroutine's packed A block and edge-tile buffer.
+// gemmWorker is one goroutine's packed A block (or packed edge panel when A
+// is read in place) and edge-tile buffer.
 type gemmWorker struct {
-	a   *[]float32 // packed op(A) block
-	ic  int        // row block held in a (-1: none)
+	a   *[]float32
+	ic  int // row block whose panels a holds (-1: none)
 	tmp [maxTile]float32
 }
 
@@ -172,9 +242,10 @@ type gemmWorker struct {
 const maxTile = 16 * 64
 
 // block runs the micro-kernel over the column panels [jp0, jp1) of the
-// packed B block against every row panel of the packed A block rows
-// [i0, i0+mc).
-func (g *gemmProblem) block(kern *microKernel, wk *gemmWorker, bp []float32, i0, mc, j0, nc, kc, jp0, jp1 int, beta float32) {
+// packed B block (columns j0.., kc deep from p0) against every row panel of
+// rows [i0, i0+mc): from wk's packed block, or in place when direct (the
+// partial last panel from wk's packed edge panel).
+func (g *gemmProblem) block(kern *microKernel, wk *gemmWorker, direct bool, bp []float32, i0, mc, p0, j0, nc, kc, jp0, jp1 int, beta float32) {
 	mr, nr := kern.mr, kern.nr
 	ap := *wk.a
 	for jp := jp0; jp < jp1; jp++ {
@@ -184,12 +255,21 @@ func (g *gemmProblem) block(kern *microKernel, wk *gemmWorker, bp []float32, i0,
 		for ip := 0; ip*mr < mc; ip++ {
 			i := i0 + ip*mr
 			rows := min(mr, i0+mc-i)
-			apan := &ap[ip*kc*mr]
+			apan, ars, aps := &ap[0], 1, mr
+			switch {
+			case !direct:
+				apan = &ap[ip*kc*mr]
+			case rows < mr: // packed edge panel
+			case g.transA:
+				apan, ars, aps = &g.a[p0*g.lda+i], 1, g.lda
+			default:
+				apan, ars, aps = &g.a[i*g.lda+p0], g.lda, 1
+			}
 			if rows == mr && cols == nr && g.cs == 1 {
-				kern.fn(kc, apan, bpan, &g.c[i*g.rs+j], g.rs, g.alpha, beta)
+				kern.fn(kc, apan, ars, aps, bpan, &g.c[i*g.rs+j], g.rs, g.alpha, beta)
 				continue
 			}
-			kern.fn(kc, apan, bpan, &wk.tmp[0], nr, 1, 0)
+			kern.fn(kc, apan, ars, aps, bpan, &wk.tmp[0], nr, 1, 0)
 			for ii := 0; ii < rows; ii++ {
 				t := wk.tmp[ii*nr : ii*nr+cols]
 				base := (i+ii)*g.rs + j*g.cs

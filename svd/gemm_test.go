@@ -38,9 +38,13 @@ func TestGemmKernels(t *testing.T) {
 				if _, err := SetKernel(kn); err != nil {
 					t.Fatal(err)
 				}
-				for _, s := range gemmScalars {
-					g.check(t, s[0], s[1])
+				for _, mode := range []aMode{aAuto, aPacked, aDirect} {
+					forceA = mode
+					for _, s := range gemmScalars {
+						g.check(t, s[0], s[1])
+					}
 				}
+				forceA = aAuto
 			}
 		}
 	}
@@ -99,7 +103,7 @@ func (g *gemmCheck) check(t *testing.T, alpha, beta float32) {
 	}
 	got := append([]float32(nil), c...)
 	Gemm(g.transA, g.transB, g.m, g.n, g.k, alpha, g.a, g.lda, g.b, g.ldb, beta, got, g.ldc)
-	name := fmt.Sprintf("%s transA=%v transB=%v m=%d n=%d k=%d alpha=%g beta=%g", KernelName(), g.transA, g.transB, g.m, g.n, g.k, alpha, beta)
+	name := fmt.Sprintf("%s A-mode %d transA=%v transB=%v m=%d n=%d k=%d alpha=%g beta=%g", KernelName(), forceA, g.transA, g.transB, g.m, g.n, g.k, alpha, beta)
 	bad := 0
 	for i := 0; i < g.m; i++ {
 		for j := 0; j < g.ldc; j++ {
@@ -183,19 +187,24 @@ func TestGemmWorkers(t *testing.T) {
 		for _, workers := range []int{1, 2, 3, 7} {
 			got := make([]float32, len(g.p))
 			pr := gemmProblem{g.transA, g.transB, c.m, c.n, c.k, 1, 0, g.a, g.lda, g.b, g.ldb, got, g.ldc, 1}
-			for _, swap := range []bool{false, true} {
+			for _, v := range []struct {
+				swap bool
+				mode aMode
+			}{{false, aPacked}, {false, aDirect}, {true, aPacked}, {true, aDirect}} {
 				clear(got)
 				q := pr
-				if swap {
+				if v.swap {
 					q = pr.transposed()
 				}
+				forceA = v.mode
 				q.run(kern, workers)
+				forceA = aAuto
 				for i := 0; i < c.m; i++ {
 					for j := 0; j < c.n; j++ {
 						idx := i*g.ldc + j
 						tol := gemmTol.perK * float64(c.k+1) * 0x1p-24 * float64(g.mag[idx])
 						if d := math.Abs(float64(got[idx] - g.p[idx])); !(d <= tol) {
-							t.Fatalf("%s m=%d n=%d k=%d workers=%d swap=%v: C[%d, %d] = %g, want %g", kern.name, c.m, c.n, c.k, workers, swap, i, j, got[idx], g.p[idx])
+							t.Fatalf("%s m=%d n=%d k=%d workers=%d %+v: C[%d, %d] = %g, want %g", kern.name, c.m, c.n, c.k, workers, v, i, j, got[idx], g.p[idx])
 						}
 					}
 				}

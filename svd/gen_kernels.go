@@ -3,13 +3,18 @@
 // gen_kernels writes kernel_amd64.s, the SIMD GEMM micro-kernels.
 // Run with `go generate ./svd` (or `go run gen_kernels.go` in svd/).
 //
-// Each kernel computes one MR×NR tile of C from packed panels:
+// Each kernel computes one MR×NR tile of C (see microKernel in kernel.go):
 //
-//	acc[i, j] = Σ_p a[p·MR + i] · b[p·NR + j]   (p < k, k ≥ 1)
+//	acc[i, j] = Σ_{p<k} A(i, p) · b[p·NR + j]        A(i, p) = a[i·ars + p·aps]
 //	C[i·ldc + j] = alpha·acc[i, j] + beta·C[i·ldc + j]   (C not read when beta is ±0)
 //
-// Row i of the tile lives in NR/vec accumulators; every k step loads the NR
-// values of B into vector registers and broadcasts the MR values of A.
+// A is read through strides so that one kernel serves a packed panel
+// (ars = 1, aps = MR), a transposed operand read in place (ars = 1,
+// aps = lda) and a row-major operand read in place (ars = lda, aps = 1).
+// Rows are addressed as base + {0, 1, 2}·ars with one base register per
+// three rows. B is always a packed [k, NR] panel. Row i of the tile lives in
+// NR/vec accumulators; every k step loads the NR values of B and multiplies
+// them by the broadcast A(i, p).
 package main
 
 import (
@@ -24,15 +29,19 @@ type kernel struct {
 	vec    int    // floats per register
 	mr     int    // rows of the tile
 	nv     int    // registers per row: NR = nv·vec
-	bcasts int    // registers used for broadcast A values (rotated)
-	zero   string // instruction that zeroes a register
 	unroll int    // k steps per loop iteration
+	// embedded uses AVX-512 embedded broadcasts (FMA with a {1to16} memory
+	// operand) instead of broadcasting A into registers.
+	embedded bool
 }
 
 var kernels = []kernel{
-	{name: "kernAVX2", reg: "Y", vec: 8, mr: 6, nv: 2, bcasts: 2, zero: "VXORPS", unroll: 4},
-	{name: "kernAVX512", reg: "Z", vec: 16, mr: 12, nv: 2, bcasts: 6, zero: "VPXORD", unroll: 4},
+	{name: "kernAVX2", reg: "Y", vec: 8, mr: 6, nv: 2, unroll: 4},
+	{name: "kernAVX512", reg: "Z", vec: 16, mr: 12, nv: 2, unroll: 4, embedded: true},
 }
+
+// bases are the row base registers, three rows each.
+var bases = []string{"AX", "R11", "R12", "R13"}
 
 func main() {
 	var w bytes.Buffer
@@ -54,60 +63,102 @@ func gen(w *bytes.Buffer, k kernel) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	nr := k.nv * k.vec
 	nacc := k.mr * k.nv
+	nbase := (k.mr + 2) / 3
 	acc := func(i, v int) string { return fmt.Sprintf("%s%d", k.reg, i*k.nv+v) }
 	breg := func(v int) string { return fmt.Sprintf("%s%d", k.reg, nacc+v) }
-	areg := func(i int) string { return fmt.Sprintf("%s%d", k.reg, nacc+k.nv+i%k.bcasts) }
-	if nacc+k.nv+k.bcasts > map[string]int{"Y": 16, "Z": 32}[k.reg] {
+	areg := func(i int) string { return fmt.Sprintf("%s%d", k.reg, nacc+k.nv+i%2) }
+	nregs := nacc + k.nv
+	if !k.embedded {
+		nregs += 2
+	}
+	if nregs > map[string]int{"Y": 16, "Z": 32}[k.reg] || nbase > len(bases) {
 		panic("too many registers for " + k.name)
 	}
+	// aAddr is the address of A(i, p) for the current p.
+	aAddr := func(i int) string {
+		b := bases[i/3]
+		switch i % 3 {
+		case 1:
+			return fmt.Sprintf("(%s)(R8*1)", b)
+		case 2:
+			return fmt.Sprintf("(%s)(R8*2)", b)
+		}
+		return fmt.Sprintf("(%s)", b)
+	}
 
-	// step emits one k step reading A at byte offset aoff and B at boff.
-	step := func(aoff, boff int) {
+	// step emits one k step reading B at byte offset boff, then advances
+	// the A bases by aps.
+	step := func(boff int) {
 		for v := 0; v < k.nv; v++ {
 			p("\tVMOVUPS %d(BX), %s", boff+4*k.vec*v, breg(v))
 		}
 		for i := 0; i < k.mr; i++ {
-			p("\tVBROADCASTSS %d(AX), %s", aoff+4*i, areg(i))
+			if k.embedded {
+				for v := 0; v < k.nv; v++ {
+					p("\tVFMADD231PS.BCST %s, %s, %s", aAddr(i), breg(v), acc(i, v))
+				}
+				continue
+			}
+			p("\tVBROADCASTSS %s, %s", aAddr(i), areg(i))
 			for v := 0; v < k.nv; v++ {
 				p("\tVFMADD231PS %s, %s, %s", breg(v), areg(i), acc(i, v))
 			}
 		}
+		for b := 0; b < nbase; b++ {
+			p("\tADDQ R9, %s", bases[b])
+		}
 	}
 
 	p("")
-	p("// func %s(k int, a, b, c *float32, ldc int, alpha, beta float32)", k.name)
-	p("// %d×%d tile: a is a packed [k, %d] panel, b a packed [k, %d] panel.", k.mr, nr, k.mr, nr)
-	p("TEXT ·%s(SB), NOSPLIT, $0-48", k.name)
+	p("// func %s(k int, a *float32, ars, aps int, b, c *float32, ldc int, alpha, beta float32)", k.name)
+	p("// %d×%d tile.", k.mr, nr)
+	p("TEXT ·%s(SB), NOSPLIT, $0-64", k.name)
 	p("\tMOVQ k+0(FP), CX")
 	p("\tMOVQ a+8(FP), AX")
-	p("\tMOVQ b+16(FP), BX")
-	p("\tMOVQ c+24(FP), DI")
-	p("\tMOVQ ldc+32(FP), DX")
+	p("\tMOVQ ars+16(FP), R8")
+	p("\tSHLQ $2, R8")
+	p("\tMOVQ aps+24(FP), R9")
+	p("\tSHLQ $2, R9")
+	p("\tMOVQ b+32(FP), BX")
+	p("\tMOVQ c+40(FP), DI")
+	p("\tMOVQ ldc+48(FP), DX")
 	p("\tSHLQ $2, DX")
+	for b := 1; b < nbase; b++ { // base b = base b-1 + 3·ars
+		p("\tLEAQ (%s)(R8*2), %s", bases[b-1], bases[b])
+		p("\tADDQ R8, %s", bases[b])
+	}
+	// Prefetch the C tile (first and last byte of each row) so its cache
+	// misses overlap the loop instead of stalling the epilogue.
+	p("\tMOVQ DI, R10")
+	for i := 0; i < k.mr; i++ {
+		p("\tPREFETCHT0 (R10)")
+		p("\tPREFETCHT0 %d(R10)", 4*nr-4)
+		if i < k.mr-1 {
+			p("\tADDQ DX, R10")
+		}
+	}
 	for i := 0; i < nacc; i++ {
 		r := fmt.Sprintf("%s%d", k.reg, i)
-		p("\t%s %s, %s, %s", k.zero, r, r, r)
+		p("\t%s %s, %s, %s", map[string]string{"Y": "VXORPS", "Z": "VPXORD"}[k.reg], r, r, r)
 	}
 	// Unrolled loop over k/unroll iterations, then the remainder one by one.
-	p("\tMOVQ CX, R9")
-	p("\tSHRQ $%d, R9", log2(k.unroll))
+	p("\tMOVQ CX, R10")
+	p("\tSHRQ $%d, R10", log2(k.unroll))
 	p("\tANDQ $%d, CX", k.unroll-1)
-	p("\tTESTQ R9, R9")
+	p("\tTESTQ R10, R10")
 	p("\tJZ %s_tail", k.name)
 	p("%s_loop:", k.name)
 	for u := 0; u < k.unroll; u++ {
-		step(4*k.mr*u, 4*nr*u)
+		step(4 * nr * u)
 	}
-	p("\tADDQ $%d, AX", 4*k.mr*k.unroll)
 	p("\tADDQ $%d, BX", 4*nr*k.unroll)
-	p("\tDECQ R9")
+	p("\tDECQ R10")
 	p("\tJNZ %s_loop", k.name)
 	p("%s_tail:", k.name)
 	p("\tTESTQ CX, CX")
 	p("\tJZ %s_store", k.name)
 	p("%s_tailloop:", k.name)
-	step(0, 0)
-	p("\tADDQ $%d, AX", 4*k.mr)
+	step(0)
 	p("\tADDQ $%d, BX", 4*nr)
 	p("\tDECQ CX")
 	p("\tJNZ %s_tailloop", k.name)
@@ -115,15 +166,15 @@ func gen(w *bytes.Buffer, k kernel) {
 	// Epilogue: scale by alpha, add beta·C unless beta is ±0, store.
 	p("%s_store:", k.name)
 	alpha, beta := breg(0), breg(1)
-	p("\tVBROADCASTSS alpha+40(FP), %s", alpha)
+	p("\tVBROADCASTSS alpha+56(FP), %s", alpha)
 	for i := 0; i < nacc; i++ {
 		r := fmt.Sprintf("%s%d", k.reg, i)
 		p("\tVMULPS %s, %s, %s", alpha, r, r)
 	}
-	p("\tMOVL beta+44(FP), R8")
+	p("\tMOVL beta+60(FP), R8")
 	p("\tSHLL $1, R8") // drop the sign bit: zero iff beta is ±0
 	p("\tJZ %s_nobeta", k.name)
-	p("\tVBROADCASTSS beta+44(FP), %s", beta)
+	p("\tVBROADCASTSS beta+60(FP), %s", beta)
 	for i := 0; i < k.mr; i++ {
 		for v := 0; v < k.nv; v++ {
 			p("\tVFMADD231PS %d(DI), %s, %s", 4*k.vec*v, beta, acc(i, v))

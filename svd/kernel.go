@@ -5,14 +5,17 @@ import (
 	"sync/atomic"
 )
 
-// microKernel computes one mr×nr tile of C from packed panels:
+// microKernel computes one mr×nr tile of C:
 //
-//	acc[i, j] = Σ_{p<k} a[p·mr + i] · b[p·nr + j]
+//	acc[i, j] = Σ_{p<k} A(i, p) · b[p·nr + j]      A(i, p) = a[i·ars + p·aps]
 //	C[i·ldc + j] = alpha·acc[i, j] + beta·C[i·ldc + j]
 //
-// a points at a packed [k, mr] panel of op(A) (column i is row i of the
-// tile), b at a packed [k, nr] panel of op(B), c at the tile's top-left
-// element. k ≥ 1. When beta is ±0, C is not read. The blocking sizes say how
+// a points at op(A)'s element (0, 0) of the tile, read through strides: a
+// packed [k, mr] panel has ars = 1, aps = mr; a transposed A read in place
+// has ars = 1, aps = lda; a row-major A read in place has ars = lda,
+// aps = 1. b points at a packed [k, nr] panel of op(B), c at the tile's
+// top-left element. k ≥ 1; all mr rows of A are read. When beta is ±0, C is
+// not read. The blocking sizes say how
 // the driver cuts the problem for this kernel: kc values of k per pass (the
 // panels stay in L1/L2), mc rows of A per packed block (L2), nc columns of B
 // per packed block (L3).
@@ -20,7 +23,7 @@ type microKernel struct {
 	name       string
 	mr, nr     int
 	mc, kc, nc int
-	fn         func(k int, a, b, c *float32, ldc int, alpha, beta float32)
+	fn         func(k int, a *float32, ars, aps int, b, c *float32, ldc int, alpha, beta float32)
 }
 
 // kernels lists the micro-kernels this CPU runs, fastest first; the generic

@@ -10,10 +10,10 @@ import "golang.org/x/sys/cpu"
 // microKernel for the contract.
 
 //go:noescape
-func kernAVX2(k int, a, b, c *float32, ldc int, alpha, beta float32)
+func kernAVX2(k int, a *float32, ars, aps int, b, c *float32, ldc int, alpha, beta float32)
 
 //go:noescape
-func kernAVX512(k int, a, b, c *float32, ldc int, alpha, beta float32)
+func kernAVX512(k int, a *float32, ars, aps int, b, c *float32, ldc int, alpha, beta float32)
 
 // avx2Kernel: 6×16 tile in 12 ymm accumulators (AVX2 + FMA3).
 var avx2Kernel = &microKernel{
@@ -27,7 +27,7 @@ var avx2Kernel = &microKernel{
 var avx512Kernel = &microKernel{
 	name: "avx512",
 	mr:   12, nr: 32,
-	mc: 144, kc: 256, nc: 3072,
+	mc: 144, kc: 512, nc: 3072,
 	fn: kernAVX512,
 }
 

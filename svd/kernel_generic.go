@@ -13,15 +13,15 @@ var genericKernel = &microKernel{
 }
 
 // kernGeneric implements microKernel.fn for a 4×4 tile.
-func kernGeneric(k int, a, b, c *float32, ldc int, alpha, beta float32) {
-	ap := unsafe.Slice(a, 4*k)
+func kernGeneric(k int, a *float32, ars, aps int, b, c *float32, ldc int, alpha, beta float32) {
+	ap := unsafe.Slice(a, 3*ars+(k-1)*aps+1)
 	bp := unsafe.Slice(b, 4*k)
 	var c00, c01, c02, c03, c10, c11, c12, c13 float32
 	var c20, c21, c22, c23, c30, c31, c32, c33 float32
-	for p := 0; p < 4*k; p += 4 {
-		av := ap[p : p+4 : p+4]
-		bv := bp[p : p+4 : p+4]
-		a0, a1, a2, a3 := av[0], av[1], av[2], av[3]
+	for p := 0; p < k; p++ {
+		o := p * aps
+		a0, a1, a2, a3 := ap[o], ap[o+ars], ap[o+2*ars], ap[o+3*ars]
+		bv := bp[4*p : 4*p+4 : 4*p+4]
 		b0, b1, b2, b3 := bv[0], bv[1], bv[2], bv[3]
 		c00 += a0 * b0
 		c01 += a0 * b1
