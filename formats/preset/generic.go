@@ -10,7 +10,7 @@ import (
 // as its own W4A4 layer named after its module; everything else stays 16-bit.
 // The default selection (no --include) is every 2-D tensor named
 // "….weight" with both dimensions ≥ 128 whose module is not an embedder,
-// a final projection or a norm by its last name component (see
+// a final projection or a norm by a name component (see
 // genericSkip); --include replaces it (a tensor must still be 2-D), and
 // --exclude removes from either. Layers share no smoothing group and none
 // is shifted: generic knows nothing of the architecture.
@@ -27,8 +27,11 @@ func (generic) Name() string { return genericName }
 // Detect is false: generic is chosen only by name.
 func (generic) Detect(Table) bool { return false }
 
-// genericSkip matches module names the default selection leaves 16-bit.
-var genericSkip = regexp.MustCompile(`(^|\.)(embed|embedder|embed_tokens|[a-z_]*embedder|x_embedder|context_embedder|img_in|txt_in|proj_out|lm_head|norm_out|final_layer|[a-z_]*norm[a-z_0-9]*)(\.|$)`)
+// genericSkip matches module names the default selection leaves 16-bit: a
+// name component that is an input or output projection of the whole model
+// (img_in, txt_in, proj_out, lm_head, final_layer), or mentions an
+// embedding or a norm (x_embedder, embed_tokens, norm_out, …).
+var genericSkip = regexp.MustCompile(`(^|\.)(img_in|txt_in|proj_out|lm_head|final_layer|\w*embed\w*|\w*norm\w*)(\.|$)`)
 
 func (generic) Plan(t Table, opt Options) (*Plan, error) {
 	p := newPlanner(t, genericName, "", "generic", "")

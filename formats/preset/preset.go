@@ -155,7 +155,8 @@ type Plan struct {
 	// Kept tensors, sorted by Name.
 	Kept []Kept
 
-	modules map[string][]Target // Resolve index
+	modules map[string][]Target // Resolve index: module name → targets
+	flat    map[string]string   // kohya-flattened name → module ("" when ambiguous)
 }
 
 // Table is the read-only view of a checkpoint's header a preset needs.

@@ -48,6 +48,15 @@ func (p *Plan) indexModules() {
 		}
 		p.modules[m] = out
 	}
+	p.flat = make(map[string]string, len(p.modules))
+	for m := range p.modules {
+		f := flatten(m)
+		if _, dup := p.flat[f]; dup {
+			p.flat[f] = "" // ambiguous
+		} else {
+			p.flat[f] = m
+		}
+	}
 }
 
 // Modules returns every module name Resolve knows (both namings), sorted.
@@ -76,20 +85,10 @@ func (p *Plan) Resolve(module string) ([]Target, bool) {
 	if ts, ok := p.modules[module]; ok {
 		return append([]Target(nil), ts...), true
 	}
-	flat := flatten(module)
-	var hit string
-	for m := range p.modules {
-		if flatten(m) == flat {
-			if hit != "" {
-				return nil, false // ambiguous
-			}
-			hit = m
-		}
+	if m := p.flat[flatten(module)]; m != "" {
+		return append([]Target(nil), p.modules[m]...), true
 	}
-	if hit == "" {
-		return nil, false
-	}
-	return append([]Target(nil), p.modules[hit]...), true
+	return nil, false
 }
 
 func flatten(s string) string { return strings.ReplaceAll(s, ".", "_") }
