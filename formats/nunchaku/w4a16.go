@@ -31,9 +31,10 @@ func chunkDelta(r, c int) float32 {
 }
 
 // PackW4A16 returns the tensors qweight, wscales, wzeros, bias of a W4A16
-// layer whose N output rows form chunks equal chunks (6 for FLUX double-block
-// norm1.linear / norm1_context.linear, 3 for single-block norm.linear; 1 for
-// a plain layer: no interleave, no bias change):
+// layer whose N output rows split into `chunks` equal chunks (6 for FLUX
+// double-block norm1.linear / norm1_context.linear, 3 for single-block
+// norm.linear; 1 for a plain layer: no interleave, no bias change; with 2
+// both chunks get the +1, as deepcompressor's delta[1] = delta[-2] = 1 does):
 //
 //	qweight  I32 [N/4, K/2]  (16-bit words, see the package doc)
 //	wscales  model dtype [G', N], G' = K/64 rounded up to a multiple of 16
