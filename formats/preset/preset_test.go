@@ -308,3 +308,23 @@ func TestGeneric(t *testing.T) {
 		t.Errorf("%d layers with include/exclude, want 4", len(p.Layers))
 	}
 }
+
+// TestResolveAmbiguousKohya: two modules that flatten to the same kohya
+// name resolve by their dotted names only.
+func TestResolveAmbiguousKohya(t *testing.T) {
+	tab := MapTable{"a.b_c.weight": {128, 128}, "a_b.c.weight": {128, 128}, "x.y.weight": {128, 128}}
+	g, _ := Lookup("generic")
+	p, err := g.Plan(tab, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.Resolve("a_b_c"); ok {
+		t.Error("ambiguous kohya name resolved")
+	}
+	if ts, ok := p.Resolve("a.b_c"); !ok || ts[0].Layer != "a.b_c" {
+		t.Errorf("a.b_c -> %v %v", ts, ok)
+	}
+	if ts, ok := p.Resolve("lora_unet_x_y"); !ok || ts[0].Layer != "x.y" {
+		t.Errorf("x_y -> %v %v", ts, ok)
+	}
+}

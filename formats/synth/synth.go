@@ -28,7 +28,8 @@ type Options struct {
 	Seed   uint64
 	// Shards > 1 splits the model into that many files with an index.
 	Shards int
-	// Samples is the number of calibration rows per module (0: 256).
+	// Samples is the number of calibration rows per module (0: 256; at
+	// most 4096, the svdq-calib/1 limit).
 	Samples int
 	// Workers generating tensors (0: runtime.NumCPU()).
 	Workers int
@@ -46,6 +47,9 @@ const (
 	// CalibFormat is the metadata "format" value of calibration files.
 	CalibFormat = "svdq-calib/1"
 )
+
+// maxSamples is the most sample rows svdq-calib/1 allows.
+const maxSamples = 4096
 
 // segment is the run of columns of a weight (or module input) that one
 // layer input feeds.
@@ -82,8 +86,8 @@ func Generate(opt Options) error {
 	if opt.Workers <= 0 {
 		opt.Workers = runtime.NumCPU()
 	}
-	if opt.Samples < 1 || opt.Shards < 0 {
-		return fmt.Errorf("synth: samples %d, shards %d: want ≥ 1, ≥ 0", opt.Samples, opt.Shards)
+	if opt.Samples < 1 || opt.Samples > maxSamples || opt.Shards < 0 {
+		return fmt.Errorf("synth: samples %d, shards %d: want 1..%d, ≥ 0", opt.Samples, opt.Shards, maxSamples)
 	}
 	fam, err := preset.Lookup(opt.Arch)
 	if err != nil {

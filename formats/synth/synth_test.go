@@ -262,6 +262,7 @@ func TestBadOptions(t *testing.T) {
 		{Arch: "sana", Naming: "bfl"},
 		{Arch: "flux-dev", Scale: 2},
 		{Arch: "generic"},
+		{Arch: "llama", Scale: 0.125, Blocks: 1, Samples: 5000},
 	} {
 		o.Out = t.TempDir()
 		if err := Generate(o); err == nil {
