@@ -1,0 +1,372 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/svdq/svdq/calib"
+	"github.com/svdq/svdq/formats/nunchaku"
+	"github.com/svdq/svdq/formats/preset"
+	"github.com/svdq/svdq/formats/safetensors"
+	"github.com/svdq/svdq/quant"
+)
+
+// QuantizeOptions configure Quantize. The zero values of the pipeline
+// fields select quant's defaults (full smoothing search, up to 100
+// refinement iterations, no GPTQ).
+type QuantizeOptions struct {
+	PlanOptions
+	Calib string // svdq-calib/1 file
+	Out   string // output .safetensors path (its directory must exist)
+
+	Search  quant.SearchMode
+	Iters   int  // refinement iterations at most; 0: default; negative: none
+	GPTQ    bool // GPTQ on the final residual
+	MaxRows int  // calibration rows per objective; 0: quant.DefaultMaxRows
+
+	// Workers quantize that many units (a layer, or the layers sharing one
+	// smoothing vector) at once; each holds one unit's tensors, so peak
+	// memory is about Workers units. 0: DefaultWorkers().
+	Workers int
+	// Tool is recorded in the svdq metadata, e.g. "svdq 0.1.0".
+	Tool string
+	// OnLayer, when set, is called once per finished layer, never
+	// concurrently, in completion order.
+	OnLayer func(LayerReport)
+}
+
+// DefaultWorkers is one worker per four CPUs (at least one): the dense
+// kernels inside a unit already run on every core.
+func DefaultWorkers() int { return max(1, runtime.NumCPU()/4) }
+
+// LayerReport is the outcome of one quantized layer.
+type LayerReport struct {
+	Index     int     `json:"-"` // completion order, 1-based
+	Total     int     `json:"-"` // layers in the plan
+	Name      string  `json:"name"`
+	Shape     [2]int  `json:"shape"`     // [N, K]
+	Precision string  `json:"precision"` // int4, nvfp4 or w4a16
+	Rank      int     `json:"rank"`
+	Alpha     float64 `json:"alpha"`
+	Beta      float64 `json:"beta"`
+	RelError  float64 `json:"rel_error"` // ‖Y_q − Y‖_F / ‖X·Wᵀ‖_F on the calibration rows
+	Seconds   float64 `json:"seconds"`   // wall time of its unit (shared by a smoothing group)
+	DType     string  `json:"dtype"`     // source dtype
+	InBytes   int64   `json:"in_bytes"`
+	OutBytes  int64   `json:"out_bytes"`
+	Iters     int     `json:"iters"`     // refinement iterations run
+	Evaluated int     `json:"evaluated"` // smoothing candidates evaluated
+}
+
+// QuantizeReport is the outcome of Quantize (and, as JSON, the --report
+// file).
+type QuantizeReport struct {
+	Plan   *Plan         `json:"-"`
+	Layers []LayerReport `json:"layers"` // in plan order
+	Totals Totals        `json:"totals"`
+}
+
+// Totals summarise a quantization.
+type Totals struct {
+	Layers        int            `json:"layers"`
+	Kept          int            `json:"kept"`
+	KeptReasons   map[string]int `json:"kept_reasons"`
+	InBytes       int64          `json:"in_bytes"`  // tensors of the source checkpoint
+	OutBytes      int64          `json:"out_bytes"` // the output file
+	BitsPerWeight float64        `json:"bits_per_weight"`
+	MeanRelError  float64        `json:"mean_rel_error"`
+	MaxRelError   float64        `json:"max_rel_error"`
+	Seconds       float64        `json:"seconds"`
+}
+
+// Quantize quantizes opt.Model to opt.Out following the model's preset:
+// W4A4 layers through quant.QuantizeGroup (one smoothing vector per
+// smoothing group), W4A16 layers through quant.QuantizeWeightOnly, each
+// packed by formats/nunchaku and written as soon as it is done; kept
+// tensors are copied byte for byte (or assembled, for the preset's
+// documented transforms). Every input is validated before anything is
+// written (calibration keys and widths; NaN/Inf in kept tensors); on any
+// error the output file does not exist. The output is byte-identical for
+// identical inputs and options, whatever opt.Workers.
+func Quantize(opt QuantizeOptions) (*QuantizeReport, error) {
+	start := time.Now()
+	plan, r, err := QuantizePlan(opt.PlanOptions)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	if err := checkOut(opt.Out, opt.Model); err != nil {
+		return nil, err
+	}
+	cf, err := calib.Open(opt.Calib)
+	if err != nil {
+		return nil, err
+	}
+	defer cf.Close()
+	refs := map[string]CalibRef{}
+	for i := range plan.Layers {
+		ref, err := resolveCalib(cf, r, opt.Calib, &plan.Layers[i])
+		if err != nil {
+			return nil, err
+		}
+		refs[plan.Layers[i].Name] = ref
+	}
+	for _, k := range plan.Kept {
+		for _, t := range keptTensors(&k.Kept) {
+			if err := checkFinite(r, opt.Model, t); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	metas := make([]nunchaku.LayerMeta, len(plan.Layers))
+	for i := range plan.Layers {
+		metas[i] = plan.layerMeta(&plan.Layers[i], 0, 0)
+	}
+	meta, err := plan.metadata(opt.Tool, metas, refs)
+	if err != nil {
+		return nil, err
+	}
+	w, err := safetensors.Create(opt.Out, plan.outSpecs(), meta)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Abort()
+
+	for _, k := range plan.Kept {
+		if err := writeKept(w, r, opt.Model, &k); err != nil {
+			return nil, err
+		}
+	}
+	q := &quantizer{opt: opt, plan: plan, r: r, cf: cf, w: w, refs: refs, metas: metas,
+		reports: make([]LayerReport, len(plan.Layers))}
+	if err := q.run(); err != nil {
+		return nil, err
+	}
+	if meta, err = plan.metadata(opt.Tool, metas, refs); err != nil {
+		return nil, err
+	}
+	if err := w.SetMetadata(meta); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	rep := &QuantizeReport{Plan: plan, Layers: q.reports}
+	rep.Totals = plan.totals(rep.Layers)
+	if fi, err := os.Stat(opt.Out); err == nil {
+		rep.Totals.OutBytes = fi.Size()
+	}
+	rep.Totals.Seconds = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// checkOut refuses an output path that is the input or a directory.
+func checkOut(out, model string) error {
+	if out == "" {
+		return errors.New("no output path")
+	}
+	oi, err := os.Stat(out)
+	if err != nil {
+		return nil // a new file; Create checks the directory
+	}
+	if oi.IsDir() {
+		return fmt.Errorf("%s: is a directory", out)
+	}
+	if mi, err := os.Stat(model); err == nil && os.SameFile(oi, mi) {
+		return fmt.Errorf("%s: output would overwrite the input checkpoint", out)
+	}
+	return nil
+}
+
+// resolveCalib finds the calibration key of a planned layer: the first of
+// its keys the file has, whose width must be the source tensor's input
+// width and cover the layer's columns.
+func resolveCalib(cf *calib.File, r safetensors.Reader, file string, pl *PlannedLayer) (CalibRef, error) {
+	info, _ := r.Info(pl.Sources[0].Tensor)
+	_, width, _ := matrixShape(info)
+	for _, key := range pl.Calib {
+		k, _, _, ok := cf.Shape(key)
+		if !ok {
+			continue
+		}
+		if k != width || pl.CalibCols.Hi > k || pl.CalibCols.Len() != pl.K {
+			return CalibRef{}, fmt.Errorf("%s: tensor %q: input width %d, but layer %s reads %d columns %v of a %d-wide input",
+				file, key+".input_absmax", k, pl.Name, pl.K, pl.CalibCols, width)
+		}
+		return CalibRef{Key: key, Cols: [2]int{pl.CalibCols.Lo, pl.CalibCols.Hi}}, nil
+	}
+	return CalibRef{}, fmt.Errorf("%s: no statistics for layer %s (looked for %q)", file, pl.Name, pl.Calib)
+}
+
+// loadCalib reads the calibration rows of ref.
+func loadCalib(cf *calib.File, ref CalibRef) (quant.Calib, error) {
+	st, err := cf.Layer(ref.Key)
+	if err != nil {
+		return quant.Calib{}, err
+	}
+	if ref.Cols[0] != 0 || ref.Cols[1] != st.K {
+		if ref.Cols[0] < 0 || ref.Cols[1] > st.K || ref.Cols[0] >= ref.Cols[1] {
+			return quant.Calib{}, fmt.Errorf("%s: tensor %q: width %d has no columns %v", cf.Path(), ref.Key+".input_samples", st.K, ref.Cols)
+		}
+		st = st.Cols(ref.Cols[0], ref.Cols[1])
+	}
+	return quant.Calib{X: st.Samples, S: st.S, AbsMax: st.AbsMax}, nil
+}
+
+// keptTensors lists the file tensors a kept output reads.
+func keptTensors(k *preset.Kept) []string {
+	if k.Transform == "" || len(k.Pieces) == 0 {
+		return []string{k.Tensor}
+	}
+	var out []string
+	for _, p := range k.Pieces {
+		out = append(out, p.Tensor)
+	}
+	return out
+}
+
+// writeKept writes one kept tensor: a byte copy, or the preset's transform.
+func writeKept(w *safetensors.Writer, r safetensors.Reader, file string, k *PlannedKept) error {
+	if k.Transform == "" {
+		return w.Copy(k.Name, r, k.Tensor)
+	}
+	data, err := k.Assemble(func(t string) ([]byte, []int64, error) {
+		info, ok := r.Info(t)
+		if !ok {
+			return nil, nil, fmt.Errorf("%s: no tensor %q", file, t)
+		}
+		if info.DType != k.DType {
+			return nil, nil, fmt.Errorf("%s: tensor %q: dtype %s, other pieces of %s are %s", file, t, info.DType, k.Name, k.DType)
+		}
+		b, err := r.Bytes(t)
+		return b, info.Shape, err
+	}, k.DType.Size())
+	if err != nil {
+		return fmt.Errorf("%s: %v", file, err)
+	}
+	return w.Write(k.Name, data)
+}
+
+// outSpecs lists every tensor of the output file.
+func (p *Plan) outSpecs() []safetensors.Spec {
+	var specs []safetensors.Spec
+	for _, l := range p.Layers {
+		for _, t := range l.specs {
+			specs = append(specs, safetensors.Spec{Name: l.Name + "." + t.Suffix, DType: safetensors.DType(t.DType), Shape: t.Shape})
+		}
+	}
+	for _, k := range p.Kept {
+		specs = append(specs, safetensors.Spec{Name: k.Name, DType: k.DType, Shape: k.Shape})
+	}
+	return specs
+}
+
+// totals summarises finished layers.
+func (p *Plan) totals(layers []LayerReport) Totals {
+	count, _ := p.KeptReasons()
+	t := Totals{Layers: len(layers), Kept: len(p.Kept), KeptReasons: count, InBytes: p.InBytes,
+		OutBytes: p.OutBytes, BitsPerWeight: p.BitsPerWeight()}
+	for _, l := range layers {
+		t.MeanRelError += l.RelError
+		t.MaxRelError = max(t.MaxRelError, l.RelError)
+	}
+	if len(layers) > 0 {
+		t.MeanRelError /= float64(len(layers))
+	}
+	return t
+}
+
+// unit is a piece of work: the plan layers sharing one smoothing vector, or
+// one layer.
+type unit struct {
+	name   string // first member's name: seeds the SVD
+	layers []int  // indices into Plan.Layers
+}
+
+// units groups the plan's layers by smoothing group, in plan order.
+func (p *Plan) units() []unit {
+	var out []unit
+	at := map[string]int{}
+	for i, l := range p.Layers {
+		if l.Role == preset.W4A4 && l.SmoothGroup != "" {
+			if j, ok := at[l.SmoothGroup]; ok {
+				out[j].layers = append(out[j].layers, i)
+				continue
+			}
+			at[l.SmoothGroup] = len(out)
+		}
+		out = append(out, unit{name: l.Name, layers: []int{i}})
+	}
+	return out
+}
+
+// quantizer runs the units of a plan on a pool of workers.
+type quantizer struct {
+	opt   QuantizeOptions
+	plan  *Plan
+	r     safetensors.Reader
+	cf    *calib.File
+	w     *safetensors.Writer
+	refs  map[string]CalibRef
+	metas []nunchaku.LayerMeta // by plan index; filled in as layers finish
+
+	mu      sync.Mutex
+	done    int
+	reports []LayerReport // by plan index
+}
+
+// run quantizes every unit; the first error stops the dispatch of new
+// units and is returned once the running ones finish.
+func (q *quantizer) run() error {
+	units := q.plan.units()
+	workers := q.opt.Workers
+	if workers <= 0 {
+		workers = DefaultWorkers()
+	}
+	workers = min(workers, len(units))
+	next := make(chan unit)
+	errs := make(chan error, workers)
+	var stop sync.Once
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for u := range next {
+				if err := q.unit(u); err != nil {
+					errs <- err
+					stop.Do(func() { close(quit) })
+					return
+				}
+			}
+		}()
+	}
+dispatch:
+	for _, u := range units {
+		select {
+		case next <- u:
+		case <-quit:
+			break dispatch
+		}
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	// Report the error of the earliest layer, so messages are reproducible.
+	sort.Slice(all, func(i, j int) bool { return all[i].Error() < all[j].Error() })
+	return all[0]
+}

@@ -1,0 +1,158 @@
+package model
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/svdq/svdq/formats/nunchaku"
+	"github.com/svdq/svdq/formats/preset"
+	"github.com/svdq/svdq/quant"
+)
+
+// unit quantizes, packs and writes the layers of u, records their metadata
+// and reports them.
+func (q *quantizer) unit(u unit) error {
+	start := time.Now()
+	first := &q.plan.Layers[u.layers[0]]
+	c, err := loadCalib(q.cf, q.refs[first.Name])
+	if err != nil {
+		return err
+	}
+	if first.Role == preset.W4A16 {
+		return q.weightOnly(u.layers[0], c, start)
+	}
+	ins := make([]quant.Input, len(u.layers))
+	var dt quant.Float16
+	for i, li := range u.layers {
+		pl := &q.plan.Layers[li]
+		w, b, d, err := readWeight(q.r, q.opt.Model, presetSources(&pl.Layer), pl.N, pl.K)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			dt = d
+		}
+		ins[i] = quant.Input{Name: q.opt.Model + ": " + pl.Name, W: w, N: pl.N, K: pl.K, Bias: b}
+	}
+	rank := q.plan.Rank
+	if rank == 0 {
+		rank = -1
+	}
+	res, err := quant.QuantizeGroup(ins, first.Shifted, c, quant.Options{
+		Precision: q.plan.Precision, Rank: rank, Search: q.opt.Search, Iters: q.opt.Iters,
+		GPTQ: q.opt.GPTQ, DType: dt, Seed: layerSeed(u.name), MaxRows: q.opt.MaxRows})
+	if err != nil {
+		return fmt.Errorf("%s: %v", q.opt.Model, err)
+	}
+	secs := time.Since(start).Seconds()
+	for i, li := range u.layers {
+		pl := &q.plan.Layers[li]
+		ins[i].W = nil // release before packing the next member
+		ts, err := nunchaku.PackW4A4(res[i].Layer)
+		if err != nil {
+			return fmt.Errorf("%s: layer %s: %v", q.opt.Model, pl.Name, err)
+		}
+		if err := q.write(pl, ts); err != nil {
+			return err
+		}
+		meta := q.plan.layerMeta(pl, res[i].Alpha, res[i].Beta)
+		q.finish(li, meta, LayerReport{
+			Name: pl.Name, Shape: [2]int{pl.N, pl.K}, Precision: pl.Precision, Rank: res[i].Layer.R,
+			Alpha: float64(meta.Smooth.Alpha), Beta: float64(meta.Smooth.Beta), RelError: res[i].RelError,
+			Seconds: secs, DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes,
+			Iters: res[i].Iters, Evaluated: res[i].Evaluated})
+	}
+	return nil
+}
+
+// weightOnly quantizes one W4A16 layer and measures it on its rows.
+func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
+	pl := &q.plan.Layers[li]
+	w, b, dt, err := readWeight(q.r, q.opt.Model, presetSources(&pl.Layer), pl.N, pl.K)
+	if err != nil {
+		return err
+	}
+	wo := quant.QuantizeWeightOnly(w, pl.N, pl.K, b, dt)
+	rel := weightOnlyError(wo, w, b, c, q.opt.MaxRows)
+	ts, err := nunchaku.PackW4A16(wo, max(pl.Chunks, 1))
+	if err != nil {
+		return fmt.Errorf("%s: layer %s: %v", q.opt.Model, pl.Name, err)
+	}
+	if err := q.write(pl, ts); err != nil {
+		return err
+	}
+	q.finish(li, q.plan.layerMeta(pl, 0, 0), LayerReport{
+		Name: pl.Name, Shape: [2]int{pl.N, pl.K}, Precision: pl.Precision, RelError: rel,
+		Seconds: time.Since(start).Seconds(), DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes})
+	return nil
+}
+
+// weightOnlyError is the relative output error of a W4A16 layer on at most
+// maxRows evenly spaced calibration rows, measured like quant's errors:
+// ‖Y_q − (X·Wᵀ + b)‖_F / ‖X·Wᵀ‖_F.
+func weightOnlyError(wo *quant.WeightOnly, w, bias []float32, c quant.Calib, maxRows int) float64 {
+	x, s := sampleRows(c, wo.K, maxRows)
+	yref := make([]float64, s*wo.N)
+	quant.RefOutput(yref, x, s, wo.K, w, wo.N, nil)
+	yq := make([]float32, s*wo.N)
+	wo.Forward(yq, x, s)
+	subtractBias(yq, bias, s)
+	return quant.RelError(yq, yref)
+}
+
+// sampleRows returns at most maxRows (0: quant.DefaultMaxRows) of c's rows,
+// evenly spaced, and their count.
+func sampleRows(c quant.Calib, k, maxRows int) ([]float32, int) {
+	if maxRows <= 0 {
+		maxRows = quant.DefaultMaxRows
+	}
+	if c.S <= maxRows {
+		return c.X[:c.S*k], c.S
+	}
+	x := make([]float32, maxRows*k)
+	for i := range maxRows {
+		src := i * c.S / maxRows
+		copy(x[i*k:(i+1)*k], c.X[src*k:(src+1)*k])
+	}
+	return x, maxRows
+}
+
+// subtractBias removes bias [n] (nil: nothing) from each of the m rows of y.
+func subtractBias(y, bias []float32, m int) {
+	if bias == nil {
+		return
+	}
+	n := len(bias)
+	for i := range m {
+		row := y[i*n : (i+1)*n]
+		for j, b := range bias {
+			row[j] -= b
+		}
+	}
+}
+
+// write stores a layer's packed tensors, checking them against the plan.
+func (q *quantizer) write(pl *PlannedLayer, ts []nunchaku.Tensor) error {
+	if len(ts) != len(pl.specs) {
+		return fmt.Errorf("%s: layer %s: packer returned %d tensors, planned %d", q.opt.Out, pl.Name, len(ts), len(pl.specs))
+	}
+	for _, t := range ts {
+		if err := q.w.Write(pl.Name+"."+t.Suffix, t.Data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finish records a layer's metadata and reports it.
+func (q *quantizer) finish(li int, meta nunchaku.LayerMeta, rep LayerReport) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.done++
+	rep.Index, rep.Total = q.done, len(q.plan.Layers)
+	q.metas[li] = meta
+	q.reports[li] = rep
+	if q.opt.OnLayer != nil {
+		q.opt.OnLayer(rep)
+	}
+}
