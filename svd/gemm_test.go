@@ -31,6 +31,8 @@ func TestGemmKernels(t *testing.T) {
 	kernels := KernelNames()
 	prev := KernelName()
 	defer SetKernel(prev)
+	fastTr := transposeBlock
+	defer func() { transposeBlock = fastTr }()
 	for ci, c := range gemmCases {
 		for _, tr := range [][2]bool{{false, false}, {true, false}, {false, true}, {true, true}} {
 			g := newGemmCheck(tr[0], tr[1], c.m, c.n, c.k, uint64(ci))
@@ -40,7 +42,12 @@ func TestGemmKernels(t *testing.T) {
 				}
 				for _, mode := range []aMode{aAuto, aPacked, aDirect} {
 					forceA = mode
-					for _, s := range gemmScalars {
+					for si, s := range gemmScalars {
+						// Alternate the SIMD and the plain transposing packs.
+						transposeBlock = nil
+						if si%2 == 0 {
+							transposeBlock = fastTr
+						}
 						g.check(t, s[0], s[1])
 					}
 				}

@@ -1,6 +1,7 @@
 //go:build ignore
 
-// gen_kernels writes kernel_amd64.s, the SIMD GEMM micro-kernels.
+// gen_kernels writes kernel_amd64.s, the SIMD GEMM micro-kernels and the
+// AVX-512 16×16 transpose used by the packing routines.
 // Run with `go generate ./svd` (or `go run gen_kernels.go` in svd/).
 //
 // Each kernel computes one MR×NR tile of C (see microKernel in kernel.go):
@@ -53,6 +54,7 @@ func main() {
 	for _, k := range kernels {
 		gen(&w, k)
 	}
+	genTranspose(&w)
 	if err := os.WriteFile("kernel_amd64.s", w.Bytes(), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -208,4 +210,80 @@ func log2(n int) int {
 		panic("unroll must be a power of two")
 	}
 	return l
+}
+
+// genTranspose emits
+//
+//	func transpose16(dst *float32, dld int, src *float32, sld int, rows int, mask int)
+//
+// which loads rows (0..16) rows of 16 floats from src (row stride sld),
+// takes the missing rows as zeros, and stores the 16 columns as 16 rows at
+// dst (row stride dld), writing only the lanes set in mask. Strides are in
+// floats. Four rounds of shuffles (32-bit, 64-bit, 128-bit twice) of 16
+// registers each; the rows live in Z0–Z15 and Z16–Z31 alternately.
+func genTranspose(w *bytes.Buffer) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	z := func(i int) string { return fmt.Sprintf("Z%d", i) }
+	p("")
+	p("// func transpose16(dst *float32, dld int, src *float32, sld int, rows int, mask int)")
+	p("TEXT ·transpose16(SB), NOSPLIT, $0-48")
+	p("\tMOVQ dst+0(FP), DI")
+	p("\tMOVQ dld+8(FP), DX")
+	p("\tSHLQ $2, DX")
+	p("\tMOVQ src+16(FP), SI")
+	p("\tMOVQ sld+24(FP), R8")
+	p("\tSHLQ $2, R8")
+	p("\tMOVQ rows+32(FP), CX")
+	p("\tMOVQ mask+40(FP), AX")
+	p("\tKMOVW AX, K1")
+	for i := 0; i < 16; i++ {
+		p("\tCMPQ CX, $%d", i)
+		p("\tJLE tr_zero%d", i)
+		p("\tVMOVUPS (SI), %s", z(i))
+		p("\tADDQ R8, SI")
+		p("\tJMP tr_next%d", i)
+		p("tr_zero%d:", i)
+		p("\tVPXORD %s, %s, %s", z(i), z(i), z(i))
+		p("tr_next%d:", i)
+	}
+	// Round 1: t[i], t[i+1] = unpack{lo,hi}ps(r[i], r[i+1]).
+	// Go operand order is (src2, src1, dst).
+	for i := 0; i < 16; i += 2 {
+		p("\tVUNPCKLPS %s, %s, %s", z(i+1), z(i), z(16+i))
+		p("\tVUNPCKHPS %s, %s, %s", z(i+1), z(i), z(16+i+1))
+	}
+	// Round 2: u[i+c] holds, in 128-bit lane L, rows i..i+3 of column 4L+c.
+	for i := 0; i < 16; i += 4 {
+		t := func(j int) string { return z(16 + i + j) }
+		p("\tVUNPCKLPD %s, %s, %s", t(2), t(0), z(i))
+		p("\tVUNPCKHPD %s, %s, %s", t(2), t(0), z(i+1))
+		p("\tVUNPCKLPD %s, %s, %s", t(3), t(1), z(i+2))
+		p("\tVUNPCKHPD %s, %s, %s", t(3), t(1), z(i+3))
+	}
+	// Round 3: for each c, from x = u[c], y = u[4+c], z = u[8+c], w = u[12+c]:
+	// a = [x0 x2 y0 y2], b = [x1 x3 y1 y3], a' = [z0 z2 w0 w2], b' = [z1 z3 w1 w3].
+	for c := 0; c < 4; c++ {
+		p("\tVSHUFF32X4 $0x88, %s, %s, %s", z(4+c), z(c), z(16+4*c))
+		p("\tVSHUFF32X4 $0xDD, %s, %s, %s", z(4+c), z(c), z(16+4*c+1))
+		p("\tVSHUFF32X4 $0x88, %s, %s, %s", z(12+c), z(8+c), z(16+4*c+2))
+		p("\tVSHUFF32X4 $0xDD, %s, %s, %s", z(12+c), z(8+c), z(16+4*c+3))
+	}
+	// Round 4: column 4L+c = [x_L y_L z_L w_L]: L=0 from (a, a') 0x88,
+	// L=2 from (a, a') 0xDD, L=1 from (b, b') 0x88, L=3 from (b, b') 0xDD.
+	for c := 0; c < 4; c++ {
+		a, b, a2, b2 := z(16+4*c), z(16+4*c+1), z(16+4*c+2), z(16+4*c+3)
+		p("\tVSHUFF32X4 $0x88, %s, %s, %s", a2, a, z(c))
+		p("\tVSHUFF32X4 $0xDD, %s, %s, %s", a2, a, z(8+c))
+		p("\tVSHUFF32X4 $0x88, %s, %s, %s", b2, b, z(4+c))
+		p("\tVSHUFF32X4 $0xDD, %s, %s, %s", b2, b, z(12+c))
+	}
+	// Column q is now in Z(q): q = 4L + c lives in z(4L + c).
+	for q := 0; q < 16; q++ {
+		p("\tVMOVUPS %s, K1, (DI)", z(q))
+		if q < 15 {
+			p("\tADDQ DX, DI")
+		}
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
 }

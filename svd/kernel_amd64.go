@@ -37,6 +37,14 @@ func init() {
 	}
 	if cpu.X86.HasAVX512F {
 		kernels = append([]*microKernel{avx512Kernel}, kernels...)
+		transposeBlock = transpose16
 	}
 	activeKernel.Store(kernels[0])
 }
+
+// transpose16 loads rows (0..16) rows of 16 floats from src (row stride
+// sld), takes missing rows as zeros, and writes the transposed 16×16 block
+// to dst (row stride dld), storing only the lanes set in mask. AVX-512F.
+//
+//go:noescape
+func transpose16(dst *float32, dld int, src *float32, sld int, rows int, mask int)
