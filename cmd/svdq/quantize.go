@@ -1,0 +1,264 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/svdq/svdq/formats/preset"
+	"github.com/svdq/svdq/quant"
+	"github.com/svdq/svdq/quant/model"
+	"github.com/urfave/cli/v2"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:      "quantize",
+		Usage:     "quantize a 16-bit checkpoint to an SVDQuant W4A4 file nunchaku loads",
+		ArgsUsage: " ",
+		Description: "Streams the checkpoint layer by layer (peak memory: about --workers layers), runs the\n" +
+			"SVDQuant pipeline on every layer the model's preset marks W4A4 (adaLN modulation: W4A16),\n" +
+			"writes each packed layer as soon as it is done and copies 16-bit tensors unchanged.\n" +
+			"The same inputs and options give a byte-identical file.\n\n" +
+			"Example: svdq quantize --model flux1-dev.safetensors --calib calib.safetensors --out flux1-dev-int4.safetensors",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Required: true, Usage: "16-bit checkpoint: .safetensors, sharded .index.json or diffusers folder"},
+			&cli.StringFlag{Name: "calib", Usage: "calibration statistics (svdq-calib/1 `FILE`)"},
+			&cli.StringFlag{Name: "out", Usage: "output .safetensors `FILE` (its directory must exist)"},
+			&cli.StringFlag{Name: "arch", Value: "auto", Usage: "model family, or auto to detect: " + strings.Join(preset.Names(), ", ")},
+			&cli.StringFlag{Name: "precision", Value: "int4", Usage: "4-bit format: int4 or nvfp4"},
+			&cli.IntFlag{Name: "rank", Value: quant.DefaultRank, Usage: "rank of the 16-bit low-rank branch (0: none)"},
+			&cli.IntFlag{Name: "workers", Value: model.DefaultWorkers(), Usage: "layers quantized at once"},
+			&cli.StringFlag{Name: "smooth-search", Value: "full", Usage: "smoothing search: full (39 candidates), fast (~15) or off (α = β = 0.5)"},
+			&cli.IntFlag{Name: "iters", Value: quant.DefaultIters, Usage: "low-rank refinement iterations at most (0: none)"},
+			&cli.BoolFlag{Name: "gptq", Usage: "quantize the residual with GPTQ where it beats round-to-nearest"},
+			&cli.StringSliceFlag{Name: "include", Usage: "generic family: quantize only weights matching `REGEX` (repeatable)"},
+			&cli.StringSliceFlag{Name: "exclude", Usage: "generic family: never quantize weights matching `REGEX` (repeatable)"},
+			&cli.BoolFlag{Name: "pass-unknown", Usage: "keep tensors the preset does not know 16-bit instead of failing"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and the output size; quantize and write nothing"},
+			&cli.StringFlag{Name: "report", Usage: "write per-layer results and totals to `FILE.json`"},
+		},
+		Action: quantizeAction,
+	})
+}
+
+// planOptions reads the flags shared by the plan and the job.
+func planOptions(c *cli.Context) (model.PlanOptions, error) {
+	opt := model.PlanOptions{Model: c.String("model"), Arch: c.String("arch"), Rank: c.Int("rank"),
+		PassUnknown: c.Bool("pass-unknown")}
+	var err error
+	if opt.Precision, err = quant.ParsePrecision(c.String("precision")); err != nil {
+		return opt, err
+	}
+	switch {
+	case opt.Rank < 0:
+		return opt, fmt.Errorf("--rank %d is negative", opt.Rank)
+	case opt.Rank == 0:
+		opt.Rank = -1 // no branch
+	}
+	if opt.Include, err = regexps("include", c.StringSlice("include")); err != nil {
+		return opt, err
+	}
+	if opt.Exclude, err = regexps("exclude", c.StringSlice("exclude")); err != nil {
+		return opt, err
+	}
+	return opt, nil
+}
+
+// regexps compiles the values of a repeatable regex flag.
+func regexps(flag string, vs []string) ([]*regexp.Regexp, error) {
+	var out []*regexp.Regexp
+	for _, v := range vs {
+		re, err := regexp.Compile(v)
+		if err != nil {
+			return nil, fmt.Errorf("--%s %q: %v", flag, v, err)
+		}
+		out = append(out, re)
+	}
+	return out, nil
+}
+
+func quantizeAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("quantize: unexpected argument %q", c.Args().First())
+	}
+	po, err := planOptions(c)
+	if err != nil {
+		return err
+	}
+	if c.Bool("dry-run") {
+		plan, r, err := model.QuantizePlan(po)
+		if err != nil {
+			return err
+		}
+		r.Close()
+		printPlan(os.Stdout, plan)
+		return nil
+	}
+	for _, f := range []string{"calib", "out"} {
+		if c.String(f) == "" {
+			return fmt.Errorf("quantize: --%s is required (or pass --dry-run)", f)
+		}
+	}
+	search, err := quant.ParseSearchMode(c.String("smooth-search"))
+	if err != nil {
+		return err
+	}
+	iters := c.Int("iters")
+	switch {
+	case iters < 0:
+		return fmt.Errorf("--iters %d is negative", iters)
+	case iters == 0:
+		iters = -1 // none
+	}
+	report := c.String("report")
+	if report != "" {
+		if err := dirExists(report); err != nil {
+			return err
+		}
+	}
+	opt := model.QuantizeOptions{PlanOptions: po, Calib: c.String("calib"), Out: c.String("out"),
+		Search: search, Iters: iters, GPTQ: c.Bool("gptq"), Workers: c.Int("workers"), Tool: "svdq " + version}
+	var b *bar
+	width := 0
+	opt.OnLayer = func(l model.LayerReport) {
+		if b == nil {
+			b = newBar(os.Stdout, int64(l.Total), "quantize", false)
+		}
+		b.println(layerLine(l, width), 1)
+	}
+	if plan, r, err := model.QuantizePlan(po); err == nil { // name column width
+		r.Close()
+		for _, l := range plan.Layers {
+			width = max(width, len(l.Name))
+		}
+	}
+	rep, err := model.Quantize(opt)
+	if b != nil {
+		b.finish()
+	}
+	if err != nil {
+		return err
+	}
+	printSummary(os.Stdout, rep, opt.Out)
+	if report != "" {
+		data, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(report, append(data, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dirExists checks that the directory of path exists.
+func dirExists(path string) error {
+	dir := filepath.Dir(path)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("%s: directory %s does not exist", path, dir)
+	}
+	return nil
+}
+
+// layerLine formats one finished layer:
+//
+//	[ 12/342] transformer_blocks.0.qkv_proj [9216 3072] bf16 -> int4 r32  err 0.031  54.0 MiB -> 14.6 MiB
+func layerLine(l model.LayerReport, width int) string {
+	digits := len(fmt.Sprint(l.Total))
+	form := l.Precision
+	if l.Precision != "w4a16" {
+		form += fmt.Sprintf(" r%d", l.Rank)
+	}
+	return fmt.Sprintf("[%*d/%d] %-*s %-13s %s -> %-9s err %.3f  %s -> %s",
+		digits, l.Index, l.Total, width, l.Name, fmt.Sprintf("[%d %d]", l.Shape[0], l.Shape[1]),
+		strings.ToLower(l.DType), form, l.RelError, mib(l.InBytes), mib(l.OutBytes))
+}
+
+// printSummary prints sizes, bits per weight, errors, kept tensors by
+// reason and time.
+func printSummary(w io.Writer, rep *model.QuantizeReport, out string) {
+	p, t := rep.Plan, rep.Totals
+	fmt.Fprintf(w, "\nwrote %s: %d layers %s (rank %d), %d tensors kept 16-bit\n", out, t.Layers, p.Precision, p.Rank, t.Kept)
+	fmt.Fprintf(w, "size: %s -> %s (%.2fx smaller); quantized layers %.2f bits per weight\n",
+		human(t.InBytes), human(t.OutBytes), float64(t.InBytes)/float64(max(t.OutBytes, 1)), t.BitsPerWeight)
+	worst := ""
+	for _, l := range rep.Layers {
+		if l.RelError == t.MaxRelError {
+			worst = l.Name
+		}
+	}
+	fmt.Fprintf(w, "relative error on calibration rows: mean %.4f, max %.4f (%s)\n", t.MeanRelError, t.MaxRelError, worst)
+	printKept(w, p)
+	fmt.Fprintf(w, "time: %s\n", time.Duration(t.Seconds*float64(time.Second)).Round(time.Millisecond))
+}
+
+// printKept prints the kept tensors grouped by reason.
+func printKept(w io.Writer, p *model.Plan) {
+	count, order := p.KeptReasons()
+	if len(order) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "kept 16-bit:")
+	for _, r := range order {
+		fmt.Fprintf(w, "  %4d  %s\n", count[r], r)
+	}
+}
+
+// printPlan prints a dry run: every layer with role, shape and sources,
+// every kept tensor with its reason, and the output size.
+func printPlan(w io.Writer, p *model.Plan) {
+	fmt.Fprintf(w, "%s: family %s (%s names), %d quantized layers, %d tensors kept 16-bit\n",
+		p.Model, p.Family, p.Naming, len(p.Layers), len(p.Kept))
+	width := 0
+	for _, l := range p.Layers {
+		width = max(width, len(l.Name))
+	}
+	for i, l := range p.Layers {
+		form := l.Precision
+		if l.Precision != "w4a16" {
+			form += fmt.Sprintf(" r%d", l.R)
+		}
+		extra := ""
+		if l.Shifted && p.Precision == quant.INT4 {
+			extra += " shifted"
+		}
+		if l.SmoothGroup != "" {
+			extra += " smooth-group=" + l.SmoothGroup
+		}
+		if l.Chunks > 0 {
+			extra += fmt.Sprintf(" chunks=%d", l.Chunks)
+		}
+		fmt.Fprintf(w, "[%*d/%d] %-*s %-5s %-13s %-9s %s -> %s%s\n", len(fmt.Sprint(len(p.Layers))), i+1, len(p.Layers),
+			width, l.Name, l.Role, fmt.Sprintf("[%d %d]", l.N, l.K), form, mib(l.InBytes), mib(l.OutBytes), extra)
+		for _, s := range l.Sources {
+			bias := ""
+			if s.Bias != "" {
+				bias = " + " + s.Bias
+			}
+			fmt.Fprintf(w, "      rows %-12s <- %s rows %s cols %s%s\n", s.Rows, s.Tensor, s.SrcRows, s.Cols, bias)
+		}
+	}
+	fmt.Fprintln(w, "kept 16-bit:")
+	for _, k := range p.Kept {
+		how := ""
+		if k.Transform != "" {
+			how = " (" + k.Transform + ")"
+		} else if k.Name != k.Tensor {
+			how = " <- " + k.Tensor
+		}
+		fmt.Fprintf(w, "  %-50s %-5s %v  %s%s\n", k.Name, k.DType, k.Shape, k.Reason, how)
+	}
+	count, order := p.KeptReasons()
+	for _, r := range order {
+		fmt.Fprintf(w, "  %4d  %s\n", count[r], r)
+	}
+	fmt.Fprintf(w, "output: %s -> %s (estimate, header excluded); quantized layers %.2f bits per weight\n",
+		human(p.InBytes), human(p.OutBytes), p.BitsPerWeight())
+}
