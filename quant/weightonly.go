@@ -115,6 +115,45 @@ func (w *WeightOnly) Forward(y, x []float32, m int) {
 	}
 }
 
+// ForwardKernel computes y = x·Wᵀ + b for the [m, K] input x into the
+// [m, N] output y the way nunchaku's W4A16 GEMV does (src/kernels/awq/
+// gemv_awq.cu, then Linear.cpp's add_bias_dim0), every output a value of
+// w.DType: x rounded to 16 bits; w = round16(q·scale + zero) (__hfma2);
+// each product round16(w·x) (__hmul2) accumulated in float32 (we add in
+// index order; the GPU's warp reduction order differs, so its sums may
+// differ by float32 rounding); y = round16(acc); then y = round16(y + b).
+// Forward is the float32 version of the same product. It panics like
+// Forward.
+func (w *WeightOnly) ForwardKernel(y, x []float32, m int) {
+	w.check("ForwardKernel")
+	if m < 0 || len(x) < m*w.K || len(y) < m*w.N {
+		panic(fmt.Sprintf("quant: WeightOnly.ForwardKernel: x has %d values, y %d, for m=%d K=%d N=%d", len(x), len(y), m, w.K, w.N))
+	}
+	dt, g := w.DType, (w.K+Int4Group-1)/Int4Group
+	wd := make([]float32, w.N*w.K)
+	for r := 0; r < w.N; r++ {
+		for i := 0; i < w.K; i++ {
+			j := r*g + i/Int4Group
+			wd[r*w.K+i] = fma16(dt, float32(w.Codes[r*w.K+i]), w.Scales[j], w.Zeros[j])
+		}
+	}
+	parallelRows(m, func(lo, hi int) {
+		x16 := make([]float32, w.K)
+		for i := lo; i < hi; i++ {
+			for k, v := range x[i*w.K : (i+1)*w.K] {
+				x16[k] = dt.Round(v)
+			}
+			for n := 0; n < w.N; n++ {
+				var acc float32
+				for k, v := range wd[n*w.K : (n+1)*w.K] {
+					acc += mul16(dt, v, x16[k])
+				}
+				y[i*w.N+n] = add16(dt, dt.Round(acc), w.Bias[n])
+			}
+		}
+	})
+}
+
 func (w *WeightOnly) check(fn string) {
 	g := (w.K + Int4Group - 1) / Int4Group
 	if w.N <= 0 || w.K <= 0 || len(w.Codes) != w.N*w.K || len(w.Scales) != w.N*g ||

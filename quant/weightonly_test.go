@@ -81,6 +81,29 @@ func TestQuantizeWeightOnly(t *testing.T) {
 			if e := RelError(y, ref); e > 1e-5 {
 				t.Errorf("Forward relative error %g against the float64 product", e)
 			}
+			// The kernel emulation differs by its 16-bit roundings: of the
+			// dequantized weight, the input, each product, the output and the
+			// bias addition.
+			yk := make([]float32, m*tc.n)
+			wo.ForwardKernel(yk, x, m)
+			man, _, _ := f16Params(tc.dt)
+			u := math.Ldexp(1, -man-1)
+			for i := 0; i < m; i++ {
+				for n := 0; n < tc.n; n++ {
+					var mag float64
+					for k := 0; k < tc.k; k++ {
+						mag += math.Abs(float64(x[i*tc.k+k]) * float64(deq[n*tc.k+k]))
+					}
+					got := yk[i*tc.n+n]
+					if got != tc.dt.Round(got) {
+						t.Fatalf("ForwardKernel output %v is not a %v value", got, tc.dt)
+					}
+					bound := 4*u*mag + 2*u*(math.Abs(ref[i*tc.n+n])+math.Abs(float64(wo.Bias[n]))) + 1e-6*mag
+					if d := math.Abs(float64(got) - ref[i*tc.n+n]); d > bound {
+						t.Errorf("ForwardKernel [%d,%d] = %v, float64 %v: |Δ| %g > %g", i, n, got, ref[i*tc.n+n], d, bound)
+					}
+				}
+			}
 		})
 	}
 }
@@ -107,6 +130,15 @@ func TestWeightOnlyHand(t *testing.T) {
 	}
 	if wo.Bias[0] != 0 || wo.Bias[1] != 0 {
 		t.Errorf("nil bias gave %v", wo.Bias)
+	}
+	// Kernel emulation by hand: x = 1 at column 1 and 3 at column 2 picks
+	// w[·,1] = −1.5 and w[·,2] = 0: y0 = −1.5; row 1 (constant 2.5): 10.
+	x := make([]float32, 64)
+	x[1], x[2] = 1, 3
+	y := make([]float32, 2)
+	wo.ForwardKernel(y, x, 1)
+	if y[0] != -1.5 || y[1] != 10 {
+		t.Errorf("ForwardKernel = %v, want [-1.5 10]", y)
 	}
 }
 
