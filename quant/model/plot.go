@@ -102,6 +102,14 @@ func PlotErrors(r *CheckReport, path string) error {
 		p.Legend.Add(m, bc)
 	}
 	p.NominalX(names...)
+	top := 0.0
+	for _, l := range r.Layers {
+		for _, v := range l.RelError {
+			top = max(top, v)
+		}
+	}
+	p.Y.Min, p.Y.Max = 0, top*1.4 // headroom for the legend
+	p.X.Min, p.X.Max = -0.6, float64(len(r.Layers))-0.4
 	width := vg.Length(len(r.Layers)*len(present)*barW+len(r.Layers)*8) + 2*vg.Inch
 	width = max(width, 6*vg.Inch)
 	return savePlot(p, width, 5*vg.Inch, path)
@@ -125,6 +133,7 @@ func PlotSpectrum(s *Spectrum, path string) error {
 	p := plot.New()
 	p.Title.Text = "singular values of " + s.Layer
 	p.X.Label.Text = "index"
+	p.X.Tick.Marker = intTicks{}
 	p.Y.Label.Text = "σ (log scale)"
 	p.Y.Scale = plot.LogScale{}
 	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
@@ -189,4 +198,17 @@ func minPositive(vs ...[]float64) (lo, hi float64) {
 		}
 	}
 	return lo, hi
+}
+
+// intTicks are gonum's default ticks labelled as integers.
+type intTicks struct{}
+
+func (intTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = fmt.Sprintf("%.0f", ts[i].Value)
+		}
+	}
+	return ts
 }

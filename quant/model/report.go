@@ -1,6 +1,9 @@
 package model
 
-import "sort"
+import (
+	"slices"
+	"sort"
+)
 
 // Method keys of a check report's rel_error map, in the order tables and
 // plots show them. Svdquant is the checkpoint's own layer (whatever its
@@ -42,12 +45,16 @@ type CheckReport struct {
 	Passed bool         `json:"passed"`
 }
 
-// MeanErrors returns, per method key, the mean error over the layers that
-// report it (W4A16 layers report only two keys), and the number of layers
-// each mean covers.
-func (r *CheckReport) MeanErrors() (mean map[string]float64, count map[string]int) {
+// MeanErrors returns, per method key, the mean error over the layers of
+// the given precisions ("" : every layer) that report it, and the number of
+// layers each mean covers. Means of W4A4 layers (int4, nvfp4) and of W4A16
+// layers are best kept apart: the latter report only two keys.
+func (r *CheckReport) MeanErrors(precisions ...string) (mean map[string]float64, count map[string]int) {
 	mean, count = map[string]float64{}, map[string]int{}
 	for _, l := range r.Layers {
+		if len(precisions) > 0 && !slices.Contains(precisions, l.Precision) {
+			continue
+		}
 		for k, v := range l.RelError {
 			mean[k] += v
 			count[k]++
