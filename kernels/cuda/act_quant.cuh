@@ -1,0 +1,170 @@
+// Activation quantization with the fused low-rank down projection, in the
+// arithmetic of nunchaku's quantize kernel as quant/emulate_act.go mirrors
+// it (quant.Layer.Forward is the reference this must match):
+//
+//   x16 = x (the 16-bit input)
+//   t   = x16, or round16(x16 + 0.171875) for the shifted (unsigned) input
+//   v   = round16(t / smooth)                 (FP32 IEEE division, then rounded)
+//   INT4:  s = absmax(v)*(1/7) (unsigned: *(1/15)); stored round16(s);
+//          code = sat(rint(v * rcp(s)))  (-8..7, or 0..15), NaN -> 0
+//   NVFP4: s = min(absmax(v)*(1/6), 448) per 16; stored E4M3(s);
+//          code = nearest E2M1(v * rcp(s)), 0 when s = 0
+//   DOWN:  lract[m, r] = sum_k x16[m,k] * down[k, r] in FP32 (raw input)
+//
+// One block of 4 warps per 16-row tile of x [M_pad, K] (model dtype); warp w
+// handles the 64-groups kt = w, w+4, ... The down projection runs on the
+// 16-bit tensor cores (products exact, FP32 sums) reading the packed
+// lora_down tiles; the four warps' partial sums are added in a fixed order.
+// One launch covers the 16-column rank tiles rt0 .. rt0+7 (ACT_MAX_R
+// columns); larger ranks take more launches of the down-only kernel.
+#pragma once
+#include "common.cuh"
+
+#define PREC_INT4 1
+#define PREC_NVFP4 2
+#define ACT_MAX_R 128
+
+template <int PREC, bool UNS, bool BF, bool QUANT, bool DOWN>
+SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__restrict__ smooth,
+                             const uint16_t *__restrict__ down, uint4 *__restrict__ act, float *__restrict__ ascale,
+                             float *__restrict__ lract, int Mpad, int K, int R, int rt0) {
+  __shared__ float red[DOWN ? 4 * 16 * ACT_MAX_R : 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int mt = blockIdx.x;
+  const int row0 = mt * 16 + g, row1 = row0 + 8;
+  const int KT = K >> 6, RT = R >> 4;
+
+  float acc[ACT_MAX_R / 16][2][4];
+#pragma unroll
+  for (int i = 0; i < ACT_MAX_R / 16; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) acc[i][h][j] = 0.f;
+
+  for (int kt = warp; kt < KT; kt += 4) {
+    if (QUANT) {
+      // v[r][j]: row (g, g+8), j < 8: k = kt*64 + 8c + j; j >= 8: k + 32.
+      float v[2][16];
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const uint16_t *xr = x + (size_t)(r ? row1 : row0) * K + kt * 64 + 8 * c;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          uint4 q = *reinterpret_cast<const uint4 *>(xr + 32 * h);
+          uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+          for (int j = 0; j < 4; j++) {
+            float2 f = unpack2<BF>(w[j]);
+            v[r][h * 8 + 2 * j] = UNS ? round16<BF>(__fadd_rn(f.x, 0.171875f)) : f.x;
+            v[r][h * 8 + 2 * j + 1] = UNS ? round16<BF>(__fadd_rn(f.y, 0.171875f)) : f.y;
+          }
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        // 8 consecutive k (aligned to 8) sit at 4 pairs 4 apart in the packed vector.
+        const int p0 = vec1d_pos(kt * 64 + 32 * h + 8 * c);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          float2 sm = unpack2<BF>(*reinterpret_cast<const uint32_t *>(smooth + p0 + 4 * j));
+#pragma unroll
+          for (int r = 0; r < 2; r++) {
+            v[r][h * 8 + 2 * j] = round16<BF>(__fdiv_rn(v[r][h * 8 + 2 * j], sm.x));
+            v[r][h * 8 + 2 * j + 1] = round16<BF>(__fdiv_rn(v[r][h * 8 + 2 * j + 1], sm.y));
+          }
+        }
+      }
+      uint32_t words[2][2] = {{0, 0}, {0, 0}}; // [row][h]
+      if (PREC == PREC_INT4) {
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          float amax = 0.f;
+#pragma unroll
+          for (int j = 0; j < 16; j++) amax = fmaxf(amax, fabsf(v[r][j]));
+          amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+          amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+          const float sc = __fmul_rn(amax, UNS ? (1.f / 15.f) : (1.f / 7.f));
+          if (c == 0) reinterpret_cast<uint16_t *>(ascale)[(size_t)kt * Mpad + (r ? row1 : row0)] = f2h<BF>(sc);
+          const float rc = kernel_rcp(sc);
+#pragma unroll
+          for (int j = 0; j < 16; j++) {
+            const float p = __fmul_rn(v[r][j], rc);
+            int q = p != p ? 0 : __float2int_rn(p);
+            q = UNS ? min(max(q, 0), 15) : min(max(q, -8), 7);
+            words[r][j >> 3] |= (uint32_t(q) & 15u) << (4 * (j & 7));
+          }
+        }
+      } else { // NVFP4: group 16; lanes c and c^1 share a group.
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            float amax = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[r][h * 8 + j]));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+            const float sc = fminf(__fmul_rn(amax, 1.f / 6.f), 448.f);
+            const int grp = kt * 4 + 2 * h + (c >> 1);
+            if ((c & 1) == 0) ascale[(size_t)grp * Mpad + (r ? row1 : row0)] = e4m3_round_sat(sc);
+            const float rc = kernel_rcp(sc);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+              const float p = __fmul_rn(v[r][h * 8 + j], rc);
+              const uint32_t q = (sc == 0.f || p != p) ? 0u : e2m1_encode(p);
+              words[r][h] |= q << (4 * j);
+            }
+          }
+        }
+      }
+      act[((size_t)mt * KT + kt) * 32 + lane] = make_uint4(words[0][0], words[1][0], words[0][1], words[1][1]);
+    }
+    if (DOWN) {
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int kk = kt * 64 + 16 * j + 2 * c;
+        const uint32_t a0 = *reinterpret_cast<const uint32_t *>(x + (size_t)row0 * K + kk);
+        const uint32_t a1 = *reinterpret_cast<const uint32_t *>(x + (size_t)row1 * K + kk);
+        const uint32_t a2 = *reinterpret_cast<const uint32_t *>(x + (size_t)row0 * K + kk + 8);
+        const uint32_t a3 = *reinterpret_cast<const uint32_t *>(x + (size_t)row1 * K + kk + 8);
+        const uint4 *dt = reinterpret_cast<const uint4 *>(down) + ((size_t)(kt * 4 + j) * RT) * 32 + lane;
+#pragma unroll
+        for (int rt = 0; rt < ACT_MAX_R / 16; rt++) {
+          if (rt0 + rt < RT) {
+            uint4 b = dt[(rt0 + rt) * 32];
+            mma_f16<BF>(acc[rt][0], a0, a1, a2, a3, b.x, b.y);
+            mma_f16<BF>(acc[rt][1], a0, a1, a2, a3, b.z, b.w);
+          }
+        }
+      }
+    }
+  }
+  if (DOWN) {
+    // red[warp][row 0..15][r]
+#pragma unroll
+    for (int rt = 0; rt < ACT_MAX_R / 16; rt++) {
+      if (rt0 + rt < RT) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int col = rt * 16 + h * 8 + 2 * c;
+          float *base = red + warp * 16 * ACT_MAX_R;
+          base[g * ACT_MAX_R + col] = acc[rt][h][0];
+          base[g * ACT_MAX_R + col + 1] = acc[rt][h][1];
+          base[(g + 8) * ACT_MAX_R + col] = acc[rt][h][2];
+          base[(g + 8) * ACT_MAX_R + col + 1] = acc[rt][h][3];
+        }
+      }
+    }
+    __syncthreads();
+    const int ncol = min(R - rt0 * 16, ACT_MAX_R);
+    for (int i = threadIdx.x; i < 16 * ncol; i += blockDim.x) {
+      const int row = i / ncol, col = i % ncol;
+      float s = red[row * ACT_MAX_R + col];
+      s += red[16 * ACT_MAX_R + row * ACT_MAX_R + col];
+      s += red[2 * 16 * ACT_MAX_R + row * ACT_MAX_R + col];
+      s += red[3 * 16 * ACT_MAX_R + row * ACT_MAX_R + col];
+      lract[(size_t)(mt * 16 + row) * R + rt0 * 16 + col] = s;
+    }
+  }
+}

@@ -1,0 +1,246 @@
+// The W4A4 GEMM on the tensor cores, reading the packed qweight / wscales
+// directly, with the bias and the low-rank up projection in the epilogue.
+// Arithmetic (that of nunchaku's kernel as quant.Layer.Forward mirrors it):
+//
+//   per 64-group g, in order:  P = sum a_code * w_code          (exact int32)
+//                              acc = round16(round16(P) * round16(as*ws) + acc)
+//                              (a 16-bit accumulator: __hmul2 / __hfma2)
+//   acc = round16(acc + bias)                                   (__hadd2)
+//   y   = round16(float(acc) + sum_r round16(lract[r]) * up[n, r])  (FP32 sum)
+//
+// Block: 4 warps, a 64 (M) x 128 (N) output tile; warp (wm, wn) computes
+// 32 rows x 64 columns: 2 m16 tiles x 4 p-tiles of 16 columns (8 n8 tiles).
+// Operands come straight from global memory (L1/L2) in fragment order: one
+// 16-byte load per lane per 16x64 activation tile or 16x64 weight tile; the
+// next group's fragments are loaded before the current group computes.
+//
+//   sm_90 (Hopper, no 4-bit tensor cores): each nibble is moved into the top
+//   half of a byte (the byte is 16 x the value, signed or unsigned) and two
+//   mma.m16n8k32 s8 (u8 x s8 for unsigned activations) give 256 P, scaled
+//   back exactly. The same even/odd nibble split is applied to activations
+//   and weights, so every k meets its own k.
+//   sm_80..89: one mma.m16n8k64 s4 (u4 x s4) per n8 tile.
+// The int32 accumulator starts at MAGIC_I so that int -> float is one FFMA.
+//
+// MODE: 0 main + bias + low-rank; 1 main + bias; 2 y += low-rank (reads y:
+// the second pass of the unfused variant; the same numbers as mode 0).
+#pragma once
+#include "common.cuh"
+
+#define GEMM_MODE_FUSED 0
+#define GEMM_MODE_NOLORA 1
+#define GEMM_MODE_UPADD 2
+
+struct GemmFrag {
+  uint4 a[2];       // activation fragments of the warp's two m16 tiles
+  uint4 b[4];       // weight fragments of the warp's four p-tiles
+  uint32_t as[2][2]; // act scales, duplicated into 16-bit pairs [m16 tile][row g, g+8]
+  uint2 ws[4];      // 4 packed 16-bit weight scales per p-tile: pairs for n8 half 0, 1
+};
+
+SVDQ_DEV void gemm_load(GemmFrag &f, const uint4 *__restrict__ act, const uint16_t *__restrict__ ascale,
+                        const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales, int mtile0, int nt, int p0,
+                        int kt, int KT, int Mpad, int lane) {
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    f.a[i] = act[((size_t)(mtile0 + i) * KT + kt) * 32 + lane];
+    const uint16_t *as = ascale + (size_t)kt * Mpad + (mtile0 + i) * 16 + g;
+    f.as[i][0] = uint32_t(as[0]) * 0x10001u;
+    f.as[i][1] = uint32_t(as[8]) * 0x10001u;
+  }
+  const size_t tile = (size_t)nt * KT + kt;
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    f.b[j] = qw[(tile * 8 + p0 + j) * 32 + lane];
+    f.ws[j] = *reinterpret_cast<const uint2 *>(wscales + tile * 128 + ((p0 + j) * 4 + c) * 4);
+  }
+}
+
+template <bool UNS, bool BF, int MODE>
+SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__restrict__ ascale,
+                             const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
+                             const float *__restrict__ lract, const uint4 *__restrict__ up,
+                             const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N,
+                             int K, int R) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr bool SM90 = true;
+#else
+  constexpr bool SM90 = false;
+#endif
+  // float(P) = int_as_float(d) * PS - MAGIC_F * PS, exact (one FFMA).
+  constexpr float PS = SM90 ? 1.f / 256.f : 1.f;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int wm = warp & 1, wn = warp >> 1;
+  const int mtile0 = blockIdx.x * 4 + wm * 2; // first m16 tile of the warp
+  const int nt = blockIdx.y;                  // 128-column chunk
+  const int p0 = wn * 4;                      // first p-tile of the warp
+  const int KT = K >> 6;
+
+  // acc16[i][j][a][h]: 16-bit pair (cols 2c, 2c+1) of row g + 8h.
+  uint32_t acc16[2][4][2][2];
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int a = 0; a < 2; a++) acc16[i][j][a][0] = acc16[i][j][a][1] = 0u;
+
+  if (MODE == GEMM_MODE_UPADD) {
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int row = (mtile0 + i) * 16 + g + 8 * h;
+        if (row < M) {
+#pragma unroll
+          for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int a = 0; a < 2; a++)
+              acc16[i][j][a][h] =
+                  *reinterpret_cast<const uint32_t *>(y + (size_t)row * N + nt * 128 + (p0 + j) * 16 + a * 8 + 2 * c);
+        }
+      }
+  } else {
+    GemmFrag cur, nxt;
+    gemm_load(cur, act, ascale, qw, wscales, mtile0, nt, p0, 0, KT, Mpad, lane);
+    for (int kt = 0; kt < KT; kt++) {
+      if (kt + 1 < KT) gemm_load(nxt, act, ascale, qw, wscales, mtile0, nt, p0, kt + 1, KT, Mpad, lane);
+#pragma unroll
+      for (int i = 0; i < 2; i++) {
+        uint32_t alo[4], ahi[4];
+        if (SM90) {
+          alo[0] = nib_lo(cur.a[i].x); alo[1] = nib_lo(cur.a[i].y);
+          alo[2] = nib_lo(cur.a[i].z); alo[3] = nib_lo(cur.a[i].w);
+          ahi[0] = nib_hi(cur.a[i].x); ahi[1] = nib_hi(cur.a[i].y);
+          ahi[2] = nib_hi(cur.a[i].z); ahi[3] = nib_hi(cur.a[i].w);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          const uint32_t bw[4] = {cur.b[j].x, cur.b[j].y, cur.b[j].z, cur.b[j].w};
+          const uint32_t wsp[2] = {cur.ws[j].x, cur.ws[j].y};
+#pragma unroll
+          for (int a = 0; a < 2; a++) {
+            int d[4];
+            if (SM90) {
+              const int m4[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
+              int t[4];
+              const uint32_t w0 = bw[2 * a], w1 = bw[2 * a + 1];
+              if (UNS) {
+                mma_u8(t, alo[0], alo[1], ahi[0], ahi[1], nib_lo(w0), nib_hi(w0), m4);
+                mma_u8(d, alo[2], alo[3], ahi[2], ahi[3], nib_lo(w1), nib_hi(w1), t);
+              } else {
+                mma_s8(t, alo[0], alo[1], ahi[0], ahi[1], nib_lo(w0), nib_hi(w0), m4);
+                mma_s8(d, alo[2], alo[3], ahi[2], ahi[3], nib_lo(w1), nib_hi(w1), t);
+              }
+            } else {
+              if (UNS) mma_u4(d, cur.a[i], bw[2 * a], bw[2 * a + 1], MAGIC_I);
+              else mma_s4(d, cur.a[i], bw[2 * a], bw[2 * a + 1], MAGIC_I);
+            }
+            float f[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) f[q] = fmaf(__int_as_float(d[q]), PS, -MAGIC_F * PS);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+              const uint32_t p16 = pack2<BF>(f[2 * h], f[2 * h + 1]);
+              const uint32_t s16 = hmul2<BF>(cur.as[i][h], wsp[a]);
+              acc16[i][j][a][h] = hfma2<BF>(p16, s16, acc16[i][j][a][h]);
+            }
+          }
+        }
+      }
+      if (kt + 1 < KT) cur = nxt;
+    }
+    // Bias (16-bit add), before the low-rank branch.
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const uint2 bb = *reinterpret_cast<const uint2 *>(bias + nt * 128 + ((p0 + j) * 4 + c) * 4);
+#pragma unroll
+      for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          acc16[i][j][0][h] = hadd2<BF>(acc16[i][j][0][h], bb.x);
+          acc16[i][j][1][h] = hadd2<BF>(acc16[i][j][1][h], bb.y);
+        }
+    }
+  }
+
+  const int RT = R >> 4;
+  if ((MODE == GEMM_MODE_FUSED || MODE == GEMM_MODE_UPADD) && RT > 0) {
+    float acc[2][4][2][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const float2 v = unpack2<BF>(acc16[i][j][a][h]);
+            acc[i][j][a][2 * h] = v.x;
+            acc[i][j][a][2 * h + 1] = v.y;
+          }
+    for (int rt = 0; rt < RT; rt++) {
+      uint32_t la[2][4]; // round16(lract) A fragments
+#pragma unroll
+      for (int i = 0; i < 2; i++) {
+        const float *l0 = lract + (size_t)((mtile0 + i) * 16 + g) * R + rt * 16 + 2 * c;
+        const float *l1 = l0 + 8 * (size_t)R;
+        const float2 f00 = *reinterpret_cast<const float2 *>(l0);
+        const float2 f10 = *reinterpret_cast<const float2 *>(l1);
+        const float2 f01 = *reinterpret_cast<const float2 *>(l0 + 8);
+        const float2 f11 = *reinterpret_cast<const float2 *>(l1 + 8);
+        la[i][0] = pack2<BF>(f00.x, f00.y);
+        la[i][1] = pack2<BF>(f10.x, f10.y);
+        la[i][2] = pack2<BF>(f01.x, f01.y);
+        la[i][3] = pack2<BF>(f11.x, f11.y);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const uint4 u = up[((size_t)(nt * 8 + p0 + j) * RT + rt) * 32 + lane];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+          mma_f16<BF>(acc[i][j][0], la[i][0], la[i][1], la[i][2], la[i][3], u.x, u.y);
+          mma_f16<BF>(acc[i][j][1], la[i][0], la[i][1], la[i][2], la[i][3], u.z, u.w);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+          for (int h = 0; h < 2; h++)
+            acc16[i][j][a][h] = pack2<BF>(out16<BF>(acc[i][j][a][2 * h]), out16<BF>(acc[i][j][a][2 * h + 1]));
+  }
+  else if (!BF) { // FP16 outputs are clamped to +-65504 on every path
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const float2 v = unpack2<BF>(acc16[i][j][a][h]);
+            acc16[i][j][a][h] = pack2<BF>(out16<BF>(v.x), out16<BF>(v.y));
+          }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int row = (mtile0 + i) * 16 + g + 8 * h;
+      if (row < M) {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+          for (int a = 0; a < 2; a++)
+            *reinterpret_cast<uint32_t *>(y + (size_t)row * N + nt * 128 + (p0 + j) * 16 + a * 8 + 2 * c) =
+                acc16[i][j][a][h];
+      }
+    }
+}

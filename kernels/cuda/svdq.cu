@@ -1,0 +1,83 @@
+// svdq GPU kernels: the one translation unit compiled to PTX by
+// scripts/build-ptx.sh. Every kernel is extern "C" with the name the Go host
+// (kernels/layer.go) looks up; parameters are listed beside each family.
+#include "common.cuh"
+#include "act_quant.cuh"
+#include "gemm_w4a4.cuh"
+#include "gemm_ref.cuh"
+
+// svdq_act_<prec><u?>_<dtype>_<mode>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0)
+//   grid Mpad/16, block 128. mode: qd (quantize + down), q (quantize), d (down only);
+//   the down projection covers rank columns rt0*16 .. rt0*16+127.
+#define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D)                                                                    \
+  extern "C" __global__ void __launch_bounds__(128)                                                           \
+      NAME(const uint16_t *x, const uint16_t *smooth, const uint16_t *down, uint4 *act, float *ascale,          \
+           float *lract, int Mpad, int K, int R, int rt0) {                                                    \
+    act_quant_body<PREC, UNS, BF, Q, D>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0);                \
+  }
+#define ACT_DTYPE(SUF, BF)                                                                                     \
+  ACT_KERNEL(svdq_act_int4_##SUF##_qd, PREC_INT4, false, BF, true, true)                                      \
+  ACT_KERNEL(svdq_act_int4_##SUF##_q, PREC_INT4, false, BF, true, false)                                      \
+  ACT_KERNEL(svdq_act_int4u_##SUF##_qd, PREC_INT4, true, BF, true, true)                                      \
+  ACT_KERNEL(svdq_act_int4u_##SUF##_q, PREC_INT4, true, BF, true, false)                                      \
+  ACT_KERNEL(svdq_act_nvfp4_##SUF##_qd, PREC_NVFP4, false, BF, true, true)                                    \
+  ACT_KERNEL(svdq_act_nvfp4_##SUF##_q, PREC_NVFP4, false, BF, true, false)                                    \
+  ACT_KERNEL(svdq_act_##SUF##_d, PREC_INT4, false, BF, false, true)
+ACT_DTYPE(bf16, true)
+ACT_DTYPE(f16, false)
+
+// svdq_gemm_int4<u?>_<dtype>_<mode>(act, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R)
+//   grid (Mpad/64, N/128), block 128; y [M, N] in the model dtype.
+//   mode: fused (+bias +low-rank), nolora (+bias), upadd (y += low-rank).
+#define GEMM_KERNEL(NAME, UNS, BF, MODE)                                                                       \
+  extern "C" __global__ void __launch_bounds__(128)                                                           \
+      NAME(const uint4 *act, const uint16_t *ascale, const uint4 *qw, const uint16_t *wscales,                 \
+           const float *lract, const uint4 *up, const uint16_t *bias, uint16_t *y, int M, int Mpad, int N,      \
+           int K, int R) {                                                                                     \
+    gemm_w4a4_body<UNS, BF, MODE>(act, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R);            \
+  }
+#define GEMM_SIGN(PFX, UNS)                                                                                    \
+  GEMM_KERNEL(PFX##_bf16_fused, UNS, true, GEMM_MODE_FUSED)                                                   \
+  GEMM_KERNEL(PFX##_bf16_nolora, UNS, true, GEMM_MODE_NOLORA)                                                 \
+  GEMM_KERNEL(PFX##_f16_fused, UNS, false, GEMM_MODE_FUSED)                                                   \
+  GEMM_KERNEL(PFX##_f16_nolora, UNS, false, GEMM_MODE_NOLORA)
+GEMM_SIGN(svdq_gemm_int4, false)
+GEMM_SIGN(svdq_gemm_int4u, true)
+// The second pass of the unfused variant does not depend on the signedness.
+GEMM_KERNEL(svdq_gemm_bf16_upadd, false, true, GEMM_MODE_UPADD)
+GEMM_KERNEL(svdq_gemm_f16_upadd, false, false, GEMM_MODE_UPADD)
+
+// svdq_ref_<prec><u?>_<dtype>(act, ascale, qweight, wscales, wtscale, lract, up, bias, y, M, Mpad, N, K, R)
+//   grid ceil(M*N/256), block 256; y [M, N] in the model dtype.
+#define REF_KERNEL(NAME, PREC, UNS, BF)                                                                        \
+  extern "C" __global__ void __launch_bounds__(256)                                                           \
+      NAME(const uint32_t *act, const void *ascale, const uint8_t *qw, const uint8_t *wscales, float wtscale,   \
+           const float *lract, const uint16_t *up, const uint16_t *bias, uint16_t *y, int M, int Mpad, int N,   \
+           int K, int R) {                                                                                     \
+    gemm_ref_body<PREC, UNS, BF>(act, ascale, qw, wscales, wtscale, lract, up, bias, y, M, Mpad, N, K, R);    \
+  }
+REF_KERNEL(svdq_ref_int4_bf16, PREC_INT4, false, true)
+REF_KERNEL(svdq_ref_int4u_bf16, PREC_INT4, true, true)
+REF_KERNEL(svdq_ref_nvfp4_bf16, PREC_NVFP4, false, true)
+REF_KERNEL(svdq_ref_int4_f16, PREC_INT4, false, false)
+REF_KERNEL(svdq_ref_int4u_f16, PREC_INT4, true, false)
+REF_KERNEL(svdq_ref_nvfp4_f16, PREC_NVFP4, false, false)
+
+// svdq_fill_random(p, n32, seed): n32 uint32 words of a counter-based hash,
+// to fill benchmark buffers on the device. grid ceil(n32/256), block 256.
+extern "C" __global__ void svdq_fill_random(uint32_t *p, size_t n32, uint32_t seed) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n32) return;
+  uint32_t h = uint32_t(i) * 0x9E3779B1u ^ seed;
+  h ^= h >> 16; h *= 0x85EBCA6Bu; h ^= h >> 13; h *= 0xC2B2AE35u; h ^= h >> 16;
+  p[i] = h;
+}
+// svdq_fill_h(p, n, lo, hi, seed, bf): n 16-bit floats uniform in [lo, hi).
+extern "C" __global__ void svdq_fill_h(uint16_t *p, size_t n, float lo, float hi, uint32_t seed, int bf) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  uint32_t h = uint32_t(i) * 0x9E3779B1u ^ seed;
+  h ^= h >> 16; h *= 0x85EBCA6Bu; h ^= h >> 13; h *= 0xC2B2AE35u; h ^= h >> 16;
+  float u = lo + (hi - lo) * float(h >> 8) * (1.f / 16777216.f);
+  p[i] = bf ? f2h<true>(u) : f2h<false>(u);
+}

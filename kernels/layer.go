@@ -1,0 +1,287 @@
+package kernels
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/svdq/svdq/quant"
+)
+
+// Variant selects the kernels Forward runs.
+type Variant int
+
+const (
+	// Fused: one activation pass (quantize + low-rank down projection), one
+	// GEMM pass with the low-rank up projection and bias in its epilogue.
+	Fused Variant = iota
+	// NoLowRank: quantize + GEMM + bias without the low-rank branch (for
+	// timing; its result is not the layer's output).
+	NoLowRank
+	// Unfused: quantize; a separate down-projection pass over x; GEMM +
+	// bias; a separate pass y += lr·upᵀ that reads and rewrites y.
+	Unfused
+	// Reference: the activation pass, then the scalar reference GEMM
+	// (cuda/gemm_ref.cuh). The only variant for NVFP4.
+	Reference
+)
+
+var variantNames = [...]string{"fused", "w4a4", "unfused", "reference"}
+
+func (v Variant) String() string {
+	if v >= 0 && int(v) < len(variantNames) {
+		return variantNames[v]
+	}
+	return fmt.Sprintf("Variant(%d)", int(v))
+}
+
+// actMaxR is the rank one activation launch covers (ACT_MAX_R in CUDA).
+const actMaxR = 128
+
+// Layer is a packed layer uploaded to a Device.
+type Layer struct {
+	d                              *Device
+	meta                           Packed // shapes and flags; byte slices nil
+	qw, ws, bias, smooth, down, up uint64
+}
+
+// Upload validates p and copies its tensors, as stored, to the device.
+func (d *Device) Upload(p *Packed) (*Layer, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	l := &Layer{d: d, meta: *p}
+	m := &l.meta
+	m.QWeight, m.WScales, m.Bias, m.Smooth, m.Down, m.Up = nil, nil, nil, nil, nil, nil
+	err := d.do(func() error {
+		for _, t := range []struct {
+			dst *uint64
+			src []byte
+		}{{&l.qw, p.QWeight}, {&l.ws, p.WScales}, {&l.bias, p.Bias},
+			{&l.smooth, p.Smooth}, {&l.down, p.Down}, {&l.up, p.Up}} {
+			ptr, err := d.upload(t.src)
+			if err != nil {
+				l.freeLocked()
+				return err
+			}
+			*t.dst = ptr
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Free releases the layer's device memory.
+func (l *Layer) Free() error { return l.d.do(func() error { return l.freeLocked() }) }
+
+func (l *Layer) freeLocked() error {
+	var first error
+	for _, p := range []*uint64{&l.qw, &l.ws, &l.bias, &l.smooth, &l.down, &l.up} {
+		if err := l.d.free(*p); err != nil && first == nil {
+			first = err
+		}
+		*p = 0
+	}
+	return first
+}
+
+// work holds the per-call device buffers for m input rows.
+type work struct {
+	m, mpad                  int
+	x, act, ascale, lract, y uint64
+}
+
+// workSizes returns the padded row count and the byte sizes of the work
+// buffers for m rows: x [mpad, KPad] 16-bit, act codes [mpad, KPad/2],
+// act scales (INT4 16-bit [KPad/64, mpad], NVFP4 float [KPad/16, mpad]),
+// lract float [mpad, R], y 16-bit [m, NPad]. M is padded to 64 rows.
+func (l *Layer) workSizes(m int) (mpad, x, act, ascale, lract, y int) {
+	kpad, npad := l.meta.KPad(), l.meta.NPad()
+	mpad = roundUp(m, 64)
+	ascale = kpad / 64 * mpad * 2
+	if l.meta.Precision == quant.NVFP4 {
+		ascale = kpad / 16 * mpad * 4
+	}
+	return mpad, mpad * kpad * 2, mpad * kpad / 2, ascale, mpad * l.meta.R * 4, m * npad * 2
+}
+
+// newWork allocates the buffers (device goroutine); x is zeroed.
+func (l *Layer) newWork(m int) (*work, error) {
+	mpad, xs, as, ss, ls, ys := l.workSizes(m)
+	w := &work{m: m, mpad: mpad}
+	for _, b := range []struct {
+		dst  *uint64
+		size int
+	}{{&w.x, xs}, {&w.act, as}, {&w.ascale, ss}, {&w.lract, ls}, {&w.y, ys}} {
+		p, err := l.d.alloc(b.size)
+		if err != nil {
+			w.free(l.d)
+			return nil, err
+		}
+		*b.dst = p
+	}
+	if err := l.d.memset(w.x, 0, xs); err != nil {
+		w.free(l.d)
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *work) free(d *Device) {
+	for _, p := range []*uint64{&w.x, &w.act, &w.ascale, &w.lract, &w.y} {
+		d.free(*p)
+		*p = 0
+	}
+}
+
+// kernelNames returns the names of the kernels a variant launches.
+func (l *Layer) precName() string {
+	switch {
+	case l.meta.Precision == quant.NVFP4:
+		return "nvfp4"
+	case l.meta.Unsigned:
+		return "int4u"
+	}
+	return "int4"
+}
+
+func (l *Layer) dtName() string {
+	if l.meta.DType == quant.F16 {
+		return "f16"
+	}
+	return "bf16"
+}
+
+// enqueue launches the kernels of variant v on w (device goroutine), no sync.
+func (l *Layer) enqueue(w *work, v Variant) error {
+	p := &l.meta
+	if p.Precision == quant.NVFP4 && v != Reference {
+		return fmt.Errorf("kernels: NVFP4 layers run only the Reference variant (no tensor-core NVFP4 path yet), not %v", v)
+	}
+	if v < Fused || v > Reference {
+		return fmt.Errorf("kernels: unknown variant %d", int(v))
+	}
+	d := l.d
+	prec, dt := l.precName(), l.dtName()
+	mpad, npad, kpad, r := int32(w.mpad), int32(p.NPad()), int32(p.KPad()), int32(p.R)
+	actGrid := [3]uint32{uint32(w.mpad / 16), 1, 1}
+	blk := [3]uint32{128, 1, 1}
+	act := func(name string, rt0 int) error {
+		return d.launch(name, actGrid, blk, w.x, l.smooth, l.down, w.act, w.ascale, w.lract, mpad, kpad, r, int32(rt0))
+	}
+	// The activation pass, and the down projection fused into it or not.
+	fuseDown := (v == Fused || v == Reference) && p.R > 0
+	mode := "_q"
+	if fuseDown {
+		mode = "_qd"
+	}
+	if err := act("svdq_act_"+prec+"_"+dt+mode, 0); err != nil {
+		return err
+	}
+	first := actMaxR / 16 // rank tiles the first launch covered
+	if !fuseDown {
+		first = 0
+	}
+	if v != NoLowRank {
+		for rt0 := first; rt0*16 < p.R; rt0 += actMaxR / 16 {
+			if err := act("svdq_act_"+dt+"_d", rt0); err != nil {
+				return err
+			}
+		}
+	}
+	gemm := func(name string) error {
+		grid := [3]uint32{uint32(w.mpad / 64), uint32(npad / 128), 1}
+		return d.launch(name, grid, blk, w.act, w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y,
+			int32(w.m), mpad, npad, kpad, r)
+	}
+	switch v {
+	case Fused:
+		return gemm("svdq_gemm_" + prec + "_" + dt + "_fused")
+	case NoLowRank:
+		return gemm("svdq_gemm_" + prec + "_" + dt + "_nolora")
+	case Unfused:
+		if err := gemm("svdq_gemm_" + prec + "_" + dt + "_nolora"); err != nil {
+			return err
+		}
+		if p.R == 0 {
+			return nil
+		}
+		return gemm("svdq_gemm_" + dt + "_upadd")
+	}
+	total := w.m * int(npad)
+	grid := [3]uint32{uint32((total + 255) / 256), 1, 1}
+	return d.launch("svdq_ref_"+prec+"_"+dt, grid, [3]uint32{256, 1, 1}, w.act, w.ascale, l.qw, l.ws,
+		p.WTScale, w.lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r)
+}
+
+// Forward runs the layer on the GPU with variant v: x is [m, K] (rounded to
+// the model dtype before upload, as the engine feeds 16-bit activations), y
+// is [m, N], written with the 16-bit outputs widened to float32. Fused,
+// Unfused and Reference compute the same function as quant.Layer.Forward
+// (equal up to the order of FP32 sums in the low-rank branch); NoLowRank
+// leaves the branch out. NVFP4 layers accept only Reference. Errors name the
+// failing CUDA call.
+func (l *Layer) Forward(y, x []float32, m int, v Variant) error {
+	p := &l.meta
+	if m <= 0 || len(x) < m*p.K || len(y) < m*p.N {
+		panic(fmt.Sprintf("kernels: Forward with m=%d, len(x)=%d, len(y)=%d for a %d×%d layer", m, len(x), len(y), p.N, p.K))
+	}
+	kpad, npad := p.KPad(), p.NPad()
+	xb := make([]byte, m*kpad*2)
+	for i := 0; i < m; i++ {
+		row := p.DType.Encode(x[i*p.K : (i+1)*p.K])
+		copy(xb[i*kpad*2:], row)
+	}
+	yb := make([]byte, m*npad*2)
+	err := l.d.do(func() error {
+		w, err := l.newWork(m)
+		if err != nil {
+			return err
+		}
+		defer w.free(l.d)
+		if err := l.d.drv.check("cuMemcpyHtoD_v2", l.d.drv.cuMemcpyHtoD(w.x, ptrOf(xb), uint64(len(xb)))); err != nil {
+			return err
+		}
+		if err := l.enqueue(w, v); err != nil {
+			return err
+		}
+		if err := l.d.sync(); err != nil {
+			return err
+		}
+		return l.d.download(yb, w.y)
+	})
+	if err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	for i := 0; i < m; i++ {
+		for n := 0; n < p.N; n++ {
+			o := (i*npad + n) * 2
+			switch {
+			case p.DType == quant.F16:
+				y[i*p.N+n] = quant.F16ToF32(le.Uint16(yb[o:]))
+			default:
+				y[i*p.N+n] = quant.BF16ToF32(le.Uint16(yb[o:]))
+			}
+		}
+	}
+	return nil
+}
+
+// kernelNames lists every kernel the host may launch (tests check that the
+// embedded PTX defines each).
+func kernelNames() []string {
+	var names []string
+	for _, dt := range []string{"bf16", "f16"} {
+		for _, prec := range []string{"int4", "int4u", "nvfp4"} {
+			names = append(names, "svdq_act_"+prec+"_"+dt+"_qd", "svdq_act_"+prec+"_"+dt+"_q", "svdq_ref_"+prec+"_"+dt)
+			if prec != "nvfp4" {
+				names = append(names, "svdq_gemm_"+prec+"_"+dt+"_fused", "svdq_gemm_"+prec+"_"+dt+"_nolora")
+			}
+		}
+		names = append(names, "svdq_act_"+dt+"_d", "svdq_gemm_"+dt+"_upadd")
+	}
+	return append(names, "svdq_fill_random", "svdq_fill_h")
+}
