@@ -1,0 +1,132 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/svdq/svdq/formats/nunchaku"
+	"github.com/svdq/svdq/quant/model"
+	"github.com/urfave/cli/v2"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:      "inspect",
+		Usage:     "list a checkpoint's tensors, totals, metadata, model family and quantized layers",
+		ArgsUsage: "PATH",
+		Description: "PATH is a .safetensors file, a sharded .index.json or a diffusers folder. Only headers are read.\n" +
+			"For an SVDQuant file, precision and rank per layer come from the svdq metadata, or from the\n" +
+			"tensor suffixes and shapes (padded sizes) when there is none.\n\n" +
+			"Example: svdq inspect flux-int4.safetensors",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
+		},
+		Action: inspectAction,
+	})
+}
+
+func inspectAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("inspect: want one PATH, got %d arguments", c.NArg())
+	}
+	in, err := model.Inspect(c.Args().First())
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(data))
+		return nil
+	}
+	printInspection(os.Stdout, in)
+	return nil
+}
+
+// printInspection prints the tensor table, totals, metadata, family and
+// quantized layers.
+func printInspection(w io.Writer, in *model.Inspection) {
+	width := len("tensor")
+	for _, t := range in.Tensors {
+		width = max(width, len(t.Name))
+	}
+	fmt.Fprintf(w, "%-*s  %-7s  %-18s  %10s\n", width, "tensor", "dtype", "shape", "MiB")
+	for _, t := range in.Tensors {
+		fmt.Fprintf(w, "%-*s  %-7s  %-18s  %10.3f\n", width, t.Name, t.DType, shapeString(t.Shape), float64(t.Bytes)/(1<<20))
+	}
+	fmt.Fprintf(w, "\n%s: %d tensors, %d parameters, %s\n", in.Path, in.Count, in.Params, human(in.Bytes))
+	dts := make([]string, 0, len(in.ByDType))
+	for d := range in.ByDType {
+		dts = append(dts, d)
+	}
+	sort.Strings(dts)
+	for _, d := range dts {
+		fmt.Fprintf(w, "  %-7s %s\n", d, human(in.ByDType[d]))
+	}
+	if len(in.Metadata) > 0 {
+		fmt.Fprintln(w, "metadata:")
+		keys := make([]string, 0, len(in.Metadata))
+		for k := range in.Metadata {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			v := in.Metadata[k]
+			if k == nunchaku.MetaSVDQ || k == model.MetaCalib {
+				v = fmt.Sprintf("(%d bytes of JSON; see --json)", len(v))
+			} else if len(v) > 100 {
+				v = v[:100] + fmt.Sprintf("… (%d bytes)", len(v))
+			}
+			fmt.Fprintf(w, "  %s = %s\n", k, strings.ReplaceAll(v, "\n", " "))
+		}
+	}
+	if in.Family != "" {
+		fmt.Fprintf(w, "family: %s\n", in.Family)
+	} else {
+		fmt.Fprintf(w, "family: unknown (%s)\n", in.FamilyNote)
+	}
+	if len(in.Layers) == 0 {
+		fmt.Fprintln(w, "quantized layers: none")
+		return
+	}
+	lw := 0
+	count := map[string]int{}
+	for _, l := range in.Layers {
+		lw = max(lw, len(l.Name))
+		form := l.Precision
+		if l.Kind == nunchaku.KindW4A16 {
+			form = "w4a16"
+		}
+		count[form]++
+	}
+	fmt.Fprintf(w, "quantized layers (%d; sizes and rank from %s):\n", len(in.Layers), in.Layers[0].Source)
+	for _, l := range in.Layers {
+		form := fmt.Sprintf("%s r%d", l.Precision, l.Rank)
+		if l.Kind == nunchaku.KindW4A16 {
+			form = "w4a16"
+		}
+		fmt.Fprintf(w, "  %-*s  %-13s  %-9s  %s\n", lw, l.Name, fmt.Sprintf("[%d %d]", l.N, l.K), form, mib(l.Bytes))
+	}
+	var parts []string
+	for _, f := range []string{"int4", "nvfp4", "w4a16"} {
+		if count[f] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", count[f], f))
+		}
+	}
+	fmt.Fprintf(w, "  total: %s\n", strings.Join(parts, ", "))
+}
+
+// shapeString formats a shape as [a b c].
+func shapeString(s []int64) string {
+	parts := make([]string, len(s))
+	for i, d := range s {
+		parts[i] = fmt.Sprint(d)
+	}
+	return "[" + strings.Join(parts, " ") + "]"
+}

@@ -1,0 +1,93 @@
+package model
+
+import (
+	"github.com/svdq/svdq/formats/nunchaku"
+	"github.com/svdq/svdq/formats/preset"
+	"github.com/svdq/svdq/formats/safetensors"
+)
+
+// TensorEntry is one tensor of an inspected checkpoint.
+type TensorEntry struct {
+	Name  string  `json:"name"`
+	DType string  `json:"dtype"`
+	Shape []int64 `json:"shape"`
+	Bytes int64   `json:"bytes"`
+}
+
+// QuantLayer is one quantized layer of an inspected checkpoint.
+type QuantLayer struct {
+	Name      string `json:"name"`
+	Kind      string `json:"kind"`      // w4a4 or w4a16
+	Precision string `json:"precision"` // int4 or nvfp4 (w4a16 layers: int4)
+	N         int    `json:"n"`         // logical sizes from the svdq metadata, else as stored (padded)
+	K         int    `json:"k"`
+	Rank      int    `json:"rank"`
+	Bytes     int64  `json:"bytes"`
+	Source    string `json:"source"` // where precision and rank come from: "svdq metadata" or "tensors"
+}
+
+// Inspection describes a checkpoint: tensors, totals, metadata, family and
+// quantized layers.
+type Inspection struct {
+	Path     string            `json:"path"`
+	Tensors  []TensorEntry     `json:"tensors"`
+	Count    int               `json:"count"`
+	Bytes    int64             `json:"bytes"`  // tensor data
+	Params   int64             `json:"params"` // elements of every tensor
+	ByDType  map[string]int64  `json:"bytes_by_dtype"`
+	Metadata map[string]string `json:"metadata"`
+	// Family is the preset family: from the svdq metadata of a quantized
+	// file, else detected from the tensor names ("" when none matches;
+	// FamilyNote says why).
+	Family     string       `json:"family"`
+	FamilyNote string       `json:"family_note,omitempty"`
+	Layers     []QuantLayer `json:"quantized_layers"`
+}
+
+// Inspect reads the header of the checkpoint at path (a file, sharded
+// index or diffusers folder); no tensor data is read.
+func Inspect(path string) (*Inspection, error) {
+	r, err := safetensors.OpenCheckpoint(path)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	in := &Inspection{Path: path, Metadata: r.Metadata(), ByDType: map[string]int64{}, Tensors: []TensorEntry{},
+		Layers: []QuantLayer{}}
+	var infos []nunchaku.TensorInfo
+	for _, n := range r.Names() {
+		i, _ := r.Info(n)
+		e := TensorEntry{Name: n, DType: string(i.DType), Shape: i.Shape, Bytes: i.End - i.Begin}
+		in.Tensors = append(in.Tensors, e)
+		in.Bytes += e.Bytes
+		in.Params += i.Elems()
+		in.ByDType[e.DType] += e.Bytes
+		infos = append(infos, nunchaku.TensorInfo{Name: n, DType: e.DType, Shape: i.Shape})
+	}
+	in.Count = len(in.Tensors)
+
+	var meta *nunchaku.Meta
+	if s, ok := in.Metadata[nunchaku.MetaSVDQ]; ok {
+		if meta, err = nunchaku.ParseMeta(s); err != nil {
+			in.FamilyNote = "unreadable svdq metadata: " + err.Error()
+		}
+	}
+	if meta != nil {
+		in.Family = meta.Family
+	} else if fam, err := preset.Detect(table{r}); err == nil {
+		in.Family = fam.Name()
+	} else if in.FamilyNote == "" {
+		in.FamilyNote = err.Error()
+	}
+	for _, s := range nunchaku.Describe(infos) {
+		q := QuantLayer{Name: s.Name, Kind: s.Kind, Precision: s.Precision, N: s.N, K: s.K, Rank: s.R,
+			Bytes: s.Bytes, Source: "tensors"}
+		if meta != nil {
+			if lm, ok := meta.Layer(s.Name); ok {
+				q.Precision, q.N, q.K, q.Rank, q.Source = lm.Precision, lm.N, lm.K, lm.R, "svdq metadata"
+			}
+		}
+		in.Layers = append(in.Layers, q)
+	}
+	return in, nil
+}
