@@ -46,7 +46,7 @@ import (
 // we use correctly rounded ones), and NaN handling (the GPU's __hmin/__hmax
 // drop NaNs; here they propagate to the output). The INT4 main path (steps
 // 4–6) is exact given x̂. Checked on an H100 (emulate_hw_test.go with
-// testdata/hwcheck.cu, 2025-11): 2048 random 48-group accumulator chains
+// testdata/hwcheck.cu): 2048 random 48-group accumulator chains
 // plus bias matched bit for bit in BF16 and FP16, as did x/λ through
 // __fdividef (65536 of 65536), the shift add and the NVFP4 E4M3 activation
 // scales; activation codes differed in 41 of 262144 values, all at
