@@ -45,7 +45,10 @@ type reservoir struct {
 }
 
 // NewCollector returns a Collector keeping at most maxSamples rows per layer
-// (maxSamples ≤ 0 or > MaxSamples: MaxSamples).
+// (maxSamples ≤ 0 or > MaxSamples: MaxSamples). A layer holds up to
+// maxSamples·K float32 values: 4096 rows of a 15360-wide input are 240 MiB,
+// so whole-model collection usually wants a few hundred rows per layer and
+// several runs merged (Merge, MergeFiles).
 func NewCollector(seed uint64, maxSamples int) *Collector {
 	if maxSamples <= 0 || maxSamples > MaxSamples {
 		maxSamples = MaxSamples
@@ -99,9 +102,6 @@ func (r *reservoir) add(row []float32) {
 	i := r.seen
 	r.seen++
 	if r.s < r.max { // filling
-		if r.rows == nil {
-			r.rows = make([]float32, 0, r.max*r.k)
-		}
 		r.rows = append(r.rows, row...)
 		r.s++
 		if r.s == r.max {
