@@ -47,8 +47,7 @@ type reservoir struct {
 // NewCollector returns a Collector keeping at most maxSamples rows per layer
 // (maxSamples ≤ 0 or > MaxSamples: MaxSamples). A layer holds up to
 // maxSamples·K float32 values: 4096 rows of a 15360-wide input are 240 MiB,
-// so whole-model collection usually wants a few hundred rows per layer and
-// several runs merged (Merge, MergeFiles).
+// so whole-model collection usually keeps a few hundred rows per layer.
 func NewCollector(seed uint64, maxSamples int) *Collector {
 	if maxSamples <= 0 || maxSamples > MaxSamples {
 		maxSamples = MaxSamples
