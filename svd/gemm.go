@@ -31,13 +31,78 @@ func Gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
 		scaleC(c, m, n, ldc, beta)
 		return
 	}
-	kern := activeKernel.Load()
 	g := gemmProblem{transA, transB, m, n, k, alpha, beta, a, lda, b, ldb, c, ldc, 1}
-	if g.swapPays(kern) {
-		g = g.transposed()
+	kern := g.plan(activeSet.Load())
+	if g.cs == 1 {
+		g.run(kern, runtime.GOMAXPROCS(0))
+		return
 	}
+	// Cᵀ is computed into a row-major temporary T [n, m] and added to C in
+	// one transposing pass: C = alpha·Tᵀ + beta·C.
+	t := getBuf(m * n)
+	defer putBuf(t)
+	g.alpha, g.beta, g.c, g.rs, g.cs = 1, 0, *t, m, 1
 	g.run(kern, runtime.GOMAXPROCS(0))
+	addTransposed(c, ldc, *t, m, n, alpha, beta)
 }
+
+// addTransposed sets C = alpha·Tᵀ + beta·C for C [m, n] (stride ldc) and T
+// [n, m] row-major, in 32×32 blocks; C is not read when beta is 0.
+func addTransposed(c []float32, ldc int, t []float32, m, n int, alpha, beta float32) {
+	const bs = 32
+	for i0 := 0; i0 < m; i0 += bs {
+		i1 := min(i0+bs, m)
+		for j0 := 0; j0 < n; j0 += bs {
+			j1 := min(j0+bs, n)
+			for i := i0; i < i1; i++ {
+				row := c[i*ldc+j0 : i*ldc+j1]
+				if beta == 0 {
+					for j := range row {
+						row[j] = alpha * t[(j0+j)*m+i]
+					}
+				} else {
+					for j := range row {
+						row[j] = alpha*t[(j0+j)*m+i] + beta*row[j]
+					}
+				}
+			}
+		}
+	}
+}
+
+// plan picks the cheapest variant of set and orientation (C or Cᵀ) by the
+// cost model, turning g into Cᵀ = op(B)ᵀ·op(A)ᵀ when that wins by 10%: less
+// work lost to tile padding (n = 40 with 32-wide tiles), or the transposing
+// pack moved to the smaller operand.
+func (g *gemmProblem) plan(set *kernelSet) *microKernel {
+	variants := set.variants
+	if forceKernel != nil {
+		variants = []*microKernel{forceKernel}
+	}
+	t := g.transposed()
+	var best *microKernel
+	var bestCost float64
+	swap := false
+	for _, kern := range variants {
+		c, ct := g.cost(kern), t.cost(kern)
+		if best == nil || c < bestCost {
+			best, bestCost, swap = kern, c, false
+		}
+		if ct < 0.9*bestCost {
+			best, bestCost, swap = kern, ct, true
+		}
+	}
+	if forceSwap != 0 {
+		swap = forceSwap > 0
+	}
+	if swap {
+		*g = t
+	}
+	return best
+}
+
+// forceSwap overrides plan's orientation: 1 computes Cᵀ, -1 C, 0 decides.
+var forceSwap int
 
 // scaleC sets C = beta·C for the [m, n] matrix C with stride ldc (C is not
 // read when beta is 0).
@@ -82,36 +147,39 @@ func (g gemmProblem) transposed() gemmProblem {
 	}
 }
 
-// swapPays reports whether computing Cᵀ = op(B)ᵀ·op(A)ᵀ is estimated to be
-// clearly cheaper: less work lost to tile padding (n = 40 with 32-wide
-// tiles), or the transposing pack moved to the smaller operand.
-func (g *gemmProblem) swapPays(kern *microKernel) bool {
-	t := g.transposed()
-	return t.cost(kern) < 0.9*g.cost(kern)
-}
-
 // Rough costs of the cost model, in nanoseconds per element on one core.
 const (
 	costFlop    = 1.0 / 110 // one floating-point operation in the kernel
 	costCopy    = 0.3       // packing a contiguous run
-	costTrans   = 1.5       // packing with a transpose (strided writes)
-	costScatter = 1.5       // storing a tile element of a transposed C
+	costTrans   = 1.5       // packing with a transpose, plain Go loops
+	costTransTr = 0.4       // packing with a transpose through transposeBlock
+	costScatter = 1.0       // adding an element of Cᵀ to C (addTransposed)
 )
 
 // cost estimates the time of the product with kern on one core (ns).
 func (g *gemmProblem) cost(kern *microKernel) float64 {
 	m, n, k := float64(g.m), float64(g.n), float64(g.k)
 	c := 2 * float64(roundUp(g.m, kern.mr)) * float64(roundUp(g.n, kern.nr)) * k * costFlop
-	if !g.directA(kern) {
-		c += m * k * float64(ceilDiv(g.n, kern.nc)) * costCopy
+	trans := costTrans
+	if transposeBlock != nil {
+		trans = costTransTr
 	}
-	if g.transB {
+	if !g.directA(kern) {
+		if g.transA {
+			c += m * k * float64(ceilDiv(g.n, kern.nc)) * costCopy
+		} else {
+			c += m * k * float64(ceilDiv(g.n, kern.nc)) * trans
+		}
+	}
+	if g.transB && kern.nr%16 == 0 {
+		c += k * n * trans
+	} else if g.transB {
 		c += k * n * costTrans
 	} else {
 		c += k * n * costCopy
 	}
 	if g.cs != 1 {
-		c += m * n * float64(ceilDiv(g.k, kern.kc)) * costScatter
+		c += m * n * costScatter
 	}
 	return c
 }

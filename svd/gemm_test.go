@@ -28,33 +28,48 @@ var gemmTol = struct{ perK float64 }{perK: 2}
 // TestGemmKernels runs every size, transpose combination and (alpha, beta)
 // pair with each micro-kernel this CPU has, against GemmRef.
 func TestGemmKernels(t *testing.T) {
-	kernels := KernelNames()
 	prev := KernelName()
-	defer SetKernel(prev)
 	fastTr := transposeBlock
-	defer func() { transposeBlock = fastTr }()
+	defer func() {
+		SetKernel(prev)
+		transposeBlock = fastTr
+		forceKernel = nil
+		forceA = aAuto
+		forceSwap = 0
+	}()
 	for ci, c := range gemmCases {
 		for _, tr := range [][2]bool{{false, false}, {true, false}, {false, true}, {true, true}} {
 			g := newGemmCheck(tr[0], tr[1], c.m, c.n, c.k, uint64(ci))
-			for _, kn := range kernels {
-				if _, err := SetKernel(kn); err != nil {
-					t.Fatal(err)
-				}
+			for _, kern := range allVariants() {
+				forceKernel = kern
 				for _, mode := range []aMode{aAuto, aPacked, aDirect} {
 					forceA = mode
 					for si, s := range gemmScalars {
-						// Alternate the SIMD and the plain transposing packs.
+						// Alternate the SIMD and the plain transposing packs,
+						// and computing C or Cᵀ.
 						transposeBlock = nil
 						if si%2 == 0 {
 							transposeBlock = fastTr
 						}
+						forceSwap = si%3 - 1
 						g.check(t, s[0], s[1])
 					}
+					forceSwap = 0
 				}
 				forceA = aAuto
 			}
+			forceKernel = nil
 		}
 	}
+}
+
+// allVariants returns every micro-kernel of every set this CPU runs.
+func allVariants() []*microKernel {
+	var all []*microKernel
+	for _, set := range kernelSets {
+		all = append(all, set.variants...)
+	}
+	return all
 }
 
 // gemmCheck holds one test product: random op(A), op(B), C with padded
@@ -110,7 +125,11 @@ func (g *gemmCheck) check(t *testing.T, alpha, beta float32) {
 	}
 	got := append([]float32(nil), c...)
 	Gemm(g.transA, g.transB, g.m, g.n, g.k, alpha, g.a, g.lda, g.b, g.ldb, beta, got, g.ldc)
-	name := fmt.Sprintf("%s A-mode %d transA=%v transB=%v m=%d n=%d k=%d alpha=%g beta=%g", KernelName(), forceA, g.transA, g.transB, g.m, g.n, g.k, alpha, beta)
+	kname := KernelName()
+	if forceKernel != nil {
+		kname = forceKernel.name
+	}
+	name := fmt.Sprintf("%s A-mode %d swap %d transA=%v transB=%v m=%d n=%d k=%d alpha=%g beta=%g", kname, forceA, forceSwap, g.transA, g.transB, g.m, g.n, g.k, alpha, beta)
 	bad := 0
 	for i := 0; i < g.m; i++ {
 		for j := 0; j < g.ldc; j++ {
@@ -188,9 +207,9 @@ func TestSetKernel(t *testing.T) {
 // machine may not have, so the row-block and column-split partitions are
 // exercised whatever GOMAXPROCS is.
 func TestGemmWorkers(t *testing.T) {
-	kern := activeKernel.Load()
-	for _, c := range []struct{ m, n, k int }{{7, 300, 70}, {150, 700, 300}, {600, 20, 400}, {37, 5000, 9}} {
-		g := newGemmCheck(true, false, c.m, c.n, c.k, 7)
+	for ci, c := range []struct{ m, n, k int }{{7, 300, 70}, {150, 700, 300}, {600, 20, 400}, {37, 5000, 9}} {
+		kern := activeSet.Load().variants[ci%len(activeSet.Load().variants)]
+		g := newGemmCheck(ci%2 == 0, ci%3 == 0, c.m, c.n, c.k, 7)
 		for _, workers := range []int{1, 2, 3, 7} {
 			got := make([]float32, len(g.p))
 			pr := gemmProblem{g.transA, g.transB, c.m, c.n, c.k, 1, 0, g.a, g.lda, g.b, g.ldb, got, g.ldc, 1}

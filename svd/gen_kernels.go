@@ -37,8 +37,9 @@ type kernel struct {
 }
 
 var kernels = []kernel{
-	{name: "kernAVX2", reg: "Y", vec: 8, mr: 6, nv: 2, unroll: 4},
-	{name: "kernAVX512", reg: "Z", vec: 16, mr: 12, nv: 2, unroll: 4, embedded: true},
+	{name: "kernAVX2x6x16", reg: "Y", vec: 8, mr: 6, nv: 2, unroll: 4},
+	{name: "kernAVX512x12x32", reg: "Z", vec: 16, mr: 12, nv: 2, unroll: 4, embedded: true},
+	{name: "kernAVX512x8x48", reg: "Z", vec: 16, mr: 8, nv: 3, unroll: 4, embedded: true},
 }
 
 // bases are the row base registers, three rows each.

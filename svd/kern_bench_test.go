@@ -6,7 +6,7 @@ import "testing"
 // (single goroutine): the ceiling the blocked driver can reach per core.
 func benchKernel(b *testing.B, name string) {
 	var kern *microKernel
-	for _, k := range kernels {
+	for _, k := range allVariants() {
 		if k.name == name {
 			kern = k
 		}
@@ -24,6 +24,7 @@ func benchKernel(b *testing.B, name string) {
 	b.ReportMetric(2*float64(kc*kern.mr*kern.nr)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }
 
-func BenchmarkKernelAVX512(b *testing.B)  { benchKernel(b, "avx512") }
-func BenchmarkKernelAVX2(b *testing.B)    { benchKernel(b, "avx2") }
-func BenchmarkKernelGeneric(b *testing.B) { benchKernel(b, "generic") }
+func BenchmarkKernelAVX512x12x32(b *testing.B) { benchKernel(b, "avx512x12x32") }
+func BenchmarkKernelAVX512x8x48(b *testing.B)  { benchKernel(b, "avx512x8x48") }
+func BenchmarkKernelAVX2x6x16(b *testing.B)    { benchKernel(b, "avx2x6x16") }
+func BenchmarkKernelGeneric4x4(b *testing.B)   { benchKernel(b, "generic4x4") }

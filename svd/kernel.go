@@ -15,10 +15,9 @@ import (
 // has ars = 1, aps = lda; a row-major A read in place has ars = lda,
 // aps = 1. b points at a packed [k, nr] panel of op(B), c at the tile's
 // top-left element. k ≥ 1; all mr rows of A are read. When beta is ±0, C is
-// not read. The blocking sizes say how
-// the driver cuts the problem for this kernel: kc values of k per pass (the
-// panels stay in L1/L2), mc rows of A per packed block (L2), nc columns of B
-// per packed block (L3).
+// not read. The blocking sizes say how the driver cuts the problem for this
+// kernel: kc values of k per pass (the panels stay in L1/L2), mc rows of A
+// per packed block (L2), nc columns of B per packed block (L3).
 type microKernel struct {
 	name       string
 	mr, nr     int
@@ -26,41 +25,53 @@ type microKernel struct {
 	fn         func(k int, a *float32, ars, aps int, b, c *float32, ldc int, alpha, beta float32)
 }
 
-// kernels lists the micro-kernels this CPU runs, fastest first; the generic
-// Go kernel is always last. Architecture files prepend theirs in init.
-var kernels = []*microKernel{genericKernel}
+// kernelSet is the micro-kernels of one instruction set: tile shapes among
+// which Gemm picks the cheapest for each product (e.g. 12×32 for square
+// products, 8×48 for a 48-wide C).
+type kernelSet struct {
+	name     string
+	variants []*microKernel
+}
 
-// activeKernel is the kernel Gemm uses (kernels[0] unless SetKernel chose
+// kernelSets lists the instruction sets this CPU runs, fastest first; the
+// generic Go set is always last. Architecture files prepend theirs in init.
+var kernelSets = []*kernelSet{genericSet}
+
+// activeSet is the set Gemm uses (kernelSets[0] unless SetKernel chose
 // another).
-var activeKernel atomic.Pointer[microKernel]
+var activeSet atomic.Pointer[kernelSet]
 
-func init() { activeKernel.Store(kernels[0]) }
+// forceKernel, when non-nil, overrides the choice among the active set's
+// variants (tests run every variant).
+var forceKernel *microKernel
 
-// KernelNames returns the names of the GEMM micro-kernels this CPU can run,
+func init() { activeSet.Store(kernelSets[0]) }
+
+// KernelNames returns the names of the GEMM kernel sets this CPU can run,
 // fastest first ("avx512", "avx2", "generic" on a recent x86-64 CPU).
 func KernelNames() []string {
-	names := make([]string, len(kernels))
-	for i, k := range kernels {
+	names := make([]string, len(kernelSets))
+	for i, k := range kernelSets {
 		names[i] = k.name
 	}
 	return names
 }
 
-// KernelName returns the name of the micro-kernel Gemm currently uses.
-func KernelName() string { return activeKernel.Load().name }
+// KernelName returns the name of the kernel set Gemm currently uses.
+func KernelName() string { return activeSet.Load().name }
 
-// SetKernel makes Gemm use the named micro-kernel (one of KernelNames; ""
+// SetKernel makes Gemm use the named kernel set (one of KernelNames; ""
 // selects the fastest) and returns the name of the previous one. It exists
 // for tests and benchmarks; calls of Gemm already running keep their kernel.
 func SetKernel(name string) (prev string, err error) {
 	prev = KernelName()
 	if name == "" {
-		activeKernel.Store(kernels[0])
+		activeSet.Store(kernelSets[0])
 		return prev, nil
 	}
-	for _, k := range kernels {
+	for _, k := range kernelSets {
 		if k.name == name {
-			activeKernel.Store(k)
+			activeSet.Store(k)
 			return prev, nil
 		}
 	}

@@ -2,15 +2,15 @@ package svd
 
 import "unsafe"
 
-// genericKernel is the portable micro-kernel: a 4×4 tile with its 16
-// accumulators in scalar registers. It runs on every architecture and is the
-// fallback where no SIMD kernel exists.
-var genericKernel = &microKernel{
-	name: "generic",
+// genericSet is the portable kernel: a 4×4 tile with its 16 accumulators in
+// scalar registers. It runs on every architecture and is the fallback where
+// no SIMD kernel exists.
+var genericSet = &kernelSet{name: "generic", variants: []*microKernel{{
+	name: "generic4x4",
 	mr:   4, nr: 4,
 	mc: 128, kc: 256, nc: 2048,
 	fn: kernGeneric,
-}
+}}}
 
 // kernGeneric implements microKernel.fn for a 4×4 tile.
 func kernGeneric(k int, a *float32, ars, aps int, b, c *float32, ldc int, alpha, beta float32) {

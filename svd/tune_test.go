@@ -3,37 +3,86 @@ package svd
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"syscall"
 	"testing"
 	"time"
 )
 
+// TestTune compares Gemm configurations on one shape, interleaved and
+// best-of, for tuning on a shared machine: SVDQ_TUNE=1 go test -run Tune -v.
 func TestTune(t *testing.T) {
 	if os.Getenv("SVDQ_TUNE") == "" {
-		t.Skip()
+		t.Skip("set SVDQ_TUNE=1")
 	}
-	saved := *avx512Kernel
-	defer func() { *avx512Kernel = saved; forceA = aAuto }()
+	defer func() { forceKernel = nil; forceA = aAuto; forceSwap = 0 }()
 	type cfg struct {
-		kc, mc int
-		mode   aMode
+		kern *microKernel
+		mode aMode
+		swap int
 	}
 	var cfgs []cfg
-	for _, kc := range []int{512, 768, 1024} {
-		for _, mc := range []int{144} {
-			for _, mode := range []aMode{aPacked} {
-				cfgs = append(cfgs, cfg{kc, mc, mode})
+	for _, k := range avx512Set.variants {
+		for _, mode := range []aMode{aPacked, aDirect} {
+			for _, swap := range []int{-1, 1} {
+				cfgs = append(cfgs, cfg{k, mode, swap})
 			}
 		}
 	}
-	best := make([]float64, len(cfgs))
-	for rep := 0; rep < 3; rep++ {
-		for i, c := range cfgs {
-			avx512Kernel.kc, avx512Kernel.mc = c.kc, c.mc
-			forceA = c.mode
-			best[i] = max(best[i], BenchGemm(3072, 3072, 3072, 300*time.Millisecond))
+	cfgs = append(cfgs, cfg{})
+	for _, sh := range []struct {
+		ta, tb  bool
+		m, n, k int
+	}{{false, false, 3072, 3072, 3072}, {false, true, 256, 3072, 3072}, {false, false, 3072, 40, 12288}, {false, false, 3072, 3072, 32}} {
+		best := make([]float64, len(cfgs))
+		x := gaussMat(sh.m, sh.k, 1)
+		y := gaussMat(sh.k, sh.n, 2)
+		c := make([]float32, sh.m*sh.n)
+		lda, ldb := sh.k, sh.n
+		if sh.ta {
+			lda = sh.m
+		}
+		if sh.tb {
+			ldb = sh.k
+		}
+		for rep := 0; rep < 5; rep++ {
+			for i, cf := range cfgs {
+				forceKernel, forceA, forceSwap = cf.kern, cf.mode, cf.swap
+				f := func() { Gemm(sh.ta, sh.tb, sh.m, sh.n, sh.k, 1, x, lda, y, ldb, 0, c, sh.n) }
+				f()
+				best[i] = max(best[i], cpuRate(sh.m, sh.n, sh.k, f))
+			}
+		}
+		for i, cf := range cfgs {
+			name := "auto"
+			if cf.kern != nil {
+				name = cf.kern.name
+			}
+			fmt.Printf("%+v %s mode=%d swap=%d procs=%d %.1f GFLOP per CPU-second\n", sh, name, cf.mode, cf.swap, runtime.GOMAXPROCS(0), best[i])
 		}
 	}
-	for i, c := range cfgs {
-		fmt.Printf("%+v %.1f\n", c, best[i])
+}
+
+// cpuRate runs f a few times and returns the best GFLOP per CPU-second of
+// this process (user + system time of all threads), which other processes
+// on a shared machine disturb far less than wall time.
+func cpuRate(m, n, k int, f func()) float64 {
+	best := 0.0
+	for range 3 {
+		t0 := cpuTime()
+		w0 := time.Now()
+		f()
+		d := cpuTime() - t0
+		if d <= 0 {
+			d = time.Since(w0)
+		}
+		best = max(best, 2*float64(m)*float64(n)*float64(k)/d.Seconds()/1e9)
 	}
+	return best
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
