@@ -18,17 +18,23 @@ func TestCompareTolerance(t *testing.T) {
 	}{
 		{"equal", func(g []float32) {}, true},
 		{"one ulp", func(g []float32) { g[3] = quant.RoundBF16(100.5) }, true},
-		{"near zero within rms term", func(g []float32) { g[4] = 0.001 }, true},
+		{"near zero within slack", func(g []float32) { g[4] = 0.001 }, true},
+		{"near zero outside slack", func(g []float32) { g[4] = 0.01 }, false},
 		{"four ulps", func(g []float32) { g[3] = 102 }, false},
 		{"sign", func(g []float32) { g[1] = 2 }, false},
 		{"nan", func(g []float32) { g[0] = float32(math.NaN()) }, false},
 	} {
 		got := append([]float32(nil), want...)
 		c.edit(got)
-		d := Compare(got, want, quant.BF16)
+		slack := make([]float32, len(want))
+		slack[4] = 0.002
+		d := Compare(got, want, slack, quant.BF16)
 		if d.OK() != c.ok {
 			t.Errorf("%s: OK = %v, want %v (%v)", c.name, d.OK(), c.ok, d)
 		}
+	}
+	if Compare(want, want, nil, quant.F16).Mismatches != 0 {
+		t.Error("equal slices mismatch without slack")
 	}
 	if u := ulp16(quant.BF16, 1); u != 0x1p-7 {
 		t.Errorf("bf16 ulp at 1 = %g", u)
@@ -52,5 +58,18 @@ func TestOpenWithoutGPU(t *testing.T) {
 	}
 	if !errors.Is(err, ErrNoDriver) || !strings.Contains(err.Error(), "no CUDA driver found") {
 		t.Fatalf("Open error %q does not say no CUDA driver found", err)
+	}
+}
+
+// TestLowRankSlack checks the slack against a hand computation: one row,
+// one rank, a_0 = 3 (BF16 spacing at 3 is 2⁻⁶).
+func TestLowRankSlack(t *testing.T) {
+	l := &quant.Layer{Precision: quant.INT4, N: 2, K: 2, R: 1, DType: quant.BF16,
+		Codes: make([]int8, 4), Scales: make([]float32, 2), Smooth: []float32{1, 1},
+		Down: []float32{1, 2}, Up: []float32{0.5, -4}, Bias: make([]float32, 2), TensorScale: 1}
+	s := LowRankSlack(l, []float32{1, 1}, 1)
+	u := 0x1p-6 + 0x1p-18*3
+	if math.Abs(float64(s[0])-0.5*u) > 1e-9 || math.Abs(float64(s[1])-4*u) > 1e-9 {
+		t.Fatalf("slack %v, want %v, %v", s, 0.5*u, 4*u)
 	}
 }

@@ -57,12 +57,13 @@ func TestGPUMatchesEmulation(t *testing.T) {
 				x := randInput(rng, m, c.k, c.unsigned)
 				want := make([]float32, m*c.n)
 				l.Forward(want, x, m)
+				slack := LowRankSlack(l, x, m)
 				for _, v := range variantsOf(c.prec) {
 					got := make([]float32, m*c.n)
 					if err := gl.Forward(got, x, m, v); err != nil {
 						t.Fatalf("m=%d %v: %v", m, v, err)
 					}
-					diff := Compare(got, want, c.dt)
+					diff := Compare(got, want, slack, c.dt)
 					if !diff.OK() || diff.RelFro > 0x1p-8 {
 						t.Errorf("m=%d %v: %v", m, v, diff)
 					} else {
@@ -90,6 +91,7 @@ func TestGPUFlippedByteFails(t *testing.T) {
 		x := randInput(rng, m, c.k, c.unsigned)
 		want := make([]float32, m*c.n)
 		l.Forward(want, x, m)
+		slack := LowRankSlack(l, x, m)
 		for _, field := range []string{"qweight", "wscales"} {
 			p, _ := pack(t, l)
 			b := p.QWeight
@@ -113,7 +115,7 @@ func TestGPUFlippedByteFails(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			diff := Compare(got, want, c.dt)
+			diff := Compare(got, want, slack, c.dt)
 			if diff.OK() {
 				t.Errorf("%s: flipped %s byte not detected: %v", c.name, field, diff)
 			} else {

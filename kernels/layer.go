@@ -191,9 +191,10 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 			}
 		}
 	}
+	tile := pickTile(w.mpad, int(npad), d.SMs)
 	gemm := func(name string) error {
-		grid := [3]uint32{uint32(w.mpad / 64), uint32(npad / 128), 1}
-		return d.launch(name, grid, blk, w.act, w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y,
+		grid := [3]uint32{uint32(w.mpad / tile.m), uint32(int(npad) / tile.n), 1}
+		return d.launch(name+"_"+tile.name, grid, blk, w.act, w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y,
 			int32(w.m), mpad, npad, kpad, r)
 	}
 	switch v {
@@ -270,6 +271,27 @@ func (l *Layer) Forward(y, x []float32, m int, v Variant) error {
 	return nil
 }
 
+// gemmTile is one block tile of the fast GEMM kernels.
+type gemmTile struct {
+	name string
+	m, n int
+}
+
+// gemmTiles are the compiled tiles, largest first (more reuse per load).
+var gemmTiles = []gemmTile{{"t64x128", 64, 128}, {"t32x128", 32, 128}, {"t32x64", 32, 64}}
+
+// pickTile returns the largest tile that still gives at least 3 blocks per
+// multiprocessor (the smallest when none does): K is never split, so small
+// M needs small tiles to fill the GPU.
+func pickTile(mpad, npad, sms int) gemmTile {
+	for _, t := range gemmTiles {
+		if (mpad/t.m)*(npad/t.n) >= 3*sms {
+			return t
+		}
+	}
+	return gemmTiles[len(gemmTiles)-1]
+}
+
 // kernelNames lists every kernel the host may launch (tests check that the
 // embedded PTX defines each).
 func kernelNames() []string {
@@ -278,10 +300,15 @@ func kernelNames() []string {
 		for _, prec := range []string{"int4", "int4u", "nvfp4"} {
 			names = append(names, "svdq_act_"+prec+"_"+dt+"_qd", "svdq_act_"+prec+"_"+dt+"_q", "svdq_ref_"+prec+"_"+dt)
 			if prec != "nvfp4" {
-				names = append(names, "svdq_gemm_"+prec+"_"+dt+"_fused", "svdq_gemm_"+prec+"_"+dt+"_nolora")
+				for _, t := range gemmTiles {
+					names = append(names, "svdq_gemm_"+prec+"_"+dt+"_fused_"+t.name, "svdq_gemm_"+prec+"_"+dt+"_nolora_"+t.name)
+				}
 			}
 		}
-		names = append(names, "svdq_act_"+dt+"_d", "svdq_gemm_"+dt+"_upadd")
+		names = append(names, "svdq_act_"+dt+"_d")
+		for _, t := range gemmTiles {
+			names = append(names, "svdq_gemm_"+dt+"_upadd_"+t.name)
+		}
 	}
-	return append(names, "svdq_fill_random", "svdq_fill_h")
+	return append(names, "svdq_fill_random", "svdq_fill_h", "svdq_spin")
 }

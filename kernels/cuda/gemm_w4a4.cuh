@@ -8,8 +8,11 @@
 //   acc = round16(acc + bias)                                   (__hadd2)
 //   y   = round16(float(acc) + sum_r round16(lract[r]) * up[n, r])  (FP32 sum)
 //
-// Block: 4 warps, a 64 (M) x 128 (N) output tile; warp (wm, wn) computes
-// 32 rows x 64 columns: 2 m16 tiles x 4 p-tiles of 16 columns (8 n8 tiles).
+// Block: 4 warps (2 x 2); warp (wm, wn) computes MT m16 tiles x PT p-tiles
+// of 16 columns: the block tile is (32 MT) x (32 PT). The host picks
+// 64x128 (MT 2, PT 4) for large M and smaller tiles when that gives too few
+// blocks to fill the GPU (the 16-bit accumulator runs the groups of one
+// output in order, so K is never split).
 // Operands come straight from global memory (L1/L2) in fragment order: one
 // 16-byte load per lane per 16x64 activation tile or 16x64 weight tile; the
 // next group's fragments are loaded before the current group computes.
@@ -31,19 +34,20 @@
 #define GEMM_MODE_NOLORA 1
 #define GEMM_MODE_UPADD 2
 
-struct GemmFrag {
-  uint4 a[2];       // activation fragments of the warp's two m16 tiles
-  uint4 b[4];       // weight fragments of the warp's four p-tiles
-  uint32_t as[2][2]; // act scales, duplicated into 16-bit pairs [m16 tile][row g, g+8]
-  uint2 ws[4];      // 4 packed 16-bit weight scales per p-tile: pairs for n8 half 0, 1
+template <int MT, int PT> struct GemmFrag {
+  uint4 a[MT];        // activation fragments of the warp's m16 tiles
+  uint4 b[PT];        // weight fragments of the warp's p-tiles
+  uint32_t as[MT][2]; // act scales, duplicated into 16-bit pairs [m16 tile][row g, g+8]
+  uint2 ws[PT];       // 4 packed 16-bit weight scales per p-tile: pairs for n8 half 0, 1
 };
 
-SVDQ_DEV void gemm_load(GemmFrag &f, const uint4 *__restrict__ act, const uint16_t *__restrict__ ascale,
+template <int MT, int PT>
+SVDQ_DEV void gemm_load(GemmFrag<MT, PT> &f, const uint4 *__restrict__ act, const uint16_t *__restrict__ ascale,
                         const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales, int mtile0, int nt, int p0,
                         int kt, int KT, int Mpad, int lane) {
   const int g = lane >> 2, c = lane & 3;
 #pragma unroll
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < MT; i++) {
     f.a[i] = act[((size_t)(mtile0 + i) * KT + kt) * 32 + lane];
     const uint16_t *as = ascale + (size_t)kt * Mpad + (mtile0 + i) * 16 + g;
     f.as[i][0] = uint32_t(as[0]) * 0x10001u;
@@ -51,13 +55,13 @@ SVDQ_DEV void gemm_load(GemmFrag &f, const uint4 *__restrict__ act, const uint16
   }
   const size_t tile = (size_t)nt * KT + kt;
 #pragma unroll
-  for (int j = 0; j < 4; j++) {
+  for (int j = 0; j < PT; j++) {
     f.b[j] = qw[(tile * 8 + p0 + j) * 32 + lane];
     f.ws[j] = *reinterpret_cast<const uint2 *>(wscales + tile * 128 + ((p0 + j) * 4 + c) * 4);
   }
 }
 
-template <bool UNS, bool BF, int MODE>
+template <bool UNS, bool BF, int MODE, int MT, int PT>
 SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__restrict__ ascale,
                              const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
                              const float *__restrict__ lract, const uint4 *__restrict__ up,
@@ -73,29 +77,29 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int wm = warp & 1, wn = warp >> 1;
-  const int mtile0 = blockIdx.x * 4 + wm * 2; // first m16 tile of the warp
-  const int nt = blockIdx.y;                  // 128-column chunk
-  const int p0 = wn * 4;                      // first p-tile of the warp
+  const int mtile0 = blockIdx.x * 2 * MT + wm * MT;    // first m16 tile of the warp
+  const int pglob = blockIdx.y * 2 * PT + wn * PT;      // first global p-tile (16 columns)
+  const int nt = pglob >> 3, p0 = pglob & 7;            // its 128-column chunk and index there
   const int KT = K >> 6;
 
   // acc16[i][j][a][h]: 16-bit pair (cols 2c, 2c+1) of row g + 8h.
-  uint32_t acc16[2][4][2][2];
+  uint32_t acc16[MT][PT][2][2];
 #pragma unroll
-  for (int i = 0; i < 2; i++)
+  for (int i = 0; i < MT; i++)
 #pragma unroll
-    for (int j = 0; j < 4; j++)
+    for (int j = 0; j < PT; j++)
 #pragma unroll
       for (int a = 0; a < 2; a++) acc16[i][j][a][0] = acc16[i][j][a][1] = 0u;
 
   if (MODE == GEMM_MODE_UPADD) {
 #pragma unroll
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         const int row = (mtile0 + i) * 16 + g + 8 * h;
         if (row < M) {
 #pragma unroll
-          for (int j = 0; j < 4; j++)
+          for (int j = 0; j < PT; j++)
 #pragma unroll
             for (int a = 0; a < 2; a++)
               acc16[i][j][a][h] =
@@ -103,12 +107,12 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
         }
       }
   } else {
-    GemmFrag cur, nxt;
+    GemmFrag<MT, PT> cur, nxt;
     gemm_load(cur, act, ascale, qw, wscales, mtile0, nt, p0, 0, KT, Mpad, lane);
     for (int kt = 0; kt < KT; kt++) {
       if (kt + 1 < KT) gemm_load(nxt, act, ascale, qw, wscales, mtile0, nt, p0, kt + 1, KT, Mpad, lane);
 #pragma unroll
-      for (int i = 0; i < 2; i++) {
+      for (int i = 0; i < MT; i++) {
         uint32_t alo[4], ahi[4];
         if (SM90) {
           alo[0] = nib_lo(cur.a[i].x); alo[1] = nib_lo(cur.a[i].y);
@@ -117,7 +121,7 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
           ahi[2] = nib_hi(cur.a[i].z); ahi[3] = nib_hi(cur.a[i].w);
         }
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < PT; j++) {
           const uint32_t bw[4] = {cur.b[j].x, cur.b[j].y, cur.b[j].z, cur.b[j].w};
           const uint32_t wsp[2] = {cur.ws[j].x, cur.ws[j].y};
 #pragma unroll
@@ -154,10 +158,10 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
     }
     // Bias (16-bit add), before the low-rank branch.
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < PT; j++) {
       const uint2 bb = *reinterpret_cast<const uint2 *>(bias + nt * 128 + ((p0 + j) * 4 + c) * 4);
 #pragma unroll
-      for (int i = 0; i < 2; i++)
+      for (int i = 0; i < MT; i++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
           acc16[i][j][0][h] = hadd2<BF>(acc16[i][j][0][h], bb.x);
@@ -168,11 +172,11 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
 
   const int RT = R >> 4;
   if ((MODE == GEMM_MODE_FUSED || MODE == GEMM_MODE_UPADD) && RT > 0) {
-    float acc[2][4][2][4];
+    float acc[MT][PT][2][4];
 #pragma unroll
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
-      for (int j = 0; j < 4; j++)
+      for (int j = 0; j < PT; j++)
 #pragma unroll
         for (int a = 0; a < 2; a++)
 #pragma unroll
@@ -182,9 +186,9 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
             acc[i][j][a][2 * h + 1] = v.y;
           }
     for (int rt = 0; rt < RT; rt++) {
-      uint32_t la[2][4]; // round16(lract) A fragments
+      uint32_t la[MT][4]; // round16(lract) A fragments
 #pragma unroll
-      for (int i = 0; i < 2; i++) {
+      for (int i = 0; i < MT; i++) {
         const float *l0 = lract + (size_t)((mtile0 + i) * 16 + g) * R + rt * 16 + 2 * c;
         const float *l1 = l0 + 8 * (size_t)R;
         const float2 f00 = *reinterpret_cast<const float2 *>(l0);
@@ -197,19 +201,19 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
         la[i][3] = pack2<BF>(f11.x, f11.y);
       }
 #pragma unroll
-      for (int j = 0; j < 4; j++) {
+      for (int j = 0; j < PT; j++) {
         const uint4 u = up[((size_t)(nt * 8 + p0 + j) * RT + rt) * 32 + lane];
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < MT; i++) {
           mma_f16<BF>(acc[i][j][0], la[i][0], la[i][1], la[i][2], la[i][3], u.x, u.y);
           mma_f16<BF>(acc[i][j][1], la[i][0], la[i][1], la[i][2], la[i][3], u.z, u.w);
         }
       }
     }
 #pragma unroll
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
-      for (int j = 0; j < 4; j++)
+      for (int j = 0; j < PT; j++)
 #pragma unroll
         for (int a = 0; a < 2; a++)
 #pragma unroll
@@ -218,9 +222,9 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
   }
   else if (!BF) { // FP16 outputs are clamped to +-65504 on every path
 #pragma unroll
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < MT; i++)
 #pragma unroll
-      for (int j = 0; j < 4; j++)
+      for (int j = 0; j < PT; j++)
 #pragma unroll
         for (int a = 0; a < 2; a++)
 #pragma unroll
@@ -230,13 +234,13 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
           }
   }
 #pragma unroll
-  for (int i = 0; i < 2; i++)
+  for (int i = 0; i < MT; i++)
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       const int row = (mtile0 + i) * 16 + g + 8 * h;
       if (row < M) {
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < PT; j++)
 #pragma unroll
           for (int a = 0; a < 2; a++)
             *reinterpret_cast<uint32_t *>(y + (size_t)row * N + nt * 128 + (p0 + j) * 16 + a * 8 + 2 * c) =
