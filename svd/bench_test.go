@@ -1,6 +1,7 @@
 package svd
 
 import (
+	"os"
 	"testing"
 
 	"gonum.org/v1/gonum/mat"
@@ -43,4 +44,42 @@ func BenchmarkGonumDgemm3072(b *testing.B) {
 		c.Mul(x, y)
 	}
 	b.ReportMetric(2*n*n*n*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// benchRandomized measures Randomized on a weight-like [m, n] matrix
+// (Gaussian with outlier columns) at rank r with the default options, or
+// warm-started from the previous call's basis with one power iteration.
+func benchRandomized(b *testing.B, m, n, r int, warm bool) {
+	a := outlierMat(m, n, 1)
+	opt := RandOptions{Seed: 1}
+	if warm {
+		_, opt.Warm = Randomized(a, m, n, r, opt)
+		opt.PowerIters = 1
+	}
+	for b.Loop() {
+		Randomized(a, m, n, r, opt)
+	}
+}
+
+func BenchmarkRandomized3072x12288R32(b *testing.B)     { benchRandomized(b, 3072, 12288, 32, false) }
+func BenchmarkRandomized3072x12288R32Warm(b *testing.B) { benchRandomized(b, 3072, 12288, 32, true) }
+func BenchmarkRandomized3072x3072R32(b *testing.B)      { benchRandomized(b, 3072, 3072, 32, false) }
+
+// benchExact measures Exact on an [m, n] matrix at rank 32.
+func benchExact(b *testing.B, m, n int) {
+	a := outlierMat(m, n, 1)
+	for b.Loop() {
+		Exact(a, m, n, 32)
+	}
+}
+
+// BenchmarkExact runs at 512×1024 (seconds); the full 3072×12288 size
+// takes minutes in gonum and runs only with SVDQ_BENCH_FULL=1.
+func BenchmarkExact(b *testing.B) { benchExact(b, 512, 1024) }
+
+func BenchmarkExact3072x12288(b *testing.B) {
+	if os.Getenv("SVDQ_BENCH_FULL") == "" {
+		b.Skip("set SVDQ_BENCH_FULL=1 (gonum takes minutes at this size)")
+	}
+	benchExact(b, 3072, 12288)
 }
