@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -85,7 +84,7 @@ func checkAction(c *cli.Context) error {
 	var b *bar
 	opt.OnLayer = func(l model.CheckLayer, done, total int) {
 		if b == nil {
-			b = newBar(os.Stderr, int64(total), "check", false)
+			b = newBar(c.App.ErrWriter, int64(total), "check", false)
 		}
 		b.println("", 1)
 	}
@@ -101,9 +100,9 @@ func checkAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		fmt.Println(string(data))
+		fmt.Fprintln(c.App.Writer, string(data))
 	} else {
-		printCheck(os.Stdout, rep, opt.MaxRelError)
+		printCheck(c.App.Writer, rep, opt.MaxRelError)
 	}
 	if plot != "" {
 		if err := model.PlotErrors(rep, plot); err != nil {

@@ -37,11 +37,11 @@ func demoAction(c *cli.Context) error {
 		}
 	}
 	rep, err := model.Demo(model.DemoOptions{Dir: c.String("dir"), FullSearch: c.Bool("full-search"),
-		OnStep: func(s string) { fmt.Fprintf(os.Stderr, "svdq demo: %s...\n", s) }})
+		OnStep: func(s string) { fmt.Fprintf(c.App.ErrWriter, "svdq demo: %s...\n", s) }})
 	if err != nil {
 		return err
 	}
-	printDemo(os.Stdout, rep)
+	printDemo(c.App.Writer, rep)
 	return nil
 }
 

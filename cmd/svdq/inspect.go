@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
@@ -42,10 +41,10 @@ func inspectAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		fmt.Println(string(data))
+		fmt.Fprintln(c.App.Writer, string(data))
 		return nil
 	}
-	printInspection(os.Stdout, in)
+	printInspection(c.App.Writer, in)
 	return nil
 }
 

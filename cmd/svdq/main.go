@@ -28,8 +28,15 @@ func register(c *cli.Command) { commands = append(commands, c) }
 const version = "0.1.0"
 
 func main() {
+	os.Exit(run(newApp(), os.Args))
+}
+
+// newApp builds the CLI with every registered command; output goes to
+// app.Writer and app.ErrWriter (os.Stdout and os.Stderr by default), so
+// tests can capture it.
+func newApp() *cli.App {
 	sort.Slice(commands, func(i, j int) bool { return commands[i].Name < commands[j].Name })
-	app := &cli.App{
+	return &cli.App{
 		Name:    "svdq",
 		Usage:   "make SVDQuant 4-bit checkpoints for nunchaku, fuse LoRAs, measure accuracy",
 		Version: version,
@@ -39,8 +46,9 @@ func main() {
 		Commands:        commands,
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {},
+		Writer:          os.Stdout,
+		ErrWriter:       os.Stderr,
 	}
-	os.Exit(run(app, os.Args))
 }
 
 // run executes the app and maps errors to exit statuses: a *statusError
@@ -53,11 +61,11 @@ func run(app *cli.App, args []string) int {
 	var se *statusError
 	if errors.As(err, &se) {
 		if se.err != nil {
-			fmt.Fprintln(os.Stderr, "svdq:", se.err)
+			fmt.Fprintln(app.ErrWriter, "svdq:", se.err)
 		}
 		return se.status
 	}
-	fmt.Fprintln(os.Stderr, "svdq:", err)
+	fmt.Fprintln(app.ErrWriter, "svdq:", err)
 	return exitBadInput
 }
 

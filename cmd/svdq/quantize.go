@@ -97,7 +97,7 @@ func quantizeAction(c *cli.Context) error {
 			return err
 		}
 		r.Close()
-		printPlan(os.Stdout, plan)
+		printPlan(c.App.Writer, plan)
 		return nil
 	}
 	for _, f := range []string{"calib", "out"} {
@@ -128,7 +128,7 @@ func quantizeAction(c *cli.Context) error {
 	width := 0
 	opt.OnLayer = func(l model.LayerReport) {
 		if b == nil {
-			b = newBar(os.Stdout, int64(l.Total), "quantize", false)
+			b = newBar(c.App.Writer, int64(l.Total), "quantize", false)
 		}
 		b.println(layerLine(l, width), 1)
 	}
@@ -145,7 +145,7 @@ func quantizeAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	printSummary(os.Stdout, rep, opt.Out)
+	printSummary(c.App.Writer, rep, opt.Out)
 	if report != "" {
 		data, err := json.MarshalIndent(rep, "", "  ")
 		if err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -47,7 +46,7 @@ func synthAction(c *cli.Context) error {
 		return fmt.Errorf("synth: --blocks, --samples must be ≥ 0 and --shards ≥ 1")
 	}
 	start := time.Now()
-	b := newBar(os.Stdout, 1, "synth", true)
+	b := newBar(c.App.Writer, 1, "synth", true)
 	opt := synth.Options{
 		Arch: c.String("arch"), Out: c.String("out"), Scale: scale, Blocks: c.Int("blocks"),
 		Naming: c.String("naming"), Seed: c.Uint64("seed"), Shards: c.Int("shards"), Samples: c.Int("samples"),
@@ -65,6 +64,6 @@ func synthAction(c *cli.Context) error {
 	if opt.Shards > 1 {
 		model = filepath.Join(opt.Out, synth.IndexFile)
 	}
-	fmt.Printf("wrote %s and %s in %.1fs\n", model, filepath.Join(opt.Out, synth.CalibFile), time.Since(start).Seconds())
+	fmt.Fprintf(c.App.Writer, "wrote %s and %s in %.1fs\n", model, filepath.Join(opt.Out, synth.CalibFile), time.Since(start).Seconds())
 	return nil
 }

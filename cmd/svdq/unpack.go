@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/svdq/svdq/quant/model"
 	"github.com/urfave/cli/v2"
@@ -34,7 +33,7 @@ func unpackAction(c *cli.Context) error {
 	res, err := model.Unpack(model.UnpackOptions{Model: c.String("model"), Out: c.String("out"),
 		OnLayer: func(name string, done, total int) {
 			if b == nil {
-				b = newBar(os.Stdout, int64(total), "unpack", false)
+				b = newBar(c.App.Writer, int64(total), "unpack", false)
 			}
 			b.println("", 1)
 		}})
@@ -44,6 +43,6 @@ func unpackAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("wrote %s: %d layers, %s\n", res.Path, len(res.Layers), human(res.Bytes))
+	fmt.Fprintf(c.App.Writer, "wrote %s: %d layers, %s\n", res.Path, len(res.Layers), human(res.Bytes))
 	return nil
 }
