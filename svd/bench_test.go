@@ -83,3 +83,4 @@ func BenchmarkExact3072x12288(b *testing.B) {
 	}
 	benchExact(b, 3072, 12288)
 }
+
