@@ -83,4 +83,3 @@ func BenchmarkExact3072x12288(b *testing.B) {
 	}
 	benchExact(b, 3072, 12288)
 }
-
