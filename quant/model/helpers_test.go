@@ -2,6 +2,7 @@ package model
 
 import (
 	"path/filepath"
+	"regexp"
 	"sync"
 	"testing"
 
@@ -45,3 +46,5 @@ func fastOptions(model, calib, out string) QuantizeOptions {
 		Calib:       calib, Out: out, Search: 1, Iters: 3, Workers: 2, Tool: "svdq test",
 	}
 }
+
+func mustRegexp(s string) *regexp.Regexp { return regexp.MustCompile(s) }

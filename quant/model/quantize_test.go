@@ -1,37 +1,249 @@
 package model
 
 import (
+	"bytes"
+	"math"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/svdq/svdq/calib"
+	"github.com/svdq/svdq/formats/nunchaku"
+	"github.com/svdq/svdq/formats/safetensors"
 )
 
 func TestQuantizeTiny(t *testing.T) {
 	model, cal := tinyModel(t)
 	out := filepath.Join(t.TempDir(), "q.safetensors")
-	rep, err := Quantize(fastOptions(model, cal, out))
+	var seen []int
+	opt := fastOptions(model, cal, out)
+	opt.OnLayer = func(l LayerReport) { seen = append(seen, l.Index) }
+	rep, err := Quantize(opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range rep.Layers {
-		t.Logf("%-45s %v %s r%d a%.2f b%.2f err %.4f", l.Name, l.Shape, l.Precision, l.Rank, l.Alpha, l.Beta, l.RelError)
+	if len(rep.Layers) != 20 || len(seen) != 20 || seen[19] != 20 {
+		t.Fatalf("%d layers reported, callbacks %v", len(rep.Layers), seen)
 	}
-	t.Logf("%+v", rep.Totals)
+	for _, l := range rep.Layers {
+		limit := 0.2 // W4A4 on the synthetic outliers, rank 16, fast search
+		if l.Precision == "w4a16" {
+			limit = 1
+		}
+		if !(l.RelError > 0 && l.RelError < limit) {
+			t.Errorf("%s (%s): relative error %v", l.Name, l.Precision, l.RelError)
+		}
+	}
+
+	f, err := safetensors.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The plan's size estimate is exact: data section = planned bytes.
+	if got := rep.Totals.OutBytes - 8 - f.HeaderSize(); got != rep.Plan.OutBytes {
+		t.Errorf("data section %d bytes, plan said %d", got, rep.Plan.OutBytes)
+	}
+	md := f.Metadata()
+	meta, err := nunchaku.ParseMeta(md[nunchaku.MetaSVDQ])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(meta.Layers) != 20 || meta.Family != "flux-dev" || meta.Rank != 16 {
+		t.Errorf("svdq metadata: %d layers, family %q, rank %d", len(meta.Layers), meta.Family, meta.Rank)
+	}
+	for _, k := range []string{nunchaku.MetaQuantizationConfig, nunchaku.MetaConfig, nunchaku.MetaModelClass} {
+		if md[k] == "" {
+			t.Errorf("metadata %s missing", k)
+		}
+	}
+	refs, err := parseCalibRefs(md[MetaCalib])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := calib.Open(cal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cf.Close()
+	for _, lm := range meta.Layers {
+		ref, ok := refs[lm.Name]
+		if !ok || !cf.Has(ref.Key) || ref.Cols[1]-ref.Cols[0] != lm.K {
+			t.Errorf("%s: calibration reference %+v (has %v)", lm.Name, ref, ok)
+		}
+		if lm.Kind == nunchaku.KindW4A4 && lm.Smooth == nil {
+			t.Errorf("%s: no smoothing recorded", lm.Name)
+		}
+	}
+	if r := refs["single_transformer_blocks.0.mlp_fc2"]; r.Key != "single_transformer_blocks.0.proj_out" || r.Cols != [2]int{128, 640} {
+		t.Errorf("column-split layer reference %+v", r)
+	}
+	// Kept tensors are byte copies of the source.
+	src, err := safetensors.Open(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	for _, k := range rep.Plan.Kept {
+		a, _ := src.Bytes(k.Tensor)
+		b, err := f.Bytes(k.Name)
+		if err != nil || !bytes.Equal(a, b) {
+			t.Errorf("kept %s differs from %s (%v)", k.Name, k.Tensor, err)
+		}
+	}
+}
+
+func TestUnits(t *testing.T) {
+	model, _ := tinyModel(t)
+	p, r, err := QuantizePlan(PlanOptions{Model: model})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	var got []string
+	for _, u := range p.units() {
+		var names []string
+		for _, i := range u.layers {
+			names = append(names, p.Layers[i].Name)
+		}
+		got = append(got, strings.Join(names, "+"))
+	}
+	if len(got) != 18 || got[11] != "single_transformer_blocks.0.qkv_proj+single_transformer_blocks.0.mlp_fc1" {
+		t.Errorf("units %q", got)
+	}
 }
 
 func TestCheckTiny(t *testing.T) {
 	model, cal := tinyModel(t)
-	out := filepath.Join(t.TempDir(), "q.safetensors")
-	if _, err := Quantize(fastOptions(model, cal, out)); err != nil {
-		t.Fatal(err)
-	}
-	rep, spec, err := Check(CheckOptions{Model: out, Reference: model, Calib: cal, Search: 1, Workers: 2,
-		Spectrum: "transformer_blocks.0.qkv_proj"})
+	dir := t.TempDir()
+	out := filepath.Join(dir, "q.safetensors")
+	qrep, err := Quantize(fastOptions(model, cal, out))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range rep.Layers {
-		t.Logf("%-45s %s %v", l.Name, l.Precision, l.RelError)
+	rep, spec, err := Check(CheckOptions{Model: out, Reference: model, Calib: cal, Search: 1, Workers: 2,
+		Spectrum: "transformer_blocks.0.qkv_proj", MaxRelError: 0.9})
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%+v %v", rep.Worst, rep.Passed)
-	t.Logf("%v", spec.Smoothed[:5])
+	if !rep.Passed || len(rep.Layers) != 20 {
+		t.Fatalf("passed %v, %d layers", rep.Passed, len(rep.Layers))
+	}
+	quantized := map[string]float64{}
+	for _, l := range qrep.Layers {
+		quantized[l.Name] = l.RelError
+	}
+	worst := 0.0
+	for _, l := range rep.Layers {
+		e := l.RelError[MethodSVDQuant]
+		worst = max(worst, e)
+		if q := quantized[l.Name]; math.Abs(e-q) > 0.01*q {
+			t.Errorf("%s: check %.5f, quantize %.5f", l.Name, e, q)
+		}
+		if l.Precision != "w4a16" && !(e < l.RelError[MethodNaive] && e < l.RelError[MethodSmoothQuant] && e < l.RelError[MethodLowRank]) {
+			t.Errorf("%s: svdquant %.4f not below the W4A4 baselines %v", l.Name, e, l.RelError)
+		}
+	}
+	if rep.Worst.RelError != worst {
+		t.Errorf("worst %+v, max %v", rep.Worst, worst)
+	}
+	if spec == nil || spec.Rank != 16 || len(spec.Before) != 128 || len(spec.Smoothed) != 128 || spec.Before[0] < spec.Before[127] {
+		t.Errorf("spectrum %+v", spec)
+	}
+
+	// The same file without svdq metadata: layers found by suffix and
+	// matched to the reference's plan give the same errors.
+	bare := filepath.Join(dir, "bare.safetensors")
+	stripMeta(t, out, bare)
+	rep2, _, err := Check(CheckOptions{Model: bare, Reference: model, Calib: cal, Search: 1, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range rep2.Layers {
+		if l.Name != rep.Layers[i].Name || l.RelError[MethodSVDQuant] != rep.Layers[i].RelError[MethodSVDQuant] {
+			t.Errorf("without metadata %s %.6f, with %s %.6f", l.Name, l.RelError[MethodSVDQuant],
+				rep.Layers[i].Name, rep.Layers[i].RelError[MethodSVDQuant])
+		}
+	}
+
+	// A threshold below the best layer fails.
+	rep3, _, err := Check(CheckOptions{Model: out, Reference: model, Calib: cal, Search: 1, MaxRelError: 1e-4,
+		Layers: mustRegexp(`mlp_fc2$`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep3.Passed || len(rep3.Layers) != 3 {
+		t.Errorf("tiny threshold: passed %v with %d layers", rep3.Passed, len(rep3.Layers))
+	}
+}
+
+// stripMeta copies a safetensors file without its metadata.
+func stripMeta(t *testing.T, src, dst string) {
+	t.Helper()
+	r, err := safetensors.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var ts []safetensors.Tensor
+	for _, n := range r.Names() {
+		info, _ := r.Info(n)
+		b, _ := r.Bytes(n)
+		ts = append(ts, safetensors.Tensor{Spec: safetensors.Spec{Name: n, DType: info.DType, Shape: info.Shape}, Data: b})
+	}
+	if err := safetensors.WriteFile(dst, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUnpackTiny(t *testing.T) {
+	model, cal := tinyModel(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "q.safetensors")
+	if _, err := Quantize(fastOptions(model, cal, out)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Unpack(UnpackOptions{Model: out, Out: filepath.Join(dir, "u")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Layers) != 20 {
+		t.Fatalf("%d layers", len(res.Layers))
+	}
+	qf, err := openQuantized(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qf.Close()
+	u, err := safetensors.Open(res.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	lm, _ := qf.meta.Layer("transformer_blocks.0.mlp_fc2")
+	l, err := qf.unpackW4A4(lm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes, _ := u.Bytes(lm.Name + ".codes")
+	for i, c := range l.Codes {
+		if int8(codes[i]) != c {
+			t.Fatalf("code %d: unpacked file %d, layer %d", i, int8(codes[i]), c)
+		}
+	}
+	if info, _ := u.Info(lm.Name + ".lora_down"); info.Shape[0] != 16 || info.Shape[1] != 512 {
+		t.Errorf("lora_down shape %v", info.Shape)
+	}
+	if !l.Unsigned || !res.Layers[indexOf(res.Layers, lm.Name)].Unsigned {
+		t.Error("mlp_fc2 not marked unsigned")
+	}
+}
+
+func indexOf(ls []UnpackedLayer, name string) int {
+	for i, l := range ls {
+		if l.Name == name {
+			return i
+		}
+	}
+	return -1
 }
