@@ -13,13 +13,13 @@ import (
 // precision. It is slow (pure Go bidiagonal QR iteration, O(m·n·min(m, n)))
 // and exists to verify Randomized. Panics with an "svd:" prefix unless
 // 1 ≤ r ≤ min(m, n) and len(a) ≥ m·n, or if gonum's iteration fails to
-// converge.
+// converge (a holds NaN or Inf).
 func Exact(a []float32, m, n, r int) *Truncated {
 	checkSVD("Exact", a, m, n, r)
 	d := mat.NewDense(m, n, widen(a[:m*n]))
 	var f mat.SVD
 	if !f.Factorize(d, mat.SVDThin) {
-		panic("svd: Exact: gonum SVD did not converge")
+		panic("svd: Exact: gonum SVD did not converge (does the matrix hold NaN or Inf?)")
 	}
 	s := f.Values(nil)
 	var u, v mat.Dense

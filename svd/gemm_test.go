@@ -238,3 +238,16 @@ func TestGemmWorkers(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelShapes checks every micro-kernel against the limits the driver
+// and the packing routines assume.
+func TestKernelShapes(t *testing.T) {
+	for _, k := range allVariants() {
+		if k.mr < 1 || k.mr > 16 || k.nr < 1 || k.mr*k.nr > maxTile {
+			t.Errorf("%s: tile %d×%d outside mr ≤ 16, mr·nr ≤ %d", k.name, k.mr, k.nr, maxTile)
+		}
+		if k.mc < k.mr || k.kc < 1 || k.nc < k.nr {
+			t.Errorf("%s: blocking mc=%d kc=%d nc=%d smaller than the tile", k.name, k.mc, k.kc, k.nc)
+		}
+	}
+}

@@ -14,10 +14,11 @@ type RandOptions struct {
 	Oversample int    // extra basis vectors beyond R (0: default 16)
 	PowerIters int    // subspace (power) iterations (0: default 3; negative: none)
 	Seed       uint64 // seed of the Gaussian test matrix
-	// Warm, when non-nil, is an [N, L] row-major basis, L = min(R+Oversample,
-	// M, N), used as the start of the subspace iteration instead of a
-	// Gaussian test matrix (the previous smoothing candidate's right basis,
-	// as returned by Randomized, is an excellent start).
+	// Warm, when non-nil, is an [N, L] row-major basis, L = min(R+p, M, N)
+	// with p the effective oversampling (Oversample or its default), used as
+	// the start of the subspace iteration instead of a Gaussian test matrix
+	// (the previous smoothing candidate's right basis, as returned by
+	// Randomized with the same R and Oversample, is an excellent start).
 	Warm []float32
 }
 
@@ -50,14 +51,16 @@ const pcgStream = 0x5eed_5f0d_a7a0_0001
 // U·diag(S)·Vt is the best rank-r approximation of A within span(Q). basis is
 // the newly allocated [n, l] right basis V (all l columns, row-major), to be
 // passed as RandOptions.Warm of a later call on a nearby matrix with the same
-// n and l. The result is a deterministic function of (a, r, opt).
+// n and l. On a given CPU (the same Gemm kernel set) the result is a
+// deterministic function of (a, r, opt), whatever GOMAXPROCS is.
 //
 // With the default options (Oversample 16, PowerIters 3) the residual energy
 // ‖A − U·S·Vt‖_F² is within 1% of the optimal Σ_{i>r} σ_i² on the matrices
 // SVDQuant meets (weights with a few dominant directions over a slowly
-// decaying or flat spectrum). Panics with an "svd:" prefix unless
-// 1 ≤ r ≤ min(m, n), len(a) ≥ m·n, opt.Oversample ≥ 0, and a non-nil
-// opt.Warm has exactly n·l values.
+// decaying or flat spectrum). Panics with an "svd:" prefix on bad sizes
+// (unless 1 ≤ r ≤ min(m, n), len(a) ≥ m·n, opt.Oversample ≥ 0 and a non-nil
+// opt.Warm has exactly n·l values) and when the small SVD does not converge
+// (a holds NaN or Inf).
 func Randomized(a []float32, m, n, r int, opt RandOptions) (t *Truncated, basis []float32) {
 	checkSVD("Randomized", a, m, n, r)
 	if opt.Oversample < 0 {
@@ -100,7 +103,7 @@ func Randomized(a []float32, m, n, r int, opt RandOptions) (t *Truncated, basis 
 
 	var f mat.SVD
 	if !f.Factorize(mat.NewDense(l, l, rt), mat.SVDFull) {
-		panic("svd: Randomized: gonum SVD of the small factor did not converge")
+		panic("svd: Randomized: gonum SVD of the small factor did not converge (does the matrix hold NaN or Inf?)")
 	}
 	s := f.Values(nil)
 	var ub, vb mat.Dense

@@ -2,6 +2,7 @@ package svd
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -139,5 +140,24 @@ func TestRandomizedPanics(t *testing.T) {
 			}()
 			c.f()
 		}()
+	}
+}
+
+// TestRandomizedWorkers checks that the result does not depend on the number
+// of Gemm workers (large enough that Gemm runs in parallel).
+func TestRandomizedWorkers(t *testing.T) {
+	const m, n, r = 300, 500, 16
+	a := outlierMat(m, n, 8)
+	f1, b1 := Randomized(a, m, n, r, RandOptions{Seed: 3})
+	prev := runtime.GOMAXPROCS(1)
+	f2, b2 := Randomized(a, m, n, r, RandOptions{Seed: 3})
+	runtime.GOMAXPROCS(3)
+	f3, _ := Randomized(a, m, n, r, RandOptions{Seed: 3})
+	runtime.GOMAXPROCS(prev)
+	if !slices.Equal(f1.U, f2.U) || !slices.Equal(f1.S, f2.S) || !slices.Equal(f1.Vt, f2.Vt) || !slices.Equal(b1, b2) {
+		t.Errorf("GOMAXPROCS %d and 1 gave different results", prev)
+	}
+	if !slices.Equal(f1.U, f3.U) || !slices.Equal(f1.S, f3.S) {
+		t.Errorf("GOMAXPROCS %d and 3 gave different results", prev)
 	}
 }
