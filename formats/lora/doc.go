@@ -1,0 +1,70 @@
+// Package lora reads LoRA files (diffusers/PEFT, kohya, ComfyUI), maps their
+// modules onto the layers of an SVDQuant checkpoint, and holds the fusion
+// arithmetic and the provenance record that lets a fused LoRA be taken out
+// again byte for byte. The fusion rule is the last section of
+// shared/spec/nunchaku-format.md ("LoRA on a quantized layer").
+//
+// # Input formats
+//
+// A LoRA file is a safetensors file whose keys are <module><suffix>:
+//
+//	suffix              role                      style
+//	.lora_A.weight      A, down  [r, K]           diffusers / PEFT
+//	.lora_B.weight      B, up    [N, r]           diffusers / PEFT
+//	.lora_down.weight   A, down  [r, K]           kohya, ComfyUI
+//	.lora_up.weight     B, up    [N, r]           kohya, ComfyUI
+//	.alpha              α, scalar ([] or [1])     any (optional)
+//
+// A 1×1 convolution LoRA ([r, K, 1, 1], [N, r, 1, 1]) reads as a linear one.
+// The module part may carry a prefix: "transformer." (diffusers),
+// "base_model.model." (PEFT), "diffusion_model." or
+// "model.diffusion_model." (ComfyUI), "lora_unet_" / "lora_transformer_"
+// (kohya, whose module names flatten dots to underscores). The style is
+// recorded, not trusted: every module resolves by its name against the
+// checkpoint's known modules (Index). Values may be F32, F16, BF16, F8_E4M3,
+// F8_E5M2 or F64; they are widened to float32 exactly (F64 rounds).
+// Any other key (DoRA magnitudes, LoHa/LoKr factors, bias deltas) is
+// "unknown" and reported, never silently dropped.
+//
+// # The delta
+//
+// A module's update is ΔW = s · B · A with s = strength · α / r, α = r when
+// the file gives none (diffusers' rule for files without alphas).
+//
+// # Fusion by kind of target layer
+//
+//   - W4A4 (SVDQuant): the branch grows along the rank, proj_down ← [proj_down | Aᵀ],
+//     proj_up ← [proj_up | s·B], both rounded to the model's 16-bit type;
+//     nothing 4-bit is touched, so the layer computes its base output plus
+//     x·ΔWᵀ up to that rounding. The low-rank branch reads the raw input
+//     (before smoothing and before the MLP shift), so no λ and no shift
+//     enter. The packer pads the total rank to a multiple of 16.
+//   - W4A16 (adaLN modulation): nunchaku's GEMV_AWQ (src/Linear.cpp) has
+//     optional unpacked lora_down [R, K] / lora_up [N, R] tensors in the
+//     model dtype and adds (x·lora_downᵀ)·lora_upᵀ to its output; its own
+//     LoRA converter writes them with the rank padded to 16 and lora_up's
+//     rows interleaved like the weight (reorder_adanorm_lora_up). We write
+//     the same: an exact 16-bit branch, no requantization.
+//   - Kept 16-bit tensors: W ← round16(W_base + Σ s·B·A), the sum in float64.
+//     Rounding makes this irreversible by subtraction, so the file keeps the
+//     base tensor and the factors under ReservedPrefix (see Reserved*), and
+//     the merged weight is always recomputed from the base: fusing three
+//     LoRAs at once or one after another gives the same bytes, and removal
+//     restores the base bytes.
+//
+// Within one LoRA and one layer, each (module, input columns) pair is a rank
+// block whose up rows outside the module's rows are zero: fused q/k/v
+// layers get a block-diagonal up matrix when q, k and v have their own A,
+// and one block when a single module covers all rows (BFL img_attn.qkv).
+// Blocks whose A is bit-identical and whose rows do not overlap are merged
+// (as nunchaku's converter does), so a qkv LoRA split into q, k, v copies
+// keeps its rank. Blocks are ordered by their first output row.
+//
+// # Provenance
+//
+// The fused file's metadata key MetaKey ("svdq_loras") holds a Provenance
+// JSON object: the base file's SHA-256 and header padding, the base rank of
+// every touched layer, and per fused LoRA its name, file SHA-256, strength,
+// style and the logical rank range [lo, hi) it occupies in each layer.
+// Ranges of one layer tile [base, rank) in fusion order.
+package lora

@@ -1,0 +1,235 @@
+package lora
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+)
+
+// MetaKey is the safetensors metadata key of the provenance record.
+const MetaKey = "svdq_loras"
+
+// ProvenanceVersion is the version Marshal writes and Parse accepts.
+const ProvenanceVersion = 1
+
+// Provenance records what was fused into a checkpoint, enough to take any
+// LoRA out again and, once all are out, to rewrite the base file exactly.
+//
+// Example (wrapped):
+//
+//	{"version":1,"base":{"sha256":"9f…","header_pad":0},
+//	 "layers":{"transformer_blocks.0.qkv_proj":{"kind":"w4a4","base":32},
+//	           "x_embedder.weight":{"kind":"kept","base":0}},
+//	 "loras":[{"name":"style","file":"style.safetensors","sha256":"1c…","strength":0.8,
+//	           "format":"kohya","ranges":{"transformer_blocks.0.qkv_proj":[32,80],"x_embedder.weight":[0,16]}}]}
+type Provenance struct {
+	Version int              `json:"version"`
+	Base    Base             `json:"base"`
+	Layers  map[string]Layer `json:"layers"` // every layer a fused LoRA occupies
+	LoRAs   []Applied        `json:"loras"`  // in fusion order
+}
+
+// Base describes the checkpoint before any LoRA.
+type Base struct {
+	SHA256 string `json:"sha256"` // of the whole base file
+	// HeaderPad is the number of padding bytes after the base header's
+	// JSON, so the header can be rebuilt at its exact length.
+	HeaderPad int `json:"header_pad"`
+	// SVDQ is the base file's svdq metadata entry verbatim, kept only when
+	// re-encoding the parsed entry does not reproduce it.
+	SVDQ string `json:"svdq,omitempty"`
+}
+
+// Layer is the state of one layer before any LoRA: its kind (Kind.String)
+// and the logical rank of its branch then (kept tensors: 0).
+type Layer struct {
+	Kind string `json:"kind"`
+	Base int    `json:"base"`
+}
+
+// Applied is one fused LoRA.
+type Applied struct {
+	Name     string  `json:"name"`
+	File     string  `json:"file"`   // file name as given (base name)
+	SHA256   string  `json:"sha256"` // of the LoRA file
+	Strength float64 `json:"strength"`
+	Format   string  `json:"format"`
+	// Ranges gives, per layer, the logical rank columns [lo, hi) the LoRA
+	// occupies in that layer's branch.
+	Ranges map[string][2]int `json:"ranges"`
+}
+
+// Rank returns the current logical rank of layer's branch: its base rank
+// plus every LoRA's range width.
+func (p *Provenance) Rank(layer string) int {
+	r := p.Layers[layer].Base
+	for _, a := range p.LoRAs {
+		if rg, ok := a.Ranges[layer]; ok {
+			r += rg[1] - rg[0]
+		}
+	}
+	return r
+}
+
+// Find returns the index of the LoRA called name, -1 if none.
+func (p *Provenance) Find(name string) int {
+	for i, a := range p.LoRAs {
+		if a.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Remove takes LoRA i out of the record: its ranges go, and the ranges of
+// later LoRAs in the same layers shift down; layers no LoRA occupies any
+// more are dropped. It returns the removed entry. It panics when i is out
+// of range.
+func (p *Provenance) Remove(i int) Applied {
+	if i < 0 || i >= len(p.LoRAs) {
+		panic(fmt.Sprintf("lora: Provenance.Remove: index %d of %d", i, len(p.LoRAs)))
+	}
+	gone := p.LoRAs[i]
+	p.LoRAs = append(p.LoRAs[:i:i], p.LoRAs[i+1:]...)
+	for layer, rg := range gone.Ranges {
+		w := rg[1] - rg[0]
+		for j := i; j < len(p.LoRAs); j++ {
+			if r, ok := p.LoRAs[j].Ranges[layer]; ok {
+				p.LoRAs[j].Ranges[layer] = [2]int{r[0] - w, r[1] - w}
+			}
+		}
+	}
+	used := map[string]bool{}
+	for _, a := range p.LoRAs {
+		for l := range a.Ranges {
+			used[l] = true
+		}
+	}
+	for l := range p.Layers {
+		if !used[l] {
+			delete(p.Layers, l)
+		}
+	}
+	return gone
+}
+
+// Marshal validates p and returns its JSON (compact, map keys sorted, no
+// HTML escaping): equal records give identical bytes.
+func (p *Provenance) Marshal() (string, error) {
+	if err := p.Validate(); err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(p); err != nil {
+		return "", fmt.Errorf("lora: %s: %v", MetaKey, err)
+	}
+	return strings.TrimSuffix(buf.String(), "\n"), nil
+}
+
+// ParseProvenance reads a MetaKey entry strictly: known version, no unknown
+// fields or trailing data, and Validate.
+func ParseProvenance(s string) (*Provenance, error) {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	p := new(Provenance)
+	if err := dec.Decode(p); err != nil {
+		return nil, fmt.Errorf("lora: %s metadata: %v", MetaKey, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("lora: %s metadata: trailing data", MetaKey)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Validate checks the record: version, unique non-empty names, finite
+// strengths, known kinds, non-negative base ranks, every range in a listed
+// layer, and the ranges of each layer tiling [base, rank) in LoRA order.
+func (p *Provenance) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("lora: %s metadata: %s", MetaKey, fmt.Sprintf(format, args...))
+	}
+	if p.Version != ProvenanceVersion {
+		return bad("version %d, this build reads %d", p.Version, ProvenanceVersion)
+	}
+	if p.Base.HeaderPad < 0 {
+		return bad("negative header padding %d", p.Base.HeaderPad)
+	}
+	for name, l := range p.Layers {
+		k, err := ParseKind(l.Kind)
+		if err != nil {
+			return bad("layer %s: %v", name, err)
+		}
+		if l.Base < 0 || (k == Kept && l.Base != 0) {
+			return bad("layer %s: base rank %d", name, l.Base)
+		}
+	}
+	next := map[string]int{}
+	names := map[string]bool{}
+	for _, a := range p.LoRAs {
+		if a.Name == "" || names[a.Name] {
+			return bad("LoRA name %q empty or repeated", a.Name)
+		}
+		names[a.Name] = true
+		if a.Strength != a.Strength || a.Strength > 1e300 || a.Strength < -1e300 {
+			return bad("LoRA %s: strength %v", a.Name, a.Strength)
+		}
+		layers := make([]string, 0, len(a.Ranges))
+		for l := range a.Ranges {
+			layers = append(layers, l)
+		}
+		sort.Strings(layers)
+		for _, l := range layers {
+			rg := a.Ranges[l]
+			st, ok := p.Layers[l]
+			if !ok {
+				return bad("LoRA %s: layer %s is not listed in layers", a.Name, l)
+			}
+			at, seen := next[l]
+			if !seen {
+				at = st.Base
+			}
+			if rg[0] != at || rg[1] <= rg[0] {
+				return bad("LoRA %s: layer %s range %v, want [%d, >%d)", a.Name, l, rg, at, at)
+			}
+			next[l] = rg[1]
+		}
+	}
+	for l := range p.Layers {
+		if _, ok := next[l]; !ok {
+			return bad("layer %s is listed but no LoRA occupies it", l)
+		}
+	}
+	return nil
+}
+
+// ErrNotFused is returned by operations that need a provenance record on a
+// file that has none.
+var ErrNotFused = errors.New("no LoRA is fused in this file (no " + MetaKey + " metadata)")
+
+// Summary is one line per fused LoRA for `svdq inspect`: name, strength,
+// format, file, short hash and the number of layers and total rank it adds.
+func (p *Provenance) Summary() []string {
+	out := make([]string, 0, len(p.LoRAs))
+	for _, a := range p.LoRAs {
+		rank := 0
+		for _, rg := range a.Ranges {
+			rank += rg[1] - rg[0]
+		}
+		h := a.SHA256
+		if len(h) > 12 {
+			h = h[:12]
+		}
+		out = append(out, fmt.Sprintf("%s  strength %g  %s  %s (sha256 %s)  %d layers, rank +%d in total",
+			a.Name, a.Strength, a.Format, a.File, h, len(a.Ranges), rank))
+	}
+	return out
+}
