@@ -3,6 +3,7 @@ package svd
 import (
 	"os"
 	"testing"
+	"time"
 
 	"gonum.org/v1/gonum/mat"
 )
@@ -82,4 +83,18 @@ func BenchmarkExact3072x12288(b *testing.B) {
 		b.Skip("set SVDQ_BENCH_FULL=1 (gonum takes minutes at this size)")
 	}
 	benchExact(b, 3072, 12288)
+}
+
+// TestBenchFuncs checks that the exported measurement helpers run and
+// return a positive rate, and that GemmFLOPS does the arithmetic.
+func TestBenchFuncs(t *testing.T) {
+	if g := BenchGemm(64, 48, 32, time.Millisecond); !(g > 0) {
+		t.Errorf("BenchGemm = %g", g)
+	}
+	if g := BenchGonumDgemm(64, 48, 32, time.Millisecond); !(g > 0) {
+		t.Errorf("BenchGonumDgemm = %g", g)
+	}
+	if g := GemmFLOPS(1000, 1000, 1000, time.Second); g != 2 {
+		t.Errorf("GemmFLOPS(1000³, 1 s) = %g, want 2", g)
+	}
 }

@@ -11,8 +11,10 @@ import (
 	"time"
 )
 
-// TestTune compares Gemm configurations on one shape, interleaved and
-// best-of, for tuning on a shared machine: SVDQ_TUNE=1 go test -run Tune -v.
+// TestTune compares Gemm configurations (tile variant × A packed or in
+// place × C or Cᵀ, and the automatic plan) on a few shapes, best-of in CPU
+// time, for tuning on a shared machine: SVDQ_TUNE=1 (or avx2) go test -run
+// Tune -v ./svd.
 func TestTune(t *testing.T) {
 	if os.Getenv("SVDQ_TUNE") == "" {
 		t.Skip("set SVDQ_TUNE=1")
@@ -24,7 +26,11 @@ func TestTune(t *testing.T) {
 		swap int
 	}
 	var cfgs []cfg
-	for _, k := range avx512Set.variants {
+	set := avx512Set
+	if os.Getenv("SVDQ_TUNE") == "avx2" {
+		set = avx2Set
+	}
+	for _, k := range set.variants {
 		for _, mode := range []aMode{aPacked, aDirect} {
 			for _, swap := range []int{-1, 1} {
 				cfgs = append(cfgs, cfg{k, mode, swap})
