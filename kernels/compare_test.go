@@ -61,15 +61,36 @@ func TestOpenWithoutGPU(t *testing.T) {
 	}
 }
 
-// TestLowRankSlack checks the slack against a hand computation: one row,
-// one rank, a_0 = 3 (BF16 spacing at 3 is 2⁻⁶).
-func TestLowRankSlack(t *testing.T) {
+// TestVerify checks Verify on results made on the CPU: the emulation's own
+// output passes; a down-projection sum that rounds to the neighbouring
+// 16-bit value passes when the output carries that rounding; a wrong sum, a
+// nonzero padded rank and an output 3 ulps off fail.
+func TestVerify(t *testing.T) {
 	l := &quant.Layer{Precision: quant.INT4, N: 2, K: 2, R: 1, DType: quant.BF16,
-		Codes: make([]int8, 4), Scales: make([]float32, 2), Smooth: []float32{1, 1},
-		Down: []float32{1, 2}, Up: []float32{0.5, -4}, Bias: make([]float32, 2), TensorScale: 1}
-	s := LowRankSlack(l, []float32{1, 1}, 1)
-	u := 0x1p-6 + 0x1p-18*3
-	if math.Abs(float64(s[0])-0.5*u) > 1e-9 || math.Abs(float64(s[1])-4*u) > 1e-9 {
-		t.Fatalf("slack %v, want %v, %v", s, 0.5*u, 4*u)
+		Codes: []int8{1, 2, -3, 4}, Scales: []float32{0.5, 0.25}, Smooth: []float32{1, 1},
+		Down: []float32{2, 1}, Up: []float32{0.5, -4}, Bias: []float32{0.125, 0}, TensorScale: 1}
+	x := []float32{1, 1.0078125} // a = 3.0078125: the tie between the bf16 values 3 and 3.015625
+	want := make([]float32, 2)
+	l.Forward(want, x, 1)
+	ok := func(y, lr []float32) Diff { return Verify(l, x, 1, &Result{M: 1, Y: y, LowRank: lr}) }
+	if d := ok(want, []float32{3.0078125, 0}); !d.OK() {
+		t.Errorf("emulation output: %v", d)
+	}
+	// The GPU's sum lands just above the tie and rounds up: the output moves
+	// by (3.015625 − 3)·up.
+	g := float32(3.0078125 + 0x1p-22)
+	moved := []float32{quant.RoundBF16(want[0] + 0.015625*0.5), quant.RoundBF16(want[1] - 0.015625*4)}
+	if d := ok(moved, []float32{g, 0}); !d.OK() {
+		t.Errorf("rounding carried: %v", d)
+	}
+	if d := ok(want, []float32{3.1, 0}); d.LowRankMismatches != 1 {
+		t.Errorf("wrong sum: %v", d)
+	}
+	if d := ok(want, []float32{3.0078125, 1}); d.LowRankMismatches != 1 {
+		t.Errorf("nonzero padded rank: %v", d)
+	}
+	off := []float32{want[0] + 3*float32(ulp16(quant.BF16, math.Abs(float64(want[0])))), want[1]}
+	if d := ok(off, []float32{3.0078125, 0}); d.OK() {
+		t.Errorf("3 ulps off accepted: %v", d)
 	}
 }

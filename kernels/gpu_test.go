@@ -55,15 +55,12 @@ func TestGPUMatchesEmulation(t *testing.T) {
 			defer gl.Free()
 			for _, m := range []int{1, 77, 130} {
 				x := randInput(rng, m, c.k, c.unsigned)
-				want := make([]float32, m*c.n)
-				l.Forward(want, x, m)
-				slack := LowRankSlack(l, x, m)
 				for _, v := range variantsOf(c.prec) {
-					got := make([]float32, m*c.n)
-					if err := gl.Forward(got, x, m, v); err != nil {
+					res, err := gl.Run(x, m, v)
+					if err != nil {
 						t.Fatalf("m=%d %v: %v", m, v, err)
 					}
-					diff := Compare(got, want, slack, c.dt)
+					diff := Verify(l, x, m, res)
 					if !diff.OK() || diff.RelFro > 0x1p-8 {
 						t.Errorf("m=%d %v: %v", m, v, diff)
 					} else {
@@ -89,33 +86,23 @@ func TestGPUFlippedByteFails(t *testing.T) {
 		l := randLayer(rng, c)
 		const m = 64
 		x := randInput(rng, m, c.k, c.unsigned)
-		want := make([]float32, m*c.n)
-		l.Forward(want, x, m)
-		slack := LowRankSlack(l, x, m)
-		for _, field := range []string{"qweight", "wscales"} {
+		for _, field := range []string{"qweight", "wscales", "bias", "smooth", "lora_down", "lora_up"} {
 			p, _ := pack(t, l)
-			b := p.QWeight
-			if field == "wscales" {
-				b = p.WScales
-			}
-			b = append([]byte(nil), b...) // the packer's bytes stay intact
+			fields := map[string]*[]byte{"qweight": &p.QWeight, "wscales": &p.WScales, "bias": &p.Bias,
+				"smooth": &p.Smooth, "lora_down": &p.Down, "lora_up": &p.Up}
+			b := append([]byte(nil), *fields[field]...) // the packer's bytes stay intact
 			b[len(b)/3+1] ^= 0xFF
-			if field == "wscales" {
-				p.WScales = b
-			} else {
-				p.QWeight = b
-			}
+			*fields[field] = b
 			gl, err := d.Upload(p)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := make([]float32, m*c.n)
-			err = gl.Forward(got, x, m, variantsOf(c.prec)[0])
+			res, err := gl.Run(x, m, variantsOf(c.prec)[0])
 			gl.Free()
 			if err != nil {
 				t.Fatal(err)
 			}
-			diff := Compare(got, want, slack, c.dt)
+			diff := Verify(l, x, m, res)
 			if diff.OK() {
 				t.Errorf("%s: flipped %s byte not detected: %v", c.name, field, diff)
 			} else {

@@ -3,6 +3,7 @@ package kernels
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 
 	"github.com/svdq/svdq/quant"
 )
@@ -166,10 +167,17 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 	d := l.d
 	prec, dt := l.precName(), l.dtName()
 	mpad, npad, kpad, r := int32(w.mpad), int32(p.NPad()), int32(p.KPad()), int32(p.R)
-	actGrid := [3]uint32{uint32(w.mpad / 16), 1, 1}
+	splits, ktpb := actSplits(w.mpad, int(kpad), d.SMs)
+	actGrid := [3]uint32{uint32(w.mpad / 16), uint32(splits), 1}
 	blk := [3]uint32{128, 1, 1}
 	act := func(name string, rt0 int) error {
-		return d.launch(name, actGrid, blk, w.x, l.smooth, l.down, w.act, w.ascale, w.lract, mpad, kpad, r, int32(rt0))
+		return d.launch(name, actGrid, blk, w.x, l.smooth, l.down, w.act, w.ascale, w.lract, mpad, kpad, r,
+			int32(rt0), int32(ktpb))
+	}
+	if splits > 1 && v != NoLowRank && p.R > 0 {
+		if err := d.memset(w.lract, 0, w.mpad*p.R*4); err != nil { // the blocks add into it
+			return err
+		}
 	}
 	// The activation pass, and the down projection fused into it or not.
 	fuseDown := (v == Fused || v == Reference) && p.R > 0
@@ -217,25 +225,38 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 		p.WTScale, w.lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r)
 }
 
-// Forward runs the layer on the GPU with variant v: x is [m, K] (rounded to
-// the model dtype before upload, as the engine feeds 16-bit activations), y
-// is [m, N], written with the 16-bit outputs widened to float32. Fused,
-// Unfused and Reference compute the same function as quant.Layer.Forward
-// (equal up to the order of FP32 sums in the low-rank branch); NoLowRank
-// leaves the branch out. NVFP4 layers accept only Reference. Errors name the
-// failing CUDA call.
-func (l *Layer) Forward(y, x []float32, m int, v Variant) error {
+// Result is one GPU run of a layer on m rows.
+type Result struct {
+	M int
+	// Y is the output [M, N], the 16-bit values widened to float32.
+	Y []float32
+	// LowRank is the FP32 down projection x·proj_down [M, R] the GPU
+	// computed (R the stored, padded rank; nil for NoLowRank): the one
+	// intermediate whose FP32 summation order the GPU does not share with
+	// the emulation (see Verify).
+	LowRank []float32
+}
+
+// Run runs the layer on the GPU with variant v: x is [m, K], rounded to the
+// model dtype before upload (the engine feeds 16-bit activations). Fused,
+// Unfused and Reference compute the function of quant.Layer.Forward;
+// NoLowRank leaves the branch out. NVFP4 layers accept only Reference.
+// Errors name the failing CUDA call. It panics if x is shorter than m·K.
+func (l *Layer) Run(x []float32, m int, v Variant) (*Result, error) {
 	p := &l.meta
-	if m <= 0 || len(x) < m*p.K || len(y) < m*p.N {
-		panic(fmt.Sprintf("kernels: Forward with m=%d, len(x)=%d, len(y)=%d for a %d×%d layer", m, len(x), len(y), p.N, p.K))
+	if m <= 0 || len(x) < m*p.K {
+		panic(fmt.Sprintf("kernels: Run with m=%d, len(x)=%d for a %d×%d layer", m, len(x), p.N, p.K))
 	}
 	kpad, npad := p.KPad(), p.NPad()
 	xb := make([]byte, m*kpad*2)
 	for i := 0; i < m; i++ {
-		row := p.DType.Encode(x[i*p.K : (i+1)*p.K])
-		copy(xb[i*kpad*2:], row)
+		copy(xb[i*kpad*2:], p.DType.Encode(x[i*p.K:(i+1)*p.K]))
 	}
 	yb := make([]byte, m*npad*2)
+	var lb []byte
+	if v != NoLowRank && p.R > 0 {
+		lb = make([]byte, m*p.R*4)
+	}
 	err := l.d.do(func() error {
 		w, err := l.newWork(m)
 		if err != nil {
@@ -251,24 +272,58 @@ func (l *Layer) Forward(y, x []float32, m int, v Variant) error {
 		if err := l.d.sync(); err != nil {
 			return err
 		}
-		return l.d.download(yb, w.y)
+		if err := l.d.download(yb, w.y); err != nil {
+			return err
+		}
+		return l.d.download(lb, w.lract)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
+	res := &Result{M: m, Y: make([]float32, m*p.N)}
 	le := binary.LittleEndian
 	for i := 0; i < m; i++ {
 		for n := 0; n < p.N; n++ {
-			o := (i*npad + n) * 2
-			switch {
-			case p.DType == quant.F16:
-				y[i*p.N+n] = quant.F16ToF32(le.Uint16(yb[o:]))
-			default:
-				y[i*p.N+n] = quant.BF16ToF32(le.Uint16(yb[o:]))
+			u := le.Uint16(yb[(i*npad+n)*2:])
+			if p.DType == quant.F16 {
+				res.Y[i*p.N+n] = quant.F16ToF32(u)
+			} else {
+				res.Y[i*p.N+n] = quant.BF16ToF32(u)
 			}
 		}
 	}
+	if lb != nil {
+		res.LowRank = make([]float32, m*p.R)
+		for i := range res.LowRank {
+			res.LowRank[i] = math.Float32frombits(le.Uint32(lb[4*i:]))
+		}
+	}
+	return res, nil
+}
+
+// Forward is Run writing the output into y [m, N].
+func (l *Layer) Forward(y, x []float32, m int, v Variant) error {
+	if len(y) < m*l.meta.N {
+		panic(fmt.Sprintf("kernels: Forward with len(y)=%d for m=%d, N=%d", len(y), m, l.meta.N))
+	}
+	res, err := l.Run(x, m, v)
+	if err != nil {
+		return err
+	}
+	copy(y, res.Y)
 	return nil
+}
+
+// actSplits returns how many blocks share the K groups of a 16-row tile in
+// the activation pass, and the groups each takes (a multiple of 4, one per
+// warp in turn): enough blocks for 4 per multiprocessor, at least 4 groups
+// a block.
+func actSplits(mpad, kpad, sms int) (splits, ktpb int) {
+	kt := kpad / 64
+	tiles := mpad / 16
+	splits = min(max((4*sms+tiles-1)/tiles, 1), (kt+3)/4)
+	ktpb = roundUp((kt+splits-1)/splits, 4)
+	return (kt + ktpb - 1) / ktpb, ktpb
 }
 
 // gemmTile is one block tile of the fast GEMM kernels.

@@ -179,3 +179,23 @@ func TestPackedErrors(t *testing.T) {
 		t.Errorf("short lora_up: Validate = %v", err)
 	}
 }
+
+// TestLaunchShapes checks the activation split and the GEMM tile choice.
+func TestLaunchShapes(t *testing.T) {
+	for _, c := range []struct{ mpad, kpad, splits, ktpb int }{
+		{4096, 3072, 3, 16}, {256, 3072, 12, 4}, {256, 15360, 30, 8}, {64, 128, 1, 4}, {4096, 128, 1, 4},
+	} {
+		s, k := actSplits(c.mpad, c.kpad, 132)
+		if s != c.splits || k != c.ktpb || s*k < c.kpad/64 || (s-1)*k >= c.kpad/64 {
+			t.Errorf("actSplits(%d, %d) = %d, %d; want %d, %d", c.mpad, c.kpad, s, k, c.splits, c.ktpb)
+		}
+	}
+	for _, c := range []struct {
+		mpad, npad int
+		want       string
+	}{{4096, 3072, "t64x128"}, {1024, 3072, "t32x128"}, {256, 3072, "t32x64"}, {256, 12288, "t32x128"}} {
+		if got := pickTile(c.mpad, c.npad, 132); got.name != c.want {
+			t.Errorf("pickTile(%d, %d) = %s, want %s", c.mpad, c.npad, got.name, c.want)
+		}
+	}
+}

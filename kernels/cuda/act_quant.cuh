@@ -11,10 +11,13 @@
 //          code = nearest E2M1(v * rcp(s)), 0 when s = 0
 //   DOWN:  lract[m, r] = sum_k x16[m,k] * down[k, r] in FP32 (raw input)
 //
-// One block of 4 warps per 16-row tile of x [M_pad, K] (model dtype); warp w
-// handles the 64-groups kt = w, w+4, ... The down projection runs on the
-// 16-bit tensor cores (products exact, FP32 sums) reading the packed
-// lora_down tiles; the four warps' partial sums are added in a fixed order.
+// Grid (M_pad/16, splits): block (mt, s) of 4 warps handles rows
+// mt*16 .. +15 and the 64-groups [s*ktpb, (s+1)*ktpb); warp w takes groups
+// s*ktpb + w, +4, ... The down projection runs on the 16-bit tensor cores
+// (products exact, FP32 sums) reading the packed lora_down tiles; the four
+// warps' partial sums are added in a fixed order, and with several splits
+// the blocks add theirs atomically into lract (zeroed by the host), so the
+// order of those additions is not fixed.
 // One launch covers the 16-column rank tiles rt0 .. rt0+7 (ACT_MAX_R
 // columns); larger ranks take more launches of the down-only kernel.
 #pragma once
@@ -27,7 +30,7 @@
 template <int PREC, bool UNS, bool BF, bool QUANT, bool DOWN>
 SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__restrict__ smooth,
                              const uint16_t *__restrict__ down, uint4 *__restrict__ act, float *__restrict__ ascale,
-                             float *__restrict__ lract, int Mpad, int K, int R, int rt0) {
+                             float *__restrict__ lract, int Mpad, int K, int R, int rt0, int ktpb) {
   __shared__ float red[DOWN ? 4 * 16 * ACT_MAX_R : 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
@@ -43,7 +46,8 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
 #pragma unroll
       for (int j = 0; j < 4; j++) acc[i][h][j] = 0.f;
 
-  for (int kt = warp; kt < KT; kt += 4) {
+  const int ktEnd = min(KT, (blockIdx.y + 1) * ktpb);
+  for (int kt = blockIdx.y * ktpb + warp; kt < ktEnd; kt += 4) {
     if (QUANT) {
       // v[r][j]: row (g, g+8), j < 8: k = kt*64 + 8c + j; j >= 8: k + 32.
       float v[2][16];
@@ -164,7 +168,9 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
       s += red[16 * ACT_MAX_R + row * ACT_MAX_R + col];
       s += red[2 * 16 * ACT_MAX_R + row * ACT_MAX_R + col];
       s += red[3 * 16 * ACT_MAX_R + row * ACT_MAX_R + col];
-      lract[(size_t)(mt * 16 + row) * R + rt0 * 16 + col] = s;
+      float *dst = lract + (size_t)(mt * 16 + row) * R + rt0 * 16 + col;
+      if (gridDim.y > 1) atomicAdd(dst, s);
+      else *dst = s;
     }
   }
 }

@@ -6,14 +6,15 @@
 #include "gemm_w4a4.cuh"
 #include "gemm_ref.cuh"
 
-// svdq_act_<prec><u?>_<dtype>_<mode>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0)
-//   grid Mpad/16, block 128. mode: qd (quantize + down), q (quantize), d (down only);
-//   the down projection covers rank columns rt0*16 .. rt0*16+127.
+// svdq_act_<prec><u?>_<dtype>_<mode>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb)
+//   grid (Mpad/16, ceil(K/64/ktpb)), block 128. mode: qd (quantize + down), q (quantize),
+//   d (down only); the down projection covers rank columns rt0*16 .. rt0*16+127 and,
+//   with more than one split, adds into lract atomically (zero it first).
 #define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D)                                                                    \
   extern "C" __global__ void __launch_bounds__(128)                                                           \
       NAME(const uint16_t *x, const uint16_t *smooth, const uint16_t *down, uint4 *act, float *ascale,          \
-           float *lract, int Mpad, int K, int R, int rt0) {                                                    \
-    act_quant_body<PREC, UNS, BF, Q, D>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0);                \
+           float *lract, int Mpad, int K, int R, int rt0, int ktpb) {                                          \
+    act_quant_body<PREC, UNS, BF, Q, D>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb);          \
   }
 #define ACT_DTYPE(SUF, BF)                                                                                     \
   ACT_KERNEL(svdq_act_int4_##SUF##_qd, PREC_INT4, false, BF, true, true)                                      \
