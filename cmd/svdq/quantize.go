@@ -124,24 +124,19 @@ func quantizeAction(c *cli.Context) error {
 	}
 	opt := model.QuantizeOptions{PlanOptions: po, Calib: c.String("calib"), Out: c.String("out"),
 		Search: search, Iters: iters, GPTQ: c.Bool("gptq"), Workers: c.Int("workers"), Tool: "svdq " + version}
-	var b *bar
+	plan, r, err := model.QuantizePlan(po) // early errors, the bar's total, the name column
+	if err != nil {
+		return err
+	}
+	r.Close()
 	width := 0
-	opt.OnLayer = func(l model.LayerReport) {
-		if b == nil {
-			b = newBar(c.App.Writer, int64(l.Total), "quantize", false)
-		}
-		b.println(layerLine(l, width), 1)
+	for _, l := range plan.Layers {
+		width = max(width, len(l.Name))
 	}
-	if plan, r, err := model.QuantizePlan(po); err == nil { // name column width
-		r.Close()
-		for _, l := range plan.Layers {
-			width = max(width, len(l.Name))
-		}
-	}
+	b := newBar(c.App.Writer, int64(len(plan.Layers)), "quantize", false)
+	opt.OnLayer = func(l model.LayerReport) { b.println(layerLine(l, width), 1) }
 	rep, err := model.Quantize(opt)
-	if b != nil {
-		b.finish()
-	}
+	b.finish()
 	if err != nil {
 		return err
 	}
