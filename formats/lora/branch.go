@@ -144,3 +144,19 @@ func (b *Branch) FirstNonFinite() string {
 	}
 	return ""
 }
+
+// LayerBranch returns a copy of the low-rank branch of a W4A4 layer.
+func LayerBranch(l *quant.Layer) *Branch {
+	return &Branch{N: l.N, K: l.K, R: l.R, Down: append([]float32(nil), l.Down...), Up: append([]float32(nil), l.Up...)}
+}
+
+// SetOn replaces the branch of the W4A4 layer l with a copy of b (Down, Up
+// and R); everything 4-bit stays as it is. It panics when the shapes
+// differ.
+func (b *Branch) SetOn(l *quant.Layer) {
+	b.check("SetOn")
+	if b.N != l.N || b.K != l.K {
+		panic(fmt.Sprintf("lora: Branch.SetOn: [%d %d] branch on a [%d %d] layer", b.N, b.K, l.N, l.K))
+	}
+	l.R, l.Down, l.Up = b.R, append([]float32(nil), b.Down...), append([]float32(nil), b.Up...)
+}
