@@ -63,3 +63,31 @@ func bestRate(m, n, k int, minTime time.Duration, f func()) float64 {
 	}
 	return GemmFLOPS(m, n, k, best)
 }
+
+// BenchRandomized measures Randomized with the default options on a random
+// weight-like [m, n] matrix (Gaussian with a few 10–40× outlier columns) at
+// rank r, and returns the best time of repeated calls lasting at least
+// minTime in total (after one warm-up call). It allocates the matrix.
+func BenchRandomized(m, n, r int, minTime time.Duration) (best time.Duration) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	a := make([]float32, m*n)
+	for i := range a {
+		a[i] = float32(rng.NormFloat64())
+	}
+	for range 8 {
+		j, f := rng.IntN(n), float32(10+30*rng.Float64())
+		for i := 0; i < m; i++ {
+			a[i*n+j] *= f
+		}
+	}
+	f := func() { Randomized(a, m, n, r, RandOptions{Seed: 1}) }
+	f()
+	for start := time.Now(); best == 0 || time.Since(start) < minTime; {
+		t0 := time.Now()
+		f()
+		if d := time.Since(t0); best == 0 || d < best {
+			best = max(d, time.Nanosecond)
+		}
+	}
+	return best
+}

@@ -94,6 +94,9 @@ func TestBenchFuncs(t *testing.T) {
 	if g := BenchGonumDgemm(64, 48, 32, time.Millisecond); !(g > 0) {
 		t.Errorf("BenchGonumDgemm = %g", g)
 	}
+	if d := BenchRandomized(60, 80, 4, time.Millisecond); !(d > 0) {
+		t.Errorf("BenchRandomized = %v", d)
+	}
 	if g := GemmFLOPS(1000, 1000, 1000, time.Second); g != 2 {
 		t.Errorf("GemmFLOPS(1000³, 1 s) = %g, want 2", g)
 	}
