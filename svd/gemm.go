@@ -167,11 +167,13 @@ func (g *gemmProblem) cost(kern *microKernel) float64 {
 	if !g.directA(kern) {
 		if g.transA {
 			c += m * k * float64(ceilDiv(g.n, kern.nc)) * costCopy
-		} else {
+		} else if transposeBlock != nil && kern.mr <= transposeWidth {
 			c += m * k * float64(ceilDiv(g.n, kern.nc)) * trans
+		} else {
+			c += m * k * float64(ceilDiv(g.n, kern.nc)) * costTrans
 		}
 	}
-	if g.transB && kern.nr%16 == 0 {
+	if g.transB && transposeBlock != nil && kern.nr%transposeWidth == 0 {
 		c += k * n * trans
 	} else if g.transB {
 		c += k * n * costTrans

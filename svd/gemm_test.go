@@ -29,10 +29,11 @@ var gemmTol = struct{ perK float64 }{perK: 2}
 // pair with each micro-kernel this CPU has, against GemmRef.
 func TestGemmKernels(t *testing.T) {
 	prev := KernelName()
-	fastTr := transposeBlock
+	fastTr, fastW := transposeBlock, transposeWidth
+	trs := append([]transposeImpl{{nil, 0}}, transposeImpls...)
 	defer func() {
 		SetKernel(prev)
-		transposeBlock = fastTr
+		transposeBlock, transposeWidth = fastTr, fastW
 		forceKernel = nil
 		forceA = aAuto
 		forceSwap = 0
@@ -45,12 +46,10 @@ func TestGemmKernels(t *testing.T) {
 				for _, mode := range []aMode{aAuto, aPacked, aDirect} {
 					forceA = mode
 					for si, s := range gemmScalars {
-						// Alternate the SIMD and the plain transposing packs,
-						// and computing C or Cᵀ.
-						transposeBlock = nil
-						if si%2 == 0 {
-							transposeBlock = fastTr
-						}
+						// Rotate the plain and SIMD transposing packs, and
+						// computing C or Cᵀ.
+						tr := trs[(si+ci)%len(trs)]
+						transposeBlock, transposeWidth = tr.fn, tr.w
 						forceSwap = si%3 - 1
 						g.check(t, s[0], s[1])
 					}
@@ -59,6 +58,7 @@ func TestGemmKernels(t *testing.T) {
 				forceA = aAuto
 			}
 			forceKernel = nil
+			transposeBlock, transposeWidth = fastTr, fastW
 		}
 	}
 }

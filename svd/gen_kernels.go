@@ -1,7 +1,7 @@
 //go:build ignore
 
 // gen_kernels writes kernel_amd64.s, the SIMD GEMM micro-kernels and the
-// AVX-512 16×16 transpose used by the packing routines.
+// AVX-512 16×16 and AVX 8×8 transposes used by the packing routines.
 // Run with `go generate ./svd` (or `go run gen_kernels.go` in svd/).
 //
 // Each kernel computes one MR×NR tile of C (see microKernel in kernel.go):
@@ -56,6 +56,7 @@ func main() {
 		gen(&w, k)
 	}
 	genTranspose(&w)
+	genTranspose8(&w)
 	if err := os.WriteFile("kernel_amd64.s", w.Bytes(), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -284,6 +285,65 @@ func genTranspose(w *bytes.Buffer) {
 		if q < 15 {
 			p("\tADDQ DX, DI")
 		}
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genTranspose8 emits
+//
+//	func transpose8(dst *float32, dld int, src *float32, sld int, rows int, mask *[8]int32)
+//
+// the AVX version of transpose16 for 8×8 blocks: missing rows are zeros,
+// and only the lanes whose mask word has its sign bit set are stored
+// (VMASKMOVPS). Rows in Y0–Y7, unpacks into Y8–Y15, 4-wide shuffles back
+// into Y0–Y7, then each pair of output rows from two 128-bit permutes.
+func genTranspose8(w *bytes.Buffer) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	y := func(i int) string { return fmt.Sprintf("Y%d", i) }
+	p("")
+	p("// func transpose8(dst *float32, dld int, src *float32, sld int, rows int, mask *[8]int32)")
+	p("TEXT ·transpose8(SB), NOSPLIT, $0-48")
+	p("\tMOVQ dst+0(FP), DI")
+	p("\tMOVQ dld+8(FP), DX")
+	p("\tSHLQ $2, DX")
+	p("\tMOVQ src+16(FP), SI")
+	p("\tMOVQ sld+24(FP), R8")
+	p("\tSHLQ $2, R8")
+	p("\tMOVQ rows+32(FP), CX")
+	p("\tMOVQ mask+40(FP), AX")
+	for i := 0; i < 8; i++ {
+		p("\tCMPQ CX, $%d", i)
+		p("\tJLE tr8_zero%d", i)
+		p("\tVMOVUPS (SI), %s", y(i))
+		p("\tADDQ R8, SI")
+		p("\tJMP tr8_next%d", i)
+		p("tr8_zero%d:", i)
+		p("\tVXORPS %s, %s, %s", y(i), y(i), y(i))
+		p("tr8_next%d:", i)
+	}
+	// t[i], t[i+1] = unpack{lo,hi}ps(r[i], r[i+1]); Go order (src2, src1, dst).
+	for i := 0; i < 8; i += 2 {
+		p("\tVUNPCKLPS %s, %s, %s", y(i+1), y(i), y(8+i))
+		p("\tVUNPCKHPS %s, %s, %s", y(i+1), y(i), y(8+i+1))
+	}
+	// s[4h+c] holds, in 128-bit lane L, rows 4h..4h+3 of column 4L+c.
+	for h := 0; h < 2; h++ {
+		t := func(j int) string { return y(8 + 4*h + j) }
+		p("\tVSHUFPS $0x44, %s, %s, %s", t(2), t(0), y(4*h))
+		p("\tVSHUFPS $0xEE, %s, %s, %s", t(2), t(0), y(4*h+1))
+		p("\tVSHUFPS $0x44, %s, %s, %s", t(3), t(1), y(4*h+2))
+		p("\tVSHUFPS $0xEE, %s, %s, %s", t(3), t(1), y(4*h+3))
+	}
+	p("\tVMOVDQU (AX), Y15")
+	// Column c = [s[c].lo, s[4+c].lo], column 4+c = [s[c].hi, s[4+c].hi].
+	for c := 0; c < 4; c++ {
+		p("\tVPERM2F128 $0x20, %s, %s, Y8", y(4+c), y(c))
+		p("\tVPERM2F128 $0x31, %s, %s, Y9", y(4+c), y(c))
+		p("\tVMASKMOVPS Y8, Y15, (DI)")
+		p("\tLEAQ (DI)(DX*4), R9")
+		p("\tVMASKMOVPS Y9, Y15, (R9)")
+		p("\tADDQ DX, DI")
 	}
 	p("\tVZEROUPPER")
 	p("\tRET")

@@ -25,6 +25,32 @@ func kernAVX512x8x48(k int, a *float32, ars, aps int, b, c *float32, ldc int, al
 //go:noescape
 func transpose16(dst *float32, dld int, src *float32, sld int, rows int, mask int)
 
+// transpose8 is transpose16 for 8×8 blocks with AVX: it stores the lanes
+// whose mask word is negative.
+//
+//go:noescape
+func transpose8(dst *float32, dld int, src *float32, sld int, rows int, mask *[8]int32)
+
+// laneMasks[n] selects the first n of 8 lanes for transpose8.
+var laneMasks = func() (m [9][8]int32) {
+	for n := range m {
+		for i := 0; i < n; i++ {
+			m[n][i] = -1
+		}
+	}
+	return m
+}()
+
+// transposeAVX512 and transposeAVX adapt transpose16 and transpose8 to
+// transposeBlock.
+func transposeAVX512(dst *float32, dld int, src *float32, sld int, rows, lanes int) {
+	transpose16(dst, dld, src, sld, rows, 1<<lanes-1)
+}
+
+func transposeAVX(dst *float32, dld int, src *float32, sld int, rows, lanes int) {
+	transpose8(dst, dld, src, sld, rows, &laneMasks[lanes])
+}
+
 // avx2Set: 6×16 tile in 12 ymm accumulators (AVX2 + FMA3).
 var avx2Set = &kernelSet{name: "avx2", variants: []*microKernel{{
 	name: "avx2x6x16",
@@ -50,10 +76,14 @@ var avx512Set = &kernelSet{name: "avx512", variants: []*microKernel{{
 func init() {
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
 		kernelSets = append([]*kernelSet{avx2Set}, kernelSets...)
+		transposeImpls = append([]transposeImpl{{transposeAVX, 8}}, transposeImpls...)
 	}
 	if cpu.X86.HasAVX512F {
 		kernelSets = append([]*kernelSet{avx512Set}, kernelSets...)
-		transposeBlock = transpose16
+		transposeImpls = append([]transposeImpl{{transposeAVX512, 16}}, transposeImpls...)
+	}
+	if len(transposeImpls) > 0 {
+		transposeBlock, transposeWidth = transposeImpls[0].fn, transposeImpls[0].w
 	}
 	activeSet.Store(kernelSets[0])
 }

@@ -1209,3 +1209,121 @@ tr_next15:
 	VMOVUPS Z15, K1, (DI)
 	VZEROUPPER
 	RET
+
+// func transpose8(dst *float32, dld int, src *float32, sld int, rows int, mask *[8]int32)
+TEXT ·transpose8(SB), NOSPLIT, $0-48
+	MOVQ dst+0(FP), DI
+	MOVQ dld+8(FP), DX
+	SHLQ $2, DX
+	MOVQ src+16(FP), SI
+	MOVQ sld+24(FP), R8
+	SHLQ $2, R8
+	MOVQ rows+32(FP), CX
+	MOVQ mask+40(FP), AX
+	CMPQ CX, $0
+	JLE tr8_zero0
+	VMOVUPS (SI), Y0
+	ADDQ R8, SI
+	JMP tr8_next0
+tr8_zero0:
+	VXORPS Y0, Y0, Y0
+tr8_next0:
+	CMPQ CX, $1
+	JLE tr8_zero1
+	VMOVUPS (SI), Y1
+	ADDQ R8, SI
+	JMP tr8_next1
+tr8_zero1:
+	VXORPS Y1, Y1, Y1
+tr8_next1:
+	CMPQ CX, $2
+	JLE tr8_zero2
+	VMOVUPS (SI), Y2
+	ADDQ R8, SI
+	JMP tr8_next2
+tr8_zero2:
+	VXORPS Y2, Y2, Y2
+tr8_next2:
+	CMPQ CX, $3
+	JLE tr8_zero3
+	VMOVUPS (SI), Y3
+	ADDQ R8, SI
+	JMP tr8_next3
+tr8_zero3:
+	VXORPS Y3, Y3, Y3
+tr8_next3:
+	CMPQ CX, $4
+	JLE tr8_zero4
+	VMOVUPS (SI), Y4
+	ADDQ R8, SI
+	JMP tr8_next4
+tr8_zero4:
+	VXORPS Y4, Y4, Y4
+tr8_next4:
+	CMPQ CX, $5
+	JLE tr8_zero5
+	VMOVUPS (SI), Y5
+	ADDQ R8, SI
+	JMP tr8_next5
+tr8_zero5:
+	VXORPS Y5, Y5, Y5
+tr8_next5:
+	CMPQ CX, $6
+	JLE tr8_zero6
+	VMOVUPS (SI), Y6
+	ADDQ R8, SI
+	JMP tr8_next6
+tr8_zero6:
+	VXORPS Y6, Y6, Y6
+tr8_next6:
+	CMPQ CX, $7
+	JLE tr8_zero7
+	VMOVUPS (SI), Y7
+	ADDQ R8, SI
+	JMP tr8_next7
+tr8_zero7:
+	VXORPS Y7, Y7, Y7
+tr8_next7:
+	VUNPCKLPS Y1, Y0, Y8
+	VUNPCKHPS Y1, Y0, Y9
+	VUNPCKLPS Y3, Y2, Y10
+	VUNPCKHPS Y3, Y2, Y11
+	VUNPCKLPS Y5, Y4, Y12
+	VUNPCKHPS Y5, Y4, Y13
+	VUNPCKLPS Y7, Y6, Y14
+	VUNPCKHPS Y7, Y6, Y15
+	VSHUFPS $0x44, Y10, Y8, Y0
+	VSHUFPS $0xEE, Y10, Y8, Y1
+	VSHUFPS $0x44, Y11, Y9, Y2
+	VSHUFPS $0xEE, Y11, Y9, Y3
+	VSHUFPS $0x44, Y14, Y12, Y4
+	VSHUFPS $0xEE, Y14, Y12, Y5
+	VSHUFPS $0x44, Y15, Y13, Y6
+	VSHUFPS $0xEE, Y15, Y13, Y7
+	VMOVDQU (AX), Y15
+	VPERM2F128 $0x20, Y4, Y0, Y8
+	VPERM2F128 $0x31, Y4, Y0, Y9
+	VMASKMOVPS Y8, Y15, (DI)
+	LEAQ (DI)(DX*4), R9
+	VMASKMOVPS Y9, Y15, (R9)
+	ADDQ DX, DI
+	VPERM2F128 $0x20, Y5, Y1, Y8
+	VPERM2F128 $0x31, Y5, Y1, Y9
+	VMASKMOVPS Y8, Y15, (DI)
+	LEAQ (DI)(DX*4), R9
+	VMASKMOVPS Y9, Y15, (R9)
+	ADDQ DX, DI
+	VPERM2F128 $0x20, Y6, Y2, Y8
+	VPERM2F128 $0x31, Y6, Y2, Y9
+	VMASKMOVPS Y8, Y15, (DI)
+	LEAQ (DI)(DX*4), R9
+	VMASKMOVPS Y9, Y15, (R9)
+	ADDQ DX, DI
+	VPERM2F128 $0x20, Y7, Y3, Y8
+	VPERM2F128 $0x31, Y7, Y3, Y9
+	VMASKMOVPS Y8, Y15, (DI)
+	LEAQ (DI)(DX*4), R9
+	VMASKMOVPS Y9, Y15, (R9)
+	ADDQ DX, DI
+	VZEROUPPER
+	RET

@@ -3,18 +3,33 @@ package svd
 // Packing copies a block of op(A) or op(B) into the contiguous panel layout
 // the micro-kernels read, handling the transposes and zero-padding the last
 // panel, so that every kernel call sees full mr×kc and kc×nr panels. The
-// transposing cases (row-major A, transposed B) go through transpose16 in
-// 16×16 blocks where the CPU has it (AVX-512) and the loops below otherwise.
+// transposing cases (row-major A, transposed B) go through transposeBlock
+// in w×w blocks where the CPU has one (AVX-512 16×16, AVX 8×8) and the loops
+// below otherwise.
 
-// transposeBlock, when non-nil, is transpose16: it loads rows (≤ 16) rows of
-// 16 floats from src (stride sld), zero-fills the missing rows, and stores
-// the transposed 16×16 block to dst (stride dld), only the lanes in mask.
-// Architecture files set it; tests clear it to exercise the loops.
-var transposeBlock func(dst *float32, dld int, src *float32, sld int, rows int, mask int)
+// transposeBlock, when non-nil, transposes one w×w block (w =
+// transposeWidth): it loads rows (≤ w) rows of w floats from src (stride
+// sld), zero-fills the missing rows, and stores the w columns as rows of
+// dst (stride dld), only their first lanes values. Architecture files set
+// it; tests swap it to exercise every path.
+var (
+	transposeBlock func(dst *float32, dld int, src *float32, sld int, rows, lanes int)
+	transposeWidth int
+)
+
+// transposeImpl is one transposeBlock implementation of width w.
+type transposeImpl struct {
+	fn func(dst *float32, dld int, src *float32, sld int, rows, lanes int)
+	w  int
+}
+
+// transposeImpls lists every implementation this CPU runs, the one in use
+// first (tests run them all).
+var transposeImpls []transposeImpl
 
 // packA packs op(A)[i0:i0+mc, p0:p0+kc] into dst as ceil(mc/mr) panels of
 // [kc, mr]: dst[(ip·kc + p)·mr + ii] = op(A)[i0 + ip·mr + ii, p0 + p]; rows
-// past mc are zero. dst must hold ceil(mc/mr)·mr·kc values; mr ≤ 16.
+// past mc are zero. dst must hold ceil(mc/mr)·mr·kc values.
 func packA(dst []float32, g *gemmProblem, i0, mc, p0, kc, mr int) {
 	a, lda := g.a, g.lda
 	for ip := 0; ip*mr < mc; ip++ {
@@ -30,9 +45,9 @@ func packA(dst []float32, g *gemmProblem, i0, mc, p0, kc, mr int) {
 		}
 		// A stored [m, k]: each row of op(A) is contiguous along p.
 		p := 0
-		if tr := transposeBlock; tr != nil {
-			for ; p+16 <= kc; p += 16 {
-				tr(&panel[p*mr], mr, &a[r0*lda+p0+p], lda, rows, 1<<mr-1)
+		if tr, w := transposeBlock, transposeWidth; tr != nil && mr <= w {
+			for ; p+w <= kc; p += w {
+				tr(&panel[p*mr], mr, &a[r0*lda+p0+p], lda, rows, mr)
 			}
 		}
 		for ii := 0; ii < rows; ii++ {
@@ -65,15 +80,15 @@ func packB(dst []float32, g *gemmProblem, p0, kc, j0, nc, nr, jp0, jp1 int) {
 		}
 		// B stored [n, k]: each column of op(B) is contiguous along p.
 		p := 0
-		if tr := transposeBlock; tr != nil && nr%16 == 0 {
-			for ; p+16 <= kc; p += 16 {
-				for jj0 := 0; jj0 < nr; jj0 += 16 {
-					cnt := min(max(cols-jj0, 0), 16)
+		if tr, w := transposeBlock, transposeWidth; tr != nil && nr%w == 0 {
+			for ; p+w <= kc; p += w {
+				for jj0 := 0; jj0 < nr; jj0 += w {
+					cnt := min(max(cols-jj0, 0), w)
 					src := &panel[0] // not read when cnt is 0
 					if cnt > 0 {
 						src = &b[(c0+jj0)*ldb+p0+p]
 					}
-					tr(&panel[p*nr+jj0], nr, src, ldb, cnt, 0xFFFF)
+					tr(&panel[p*nr+jj0], nr, src, ldb, cnt, w)
 				}
 			}
 		}
