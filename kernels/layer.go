@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"os"
 
 	"github.com/svdq/svdq/quant"
 )
@@ -35,7 +36,8 @@ func (v Variant) String() string {
 	return fmt.Sprintf("Variant(%d)", int(v))
 }
 
-// actMaxR is the rank one activation launch covers (ACT_MAX_R in CUDA).
+// actMaxR is the rank one activation launch of the _qd / _d kernels covers
+// (RTN = 8 rank tiles in cuda/act_quant.cuh).
 const actMaxR = 128
 
 // Layer is a packed layer uploaded to a Device.
@@ -180,26 +182,34 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 		}
 	}
 	// The activation pass, and the down projection fused into it or not.
+	// Ranks up to 32 use the lighter kernels covering 32 columns a launch.
 	fuseDown := (v == Fused || v == Reference) && p.R > 0
+	cover, rsuf := actMaxR, ""
+	if p.R <= 32 {
+		cover, rsuf = 32, "32"
+	}
 	mode := "_q"
 	if fuseDown {
-		mode = "_qd"
+		mode = "_qd" + rsuf
 	}
 	if err := act("svdq_act_"+prec+"_"+dt+mode, 0); err != nil {
 		return err
 	}
-	first := actMaxR / 16 // rank tiles the first launch covered
+	first := cover / 16 // rank tiles the first launch covered
 	if !fuseDown {
 		first = 0
 	}
 	if v != NoLowRank {
-		for rt0 := first; rt0*16 < p.R; rt0 += actMaxR / 16 {
-			if err := act("svdq_act_"+dt+"_d", rt0); err != nil {
+		for rt0 := first; rt0*16 < p.R; rt0 += cover / 16 {
+			if err := act("svdq_act_"+dt+"_d"+rsuf, rt0); err != nil {
 				return err
 			}
 		}
 	}
 	tile := pickTile(w.mpad, int(npad), d.SMs)
+	if t, ok := tileOverride(); ok {
+		tile = t
+	}
 	gemm := func(name string) error {
 		grid := [3]uint32{uint32(w.mpad / tile.m), uint32(int(npad) / tile.n), 1}
 		return d.launch(name+"_"+tile.name, grid, blk, w.act, w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y,
@@ -347,20 +357,35 @@ func pickTile(mpad, npad, sms int) gemmTile {
 	return gemmTiles[len(gemmTiles)-1]
 }
 
+// TileEnv names an environment variable that forces the GEMM block tile
+// (t64x128, t32x128 or t32x64) instead of the automatic choice, for tuning.
+const TileEnv = "SVDQ_GEMM_TILE"
+
+func tileOverride() (gemmTile, bool) {
+	name := os.Getenv(TileEnv)
+	for _, t := range gemmTiles {
+		if t.name == name {
+			return t, true
+		}
+	}
+	return gemmTile{}, false
+}
+
 // kernelNames lists every kernel the host may launch (tests check that the
 // embedded PTX defines each).
 func kernelNames() []string {
 	var names []string
 	for _, dt := range []string{"bf16", "f16"} {
 		for _, prec := range []string{"int4", "int4u", "nvfp4"} {
-			names = append(names, "svdq_act_"+prec+"_"+dt+"_qd", "svdq_act_"+prec+"_"+dt+"_q", "svdq_ref_"+prec+"_"+dt)
+			names = append(names, "svdq_act_"+prec+"_"+dt+"_qd", "svdq_act_"+prec+"_"+dt+"_qd32",
+				"svdq_act_"+prec+"_"+dt+"_q", "svdq_ref_"+prec+"_"+dt)
 			if prec != "nvfp4" {
 				for _, t := range gemmTiles {
 					names = append(names, "svdq_gemm_"+prec+"_"+dt+"_fused_"+t.name, "svdq_gemm_"+prec+"_"+dt+"_nolora_"+t.name)
 				}
 			}
 		}
-		names = append(names, "svdq_act_"+dt+"_d")
+		names = append(names, "svdq_act_"+dt+"_d", "svdq_act_"+dt+"_d32")
 		for _, t := range gemmTiles {
 			names = append(names, "svdq_gemm_"+dt+"_upadd_"+t.name)
 		}

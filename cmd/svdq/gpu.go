@@ -27,6 +27,9 @@ func init() {
 			"2 ulps of the model dtype, after checking the low-rank sums within their FP32 bound), and the error of\n" +
 			"the GPU output against the 16-bit reference layer. Exit status 1 when a layer mismatches,\n" +
 			"2 on bad input or when no GPU is found.\n\n" +
+			"The emulation reads the same bytes as the GPU, so a corrupted file corrupts both alike:\n" +
+			"the check proves that the kernels read the packed layout as the emulation does. --flip\n" +
+			"corrupts one byte of the GPU's copy only, to see the check fail.\n\n" +
 			"Example: svdq gpu-check --model flux-int4.safetensors --reference flux1-dev.safetensors --calib calib.safetensors",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Required: true, Usage: "quantized `Q.safetensors` (with its svdq metadata)"},
@@ -36,6 +39,8 @@ func init() {
 			&cli.IntFlag{Name: "rows", Value: 256, Usage: "calibration rows per layer at most"},
 			&cli.IntFlag{Name: "gpu", Usage: "GPU ordinal"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of the table"},
+			&cli.StringFlag{Name: "flip", Usage: "fault injection: flip one byte of `LAYER.TENSOR[:BYTE]` in the GPU's copy only\n" +
+				"(default byte: the middle), to show that the check catches a kernel that misreads it"},
 		},
 		Action: gpuCheckAction,
 	})
@@ -203,6 +208,10 @@ func gpuCheckAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if job.flip, err = parseFlip(c.String("flip"), job); err != nil {
+		job.close()
+		return err
+	}
 	defer job.close()
 	d, err := kernels.Open(c.Int("gpu"))
 	if err != nil {
@@ -290,6 +299,67 @@ type gpuCheck struct {
 	layers                      []nunchaku.LayerMeta
 	calibRefs                   map[string]model.CalibRef
 	width                       int
+	flip                        *flip
+}
+
+// flip is a fault injected into the GPU's copy of one tensor.
+type flip struct {
+	layer, suffix string
+	byte          int // -1: the middle
+}
+
+// parseFlip reads --flip LAYER.TENSOR[:BYTE]; the layer must be checked.
+func parseFlip(s string, j *gpuCheck) (*flip, error) {
+	if s == "" {
+		return nil, nil
+	}
+	f := &flip{byte: -1}
+	name, off, hasOff := strings.Cut(s, ":")
+	if hasOff {
+		if _, err := fmt.Sscanf(off, "%d", &f.byte); err != nil || f.byte < 0 {
+			return nil, fmt.Errorf("--flip %q: byte offset %q is not a non-negative integer", s, off)
+		}
+	}
+	i := strings.LastIndex(name, ".")
+	if i < 0 {
+		return nil, fmt.Errorf("--flip %q: want LAYER.TENSOR, e.g. transformer_blocks.0.qkv_proj.qweight", s)
+	}
+	f.layer, f.suffix = name[:i], name[i+1:]
+	for _, lm := range j.layers {
+		if lm.Name == f.layer {
+			if _, ok := j.q.Info(name); !ok {
+				return nil, fmt.Errorf("--flip %q: %s has no tensor %s", s, j.model, name)
+			}
+			return f, nil
+		}
+	}
+	return nil, fmt.Errorf("--flip %q: layer %s is not among the layers checked", s, f.layer)
+}
+
+// apply returns get with the fault applied to the GPU's copy.
+func (f *flip) apply(get kernels.Getter, layer string) (kernels.Getter, error) {
+	if f == nil || layer != f.layer {
+		return get, nil
+	}
+	dt, sh, data, ok := get(f.suffix)
+	if !ok {
+		return nil, fmt.Errorf("--flip: layer %s has no tensor %s", layer, f.suffix)
+	}
+	at := f.byte
+	if at < 0 {
+		at = len(data) / 2
+	}
+	if at >= len(data) {
+		return nil, fmt.Errorf("--flip: %s.%s has %d bytes, no byte %d", layer, f.suffix, len(data), at)
+	}
+	bad := append([]byte(nil), data...)
+	bad[at] ^= 0xFF
+	return func(suffix string) (string, []int64, []byte, bool) {
+		if suffix == f.suffix {
+			return dt, sh, bad, true
+		}
+		return get(suffix)
+	}, nil
 }
 
 // openGPUCheck opens the three files and lists the W4A4 layers to check.
@@ -379,7 +449,11 @@ func (j *gpuCheck) run(d *kernels.Device, lm *nunchaku.LayerMeta, maxRows int) (
 	if err != nil {
 		return row, err
 	}
-	p, err := kernels.PackedFromTensors(kernels.Getter(get), lm.N, lm.K, lm.Shifted)
+	gpuGet, err := j.flip.apply(kernels.Getter(get), lm.Name)
+	if err != nil {
+		return row, err
+	}
+	p, err := kernels.PackedFromTensors(gpuGet, lm.N, lm.K, lm.Shifted)
 	if err == nil {
 		err = *errp
 	}

@@ -82,7 +82,8 @@ func TestGPUCheckSynth(t *testing.T) {
 		t.Fatalf("gpu-check of a good file: status %d", status)
 	}
 
-	// Flip one byte in the middle of the first qkv_proj qweight.
+	// A file with a flipped byte corrupts the emulation's input as well, so it
+	// still agrees with the GPU; --flip corrupts the GPU's copy only.
 	bad := filepath.Join(dir, "bad.safetensors")
 	data, err := os.ReadFile(q)
 	if err != nil {
@@ -106,7 +107,19 @@ func TestGPUCheckSynth(t *testing.T) {
 	status, out, stderr = runCLI("gpu-check", "--model", bad, "--reference", ref, "--calib", cal, "--rows", "64",
 		"--layers", `^transformer_blocks\.0\.qkv_proj$`)
 	t.Logf("%s%s", out, stderr)
-	if status != exitMismatch || !strings.Contains(out, "MISMATCH") {
-		t.Fatalf("gpu-check of a file with a flipped byte: status %d, want %d", status, exitMismatch)
+	if status != exitOK {
+		t.Fatalf("gpu-check of a file with a flipped byte: status %d (GPU and emulation read the same bytes)", status)
+	}
+	for _, fl := range []string{name, "transformer_blocks.0.qkv_proj.wscales:7", "transformer_blocks.0.qkv_proj.lora_down"} {
+		status, out, stderr = runCLI("gpu-check", "--model", q, "--reference", ref, "--calib", cal, "--rows", "64",
+			"--layers", `^transformer_blocks\.0\.qkv_proj$`, "--flip", fl)
+		t.Logf("--flip %s: %s%s", fl, out, stderr)
+		if status != exitMismatch || !strings.Contains(out, "MISMATCH") {
+			t.Fatalf("gpu-check --flip %s: status %d, want %d", fl, status, exitMismatch)
+		}
+	}
+	if status, _, stderr = runCLI("gpu-check", "--model", q, "--reference", ref, "--calib", cal,
+		"--flip", "transformer_blocks.0.nosuch.qweight"); status != exitBadInput {
+		t.Fatalf("--flip of an unknown layer: status %d (%s)", status, stderr)
 	}
 }

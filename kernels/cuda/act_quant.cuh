@@ -18,29 +18,31 @@
 // warps' partial sums are added in a fixed order, and with several splits
 // the blocks add theirs atomically into lract (zeroed by the host), so the
 // order of those additions is not fixed.
-// One launch covers the 16-column rank tiles rt0 .. rt0+7 (ACT_MAX_R
-// columns); larger ranks take more launches of the down-only kernel.
+// One launch covers the rank tiles rt0 .. rt0+RTN-1; larger ranks take
+// more launches of the down-only kernel.
 #pragma once
 #include "common.cuh"
 
 #define PREC_INT4 1
 #define PREC_NVFP4 2
-#define ACT_MAX_R 128
 
-template <int PREC, bool UNS, bool BF, bool QUANT, bool DOWN>
+// RTN: rank tiles of 16 one launch covers (8: up to 128 columns; 2: a
+// lighter kernel for ranks up to 32, the common case).
+template <int PREC, bool UNS, bool BF, bool QUANT, bool DOWN, int RTN>
 SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__restrict__ smooth,
                              const uint16_t *__restrict__ down, uint4 *__restrict__ act, float *__restrict__ ascale,
                              float *__restrict__ lract, int Mpad, int K, int R, int rt0, int ktpb) {
-  __shared__ float red[DOWN ? 4 * 16 * ACT_MAX_R : 1];
+  constexpr int RC = RTN * 16; // rank columns covered
+  __shared__ float red[DOWN ? 4 * 16 * RC : 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int mt = blockIdx.x;
   const int row0 = mt * 16 + g, row1 = row0 + 8;
   const int KT = K >> 6, RT = R >> 4;
 
-  float acc[ACT_MAX_R / 16][2][4];
+  float acc[RTN][2][4];
 #pragma unroll
-  for (int i = 0; i < ACT_MAX_R / 16; i++)
+  for (int i = 0; i < RTN; i++)
 #pragma unroll
     for (int h = 0; h < 2; h++)
 #pragma unroll
@@ -134,7 +136,7 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
         const uint32_t a3 = *reinterpret_cast<const uint32_t *>(x + (size_t)row1 * K + kk + 8);
         const uint4 *dt = reinterpret_cast<const uint4 *>(down) + ((size_t)(kt * 4 + j) * RT) * 32 + lane;
 #pragma unroll
-        for (int rt = 0; rt < ACT_MAX_R / 16; rt++) {
+        for (int rt = 0; rt < RTN; rt++) {
           if (rt0 + rt < RT) {
             uint4 b = dt[(rt0 + rt) * 32];
             mma_f16<BF>(acc[rt][0], a0, a1, a2, a3, b.x, b.y);
@@ -147,27 +149,27 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
   if (DOWN) {
     // red[warp][row 0..15][r]
 #pragma unroll
-    for (int rt = 0; rt < ACT_MAX_R / 16; rt++) {
+    for (int rt = 0; rt < RTN; rt++) {
       if (rt0 + rt < RT) {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
           const int col = rt * 16 + h * 8 + 2 * c;
-          float *base = red + warp * 16 * ACT_MAX_R;
-          base[g * ACT_MAX_R + col] = acc[rt][h][0];
-          base[g * ACT_MAX_R + col + 1] = acc[rt][h][1];
-          base[(g + 8) * ACT_MAX_R + col] = acc[rt][h][2];
-          base[(g + 8) * ACT_MAX_R + col + 1] = acc[rt][h][3];
+          float *base = red + warp * 16 * RC;
+          base[g * RC + col] = acc[rt][h][0];
+          base[g * RC + col + 1] = acc[rt][h][1];
+          base[(g + 8) * RC + col] = acc[rt][h][2];
+          base[(g + 8) * RC + col + 1] = acc[rt][h][3];
         }
       }
     }
     __syncthreads();
-    const int ncol = min(R - rt0 * 16, ACT_MAX_R);
+    const int ncol = min(R - rt0 * 16, RC);
     for (int i = threadIdx.x; i < 16 * ncol; i += blockDim.x) {
       const int row = i / ncol, col = i % ncol;
-      float s = red[row * ACT_MAX_R + col];
-      s += red[16 * ACT_MAX_R + row * ACT_MAX_R + col];
-      s += red[2 * 16 * ACT_MAX_R + row * ACT_MAX_R + col];
-      s += red[3 * 16 * ACT_MAX_R + row * ACT_MAX_R + col];
+      float s = red[row * RC + col];
+      s += red[16 * RC + row * RC + col];
+      s += red[2 * 16 * RC + row * RC + col];
+      s += red[3 * 16 * RC + row * RC + col];
       float *dst = lract + (size_t)(mt * 16 + row) * R + rt0 * 16 + col;
       if (gridDim.y > 1) atomicAdd(dst, s);
       else *dst = s;

@@ -61,6 +61,60 @@ SVDQ_DEV void gemm_load(GemmFrag<MT, PT> &f, const uint4 *__restrict__ act, cons
   }
 }
 
+// gemm_group accumulates one 64-group: acc16 = hfma(round16(P), as*ws, acc16).
+template <bool UNS, bool BF, bool SM90, int MT, int PT>
+SVDQ_DEV void gemm_group(const GemmFrag<MT, PT> &f, uint32_t (&acc16)[MT][PT][2][2]) {
+  // float(P) = int_as_float(d) * PS - MAGIC_F * PS, exact (one FFMA).
+  constexpr float PS = SM90 ? 1.f / 256.f : 1.f;
+  uint32_t alo[MT][4], ahi[MT][4];
+  if (SM90) {
+#pragma unroll
+    for (int i = 0; i < MT; i++) {
+      alo[i][0] = nib_lo(f.a[i].x); alo[i][1] = nib_lo(f.a[i].y);
+      alo[i][2] = nib_lo(f.a[i].z); alo[i][3] = nib_lo(f.a[i].w);
+      ahi[i][0] = nib_hi(f.a[i].x); ahi[i][1] = nib_hi(f.a[i].y);
+      ahi[i][2] = nib_hi(f.a[i].z); ahi[i][3] = nib_hi(f.a[i].w);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < PT; j++) {
+    const uint32_t bw[4] = {f.b[j].x, f.b[j].y, f.b[j].z, f.b[j].w};
+    const uint32_t wsp[2] = {f.ws[j].x, f.ws[j].y};
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+      const uint32_t w0 = bw[2 * a], w1 = bw[2 * a + 1];
+      const uint32_t b0l = nib_lo(w0), b0h = nib_hi(w0), b1l = nib_lo(w1), b1h = nib_hi(w1);
+#pragma unroll
+      for (int i = 0; i < MT; i++) {
+        int d[4];
+        if (SM90) {
+          const int m4[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
+          int t[4];
+          if (UNS) {
+            mma_u8(t, alo[i][0], alo[i][1], ahi[i][0], ahi[i][1], b0l, b0h, m4);
+            mma_u8(d, alo[i][2], alo[i][3], ahi[i][2], ahi[i][3], b1l, b1h, t);
+          } else {
+            mma_s8(t, alo[i][0], alo[i][1], ahi[i][0], ahi[i][1], b0l, b0h, m4);
+            mma_s8(d, alo[i][2], alo[i][3], ahi[i][2], ahi[i][3], b1l, b1h, t);
+          }
+        } else {
+          if (UNS) mma_u4(d, f.a[i], w0, w1, MAGIC_I);
+          else mma_s4(d, f.a[i], w0, w1, MAGIC_I);
+        }
+        float p[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) p[q] = fmaf(__int_as_float(d[q]), PS, -MAGIC_F * PS);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const uint32_t p16 = pack2<BF>(p[2 * h], p[2 * h + 1]);
+          const uint32_t s16 = hmul2<BF>(f.as[i][h], wsp[a]);
+          acc16[i][j][a][h] = hfma2<BF>(p16, s16, acc16[i][j][a][h]);
+        }
+      }
+    }
+  }
+}
+
 template <bool UNS, bool BF, int MODE, int MT, int PT>
 SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__restrict__ ascale,
                              const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
@@ -72,8 +126,6 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
 #else
   constexpr bool SM90 = false;
 #endif
-  // float(P) = int_as_float(d) * PS - MAGIC_F * PS, exact (one FFMA).
-  constexpr float PS = SM90 ? 1.f / 256.f : 1.f;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int wm = warp & 1, wn = warp >> 1;
@@ -107,54 +159,16 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
         }
       }
   } else {
-    GemmFrag<MT, PT> cur, nxt;
-    gemm_load(cur, act, ascale, qw, wscales, mtile0, nt, p0, 0, KT, Mpad, lane);
-    for (int kt = 0; kt < KT; kt++) {
-      if (kt + 1 < KT) gemm_load(nxt, act, ascale, qw, wscales, mtile0, nt, p0, kt + 1, KT, Mpad, lane);
-#pragma unroll
-      for (int i = 0; i < MT; i++) {
-        uint32_t alo[4], ahi[4];
-        if (SM90) {
-          alo[0] = nib_lo(cur.a[i].x); alo[1] = nib_lo(cur.a[i].y);
-          alo[2] = nib_lo(cur.a[i].z); alo[3] = nib_lo(cur.a[i].w);
-          ahi[0] = nib_hi(cur.a[i].x); ahi[1] = nib_hi(cur.a[i].y);
-          ahi[2] = nib_hi(cur.a[i].z); ahi[3] = nib_hi(cur.a[i].w);
-        }
-#pragma unroll
-        for (int j = 0; j < PT; j++) {
-          const uint32_t bw[4] = {cur.b[j].x, cur.b[j].y, cur.b[j].z, cur.b[j].w};
-          const uint32_t wsp[2] = {cur.ws[j].x, cur.ws[j].y};
-#pragma unroll
-          for (int a = 0; a < 2; a++) {
-            int d[4];
-            if (SM90) {
-              const int m4[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
-              int t[4];
-              const uint32_t w0 = bw[2 * a], w1 = bw[2 * a + 1];
-              if (UNS) {
-                mma_u8(t, alo[0], alo[1], ahi[0], ahi[1], nib_lo(w0), nib_hi(w0), m4);
-                mma_u8(d, alo[2], alo[3], ahi[2], ahi[3], nib_lo(w1), nib_hi(w1), t);
-              } else {
-                mma_s8(t, alo[0], alo[1], ahi[0], ahi[1], nib_lo(w0), nib_hi(w0), m4);
-                mma_s8(d, alo[2], alo[3], ahi[2], ahi[3], nib_lo(w1), nib_hi(w1), t);
-              }
-            } else {
-              if (UNS) mma_u4(d, cur.a[i], bw[2 * a], bw[2 * a + 1], MAGIC_I);
-              else mma_s4(d, cur.a[i], bw[2 * a], bw[2 * a + 1], MAGIC_I);
-            }
-            float f[4];
-#pragma unroll
-            for (int q = 0; q < 4; q++) f[q] = fmaf(__int_as_float(d[q]), PS, -MAGIC_F * PS);
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-              const uint32_t p16 = pack2<BF>(f[2 * h], f[2 * h + 1]);
-              const uint32_t s16 = hmul2<BF>(cur.as[i][h], wsp[a]);
-              acc16[i][j][a][h] = hfma2<BF>(p16, s16, acc16[i][j][a][h]);
-            }
-          }
-        }
+    // Two fragment buffers used in turn (no register copies between groups).
+    GemmFrag<MT, PT> f0, f1;
+    gemm_load(f0, act, ascale, qw, wscales, mtile0, nt, p0, 0, KT, Mpad, lane);
+    for (int kt = 0; kt < KT; kt += 2) {
+      if (kt + 1 < KT) gemm_load(f1, act, ascale, qw, wscales, mtile0, nt, p0, kt + 1, KT, Mpad, lane);
+      gemm_group<UNS, BF, SM90, MT, PT>(f0, acc16);
+      if (kt + 1 < KT) {
+        if (kt + 2 < KT) gemm_load(f0, act, ascale, qw, wscales, mtile0, nt, p0, kt + 2, KT, Mpad, lane);
+        gemm_group<UNS, BF, SM90, MT, PT>(f1, acc16);
       }
-      if (kt + 1 < KT) cur = nxt;
     }
     // Bias (16-bit add), before the low-rank branch.
 #pragma unroll
@@ -170,55 +184,44 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
     }
   }
 
+  // Low-rank epilogue, one (m16 tile, p-tile) at a time so that only 8
+  // FP32 accumulators are live: y = round16(float(acc16) + round16(lract)·up).
   const int RT = R >> 4;
   if ((MODE == GEMM_MODE_FUSED || MODE == GEMM_MODE_UPADD) && RT > 0) {
-    float acc[MT][PT][2][4];
 #pragma unroll
-    for (int i = 0; i < MT; i++)
+    for (int i = 0; i < MT; i++) {
+      const float *l0 = lract + (size_t)((mtile0 + i) * 16 + g) * R + 2 * c;
+      const float *l1 = l0 + 8 * (size_t)R;
 #pragma unroll
-      for (int j = 0; j < PT; j++)
+      for (int j = 0; j < PT; j++) {
+        float acc[2][4];
 #pragma unroll
         for (int a = 0; a < 2; a++)
 #pragma unroll
           for (int h = 0; h < 2; h++) {
             const float2 v = unpack2<BF>(acc16[i][j][a][h]);
-            acc[i][j][a][2 * h] = v.x;
-            acc[i][j][a][2 * h + 1] = v.y;
+            acc[a][2 * h] = v.x;
+            acc[a][2 * h + 1] = v.y;
           }
-    for (int rt = 0; rt < RT; rt++) {
-      uint32_t la[MT][4]; // round16(lract) A fragments
-#pragma unroll
-      for (int i = 0; i < MT; i++) {
-        const float *l0 = lract + (size_t)((mtile0 + i) * 16 + g) * R + rt * 16 + 2 * c;
-        const float *l1 = l0 + 8 * (size_t)R;
-        const float2 f00 = *reinterpret_cast<const float2 *>(l0);
-        const float2 f10 = *reinterpret_cast<const float2 *>(l1);
-        const float2 f01 = *reinterpret_cast<const float2 *>(l0 + 8);
-        const float2 f11 = *reinterpret_cast<const float2 *>(l1 + 8);
-        la[i][0] = pack2<BF>(f00.x, f00.y);
-        la[i][1] = pack2<BF>(f10.x, f10.y);
-        la[i][2] = pack2<BF>(f01.x, f01.y);
-        la[i][3] = pack2<BF>(f11.x, f11.y);
-      }
-#pragma unroll
-      for (int j = 0; j < PT; j++) {
-        const uint4 u = up[((size_t)(nt * 8 + p0 + j) * RT + rt) * 32 + lane];
-#pragma unroll
-        for (int i = 0; i < MT; i++) {
-          mma_f16<BF>(acc[i][j][0], la[i][0], la[i][1], la[i][2], la[i][3], u.x, u.y);
-          mma_f16<BF>(acc[i][j][1], la[i][0], la[i][1], la[i][2], la[i][3], u.z, u.w);
+        const uint4 *upj = up + (size_t)(nt * 8 + p0 + j) * RT * 32 + lane;
+        for (int rt = 0; rt < RT; rt++) {
+          const float2 f00 = *reinterpret_cast<const float2 *>(l0 + rt * 16);
+          const float2 f10 = *reinterpret_cast<const float2 *>(l1 + rt * 16);
+          const float2 f01 = *reinterpret_cast<const float2 *>(l0 + rt * 16 + 8);
+          const float2 f11 = *reinterpret_cast<const float2 *>(l1 + rt * 16 + 8);
+          const uint32_t la0 = pack2<BF>(f00.x, f00.y), la1 = pack2<BF>(f10.x, f10.y);
+          const uint32_t la2 = pack2<BF>(f01.x, f01.y), la3 = pack2<BF>(f11.x, f11.y);
+          const uint4 u = upj[rt * 32];
+          mma_f16<BF>(acc[0], la0, la1, la2, la3, u.x, u.y);
+          mma_f16<BF>(acc[1], la0, la1, la2, la3, u.z, u.w);
         }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-      for (int j = 0; j < PT; j++)
 #pragma unroll
         for (int a = 0; a < 2; a++)
 #pragma unroll
           for (int h = 0; h < 2; h++)
-            acc16[i][j][a][h] = pack2<BF>(out16<BF>(acc[i][j][a][2 * h]), out16<BF>(acc[i][j][a][2 * h + 1]));
+            acc16[i][j][a][h] = pack2<BF>(out16<BF>(acc[a][2 * h]), out16<BF>(acc[a][2 * h + 1]));
+      }
+    }
   }
   else if (!BF) { // FP16 outputs are clamped to +-65504 on every path
 #pragma unroll

@@ -10,20 +10,25 @@
 //   grid (Mpad/16, ceil(K/64/ktpb)), block 128. mode: qd (quantize + down), q (quantize),
 //   d (down only); the down projection covers rank columns rt0*16 .. rt0*16+127 and,
 //   with more than one split, adds into lract atomically (zero it first).
-#define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D)                                                                    \
+#define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D, RTN)                                                               \
   extern "C" __global__ void __launch_bounds__(128)                                                           \
       NAME(const uint16_t *x, const uint16_t *smooth, const uint16_t *down, uint4 *act, float *ascale,          \
            float *lract, int Mpad, int K, int R, int rt0, int ktpb) {                                          \
-    act_quant_body<PREC, UNS, BF, Q, D>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb);          \
+    act_quant_body<PREC, UNS, BF, Q, D, RTN>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb);     \
   }
+// _qd and _d cover 128 rank columns per launch, _qd32 / _d32 32 (fewer registers).
 #define ACT_DTYPE(SUF, BF)                                                                                     \
-  ACT_KERNEL(svdq_act_int4_##SUF##_qd, PREC_INT4, false, BF, true, true)                                      \
-  ACT_KERNEL(svdq_act_int4_##SUF##_q, PREC_INT4, false, BF, true, false)                                      \
-  ACT_KERNEL(svdq_act_int4u_##SUF##_qd, PREC_INT4, true, BF, true, true)                                      \
-  ACT_KERNEL(svdq_act_int4u_##SUF##_q, PREC_INT4, true, BF, true, false)                                      \
-  ACT_KERNEL(svdq_act_nvfp4_##SUF##_qd, PREC_NVFP4, false, BF, true, true)                                    \
-  ACT_KERNEL(svdq_act_nvfp4_##SUF##_q, PREC_NVFP4, false, BF, true, false)                                    \
-  ACT_KERNEL(svdq_act_##SUF##_d, PREC_INT4, false, BF, false, true)
+  ACT_KERNEL(svdq_act_int4_##SUF##_qd, PREC_INT4, false, BF, true, true, 8)                                   \
+  ACT_KERNEL(svdq_act_int4_##SUF##_qd32, PREC_INT4, false, BF, true, true, 2)                                 \
+  ACT_KERNEL(svdq_act_int4_##SUF##_q, PREC_INT4, false, BF, true, false, 1)                                   \
+  ACT_KERNEL(svdq_act_int4u_##SUF##_qd, PREC_INT4, true, BF, true, true, 8)                                   \
+  ACT_KERNEL(svdq_act_int4u_##SUF##_qd32, PREC_INT4, true, BF, true, true, 2)                                 \
+  ACT_KERNEL(svdq_act_int4u_##SUF##_q, PREC_INT4, true, BF, true, false, 1)                                   \
+  ACT_KERNEL(svdq_act_nvfp4_##SUF##_qd, PREC_NVFP4, false, BF, true, true, 8)                                 \
+  ACT_KERNEL(svdq_act_nvfp4_##SUF##_qd32, PREC_NVFP4, false, BF, true, true, 2)                               \
+  ACT_KERNEL(svdq_act_nvfp4_##SUF##_q, PREC_NVFP4, false, BF, true, false, 1)                                 \
+  ACT_KERNEL(svdq_act_##SUF##_d, PREC_INT4, false, BF, false, true, 8)                                        \
+  ACT_KERNEL(svdq_act_##SUF##_d32, PREC_INT4, false, BF, false, true, 2)
 ACT_DTYPE(bf16, true)
 ACT_DTYPE(f16, false)
 
