@@ -51,14 +51,15 @@ type DemoMethod struct {
 
 // DemoReport is what RunDemo measured.
 type DemoReport struct {
-	Config      Config
-	Params      int64 // parameters of the model
-	QuantParams int64 // weights in 4-bit layers (W4A4 and W4A16)
-	CalibRows   int64 // tokens seen by a block's q/k/v input in the calibration pass
-	Search      quant.SearchMode
-	Emulation   Emulation
-	Peak        float64 // dynamic range of the 16-bit model's held-out output
-	Methods     []DemoMethod
+	Config                    Config
+	Params                    int64 // parameters of the model
+	QuantParams               int64 // weights in 4-bit layers (W4A4 and W4A16)
+	CalibRows                 int64 // rows (image tokens) transformer_blocks.0.attn.to_q saw in the calibration pass
+	CalibSamples, EvalSamples int
+	Search                    quant.SearchMode
+	Emulation                 Emulation
+	Peak                      float64 // dynamic range of the 16-bit model's held-out output
+	Methods                   []DemoMethod
 	// Stage times in seconds.
 	BuildSeconds, CalibSeconds, EvalSeconds, TotalSeconds float64
 	// Files written in Dir.
@@ -94,6 +95,7 @@ func RunDemo(opt DemoOptions) (*DemoReport, error) {
 		logf = func(string, ...any) {}
 	}
 	rep := &DemoReport{Config: opt.Config, Search: opt.Search, Emulation: opt.Emulation,
+		CalibSamples: opt.CalibSamples, EvalSamples: opt.EvalSamples,
 		Checkpoint: filepath.Join(opt.Dir, "tinydit.safetensors"),
 		Calib:      filepath.Join(opt.Dir, "calib.safetensors"),
 		INT4:       filepath.Join(opt.Dir, "tinydit-int4.safetensors"),
@@ -122,7 +124,7 @@ func RunDemo(opt DemoOptions) (*DemoReport, error) {
 		rep.CalibRows = st.Count
 	}
 	rep.CalibSeconds = time.Since(t).Seconds()
-	logf("calibration: %d samples, %d layer inputs, %d image tokens per input (%.1f s) -> %s",
+	logf("calibration: %d samples, %d layer inputs, %d rows per image-stream input (%.1f s) -> %s",
 		opt.CalibSamples, len(stats), rep.CalibRows, rep.CalibSeconds, rep.Calib)
 
 	plan, err := planOf(rep.Checkpoint)
