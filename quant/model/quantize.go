@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"sort"
 	"sync"
 	"time"
 
@@ -322,7 +321,8 @@ type quantizer struct {
 }
 
 // run quantizes every unit; the first error stops the dispatch of new
-// units and is returned once the running ones finish.
+// units and, once the running ones finish, the error of the earliest unit
+// in plan order is returned (the same message whatever the worker count).
 func (q *quantizer) run() error {
 	units := q.plan.units()
 	workers := q.opt.Workers
@@ -330,8 +330,12 @@ func (q *quantizer) run() error {
 		workers = DefaultWorkers()
 	}
 	workers = min(workers, len(units))
-	next := make(chan unit)
-	errs := make(chan error, workers)
+	type failure struct {
+		unit int
+		err  error
+	}
+	next := make(chan int)
+	fails := make(chan failure, workers)
 	var stop sync.Once
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
@@ -339,9 +343,9 @@ func (q *quantizer) run() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for u := range next {
-				if err := q.unit(u); err != nil {
-					errs <- err
+			for i := range next {
+				if err := q.unit(units[i]); err != nil {
+					fails <- failure{i, err}
 					stop.Do(func() { close(quit) })
 					return
 				}
@@ -349,24 +353,21 @@ func (q *quantizer) run() error {
 		}()
 	}
 dispatch:
-	for _, u := range units {
+	for i := range units {
 		select {
-		case next <- u:
+		case next <- i:
 		case <-quit:
 			break dispatch
 		}
 	}
 	close(next)
 	wg.Wait()
-	close(errs)
-	var all []error
-	for err := range errs {
-		all = append(all, err)
+	close(fails)
+	first := failure{unit: len(units)}
+	for f := range fails {
+		if f.unit < first.unit {
+			first = f
+		}
 	}
-	if len(all) == 0 {
-		return nil
-	}
-	// Report the error of the earliest layer, so messages are reproducible.
-	sort.Slice(all, func(i, j int) bool { return all[i].Error() < all[j].Error() })
-	return all[0]
+	return first.err
 }
