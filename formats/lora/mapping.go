@@ -126,8 +126,9 @@ func firstRow(p *Part) int {
 // Build materialises the plan as a branch of the layer's shape, unrounded:
 // each part's Down = A[:, Cols] and Up = float32(scale·B) placed at its
 // rows. Parts whose Down is bit-identical and whose rows do not overlap
-// share one block (their up rows combined). Errors come from reading the
-// factors.
+// share one block (their up rows combined), and rank columns that add
+// nothing (all-zero up column or down row) are dropped. Errors come from
+// reading the factors.
 func (lp *LayerPlan) Build() (*Branch, error) {
 	li := lp.Info
 	type block struct {
@@ -176,7 +177,30 @@ func (lp *LayerPlan) Build() (*Branch, error) {
 	for _, bl := range blocks {
 		br.Append(&Branch{N: li.N, K: li.K, R: bl.r, Down: bl.down, Up: bl.up})
 	}
+	br.pruneZero()
 	return br, nil
+}
+
+// pruneZero drops the rank columns whose up column or down row is all
+// zeros: they add exactly nothing. This is what makes a BFL linear1 LoRA
+// (q|k|v|mlp stacked, block-diagonal B) give qkv_proj only the q, k, v
+// columns and mlp_fc1 only the mlp ones, as the diffusers form does.
+func (b *Branch) pruneZero() {
+	for r := b.R - 1; r >= 0; r-- {
+		upZero, downZero := true, true
+		for n := 0; n < b.N && upZero; n++ {
+			upZero = b.Up[n*b.R+r] == 0
+		}
+		for _, v := range b.Down[r*b.K : (r+1)*b.K] {
+			if v != 0 {
+				downZero = false
+				break
+			}
+		}
+		if upZero || downZero {
+			b.Drop(r, r+1)
+		}
+	}
 }
 
 func equalBits(a, b []float32) bool {

@@ -1,0 +1,500 @@
+package model
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/svdq/svdq/formats/lora"
+	"github.com/svdq/svdq/formats/nunchaku"
+	"github.com/svdq/svdq/formats/safetensors"
+)
+
+// LoRASpec names one LoRA to fuse (or to check against).
+type LoRASpec struct {
+	Path     string
+	Strength float64
+	// Name identifies the LoRA in the provenance record (--remove NAME);
+	// "" takes the file's base name without its extension.
+	Name string
+}
+
+// ParseLoRASpecs parses command-line FILE[:STRENGTH] arguments.
+func ParseLoRASpecs(args []string) ([]LoRASpec, error) {
+	out := make([]LoRASpec, 0, len(args))
+	for _, a := range args {
+		p, s, err := lora.ParseSpec(a)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, LoRASpec{Path: p, Strength: s})
+	}
+	return out, nil
+}
+
+// name returns the record name of s.
+func (s LoRASpec) name() string {
+	if s.Name != "" {
+		return s.Name
+	}
+	b := filepath.Base(s.Path)
+	return strings.TrimSuffix(b, filepath.Ext(b))
+}
+
+// Layer policies of FuseOptions.
+const (
+	W4A16Auto   = "auto"   // branch when the file's loader reads one (NunchakuFluxTransformer2dModel), else refuse
+	W4A16Branch = "branch" // unpacked 16-bit lora_down/lora_up on the layer (nunchaku GEMV_AWQ)
+	W4A16Skip   = "skip"   // leave W4A16 layers alone (the LoRA's part there is dropped, with a warning)
+	KeptMerge   = "merge"  // merge into the 16-bit weight, base and factors kept under lora.ReservedPrefix
+	KeptSkip    = "skip"   // leave 16-bit tensors alone (warning)
+)
+
+// w4a16LoRAClasses are the model classes whose loader reads a W4A16
+// layer's optional lora_down/lora_up (nunchaku's C++ GEMV_AWQ). Newer
+// Python classes (AWQW4A16Linear) have no such parameters.
+var w4a16LoRAClasses = map[string]bool{"NunchakuFluxTransformer2dModel": true}
+
+// FuseOptions configure FuseLoRA.
+type FuseOptions struct {
+	Model string // fused or base SVDQuant checkpoint (one .safetensors file with svdq metadata)
+	Out   string // output file; must not be Model
+	LoRAs []LoRASpec
+	// Remove names fused LoRAs to take out (before adding LoRAs);
+	// RemoveAll takes out every one.
+	Remove    []string
+	RemoveAll bool
+	// AllowUnmatched turns unknown keys and modules that match no layer
+	// into warnings (the rest of the LoRA is fused).
+	AllowUnmatched bool
+	W4A16          string // W4A16Auto (""), W4A16Branch or W4A16Skip
+	Kept           string // KeptMerge ("") or KeptSkip
+	// OnWarn, when set, receives warnings (one line each).
+	OnWarn func(string)
+}
+
+// FuseLayer is one layer the operation changed.
+type FuseLayer struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"` // w4a4, w4a16 or kept
+	Base int    `json:"base"` // logical rank before any LoRA
+	Rank int    `json:"rank"` // logical rank now (kept: total LoRA rank merged)
+}
+
+// FuseReport says what FuseLoRA did.
+type FuseReport struct {
+	Out     string         `json:"out"`
+	Aliases string         `json:"aliases"` // how module names beyond the file's own resolve
+	Added   []lora.Applied `json:"added"`
+	Removed []string       `json:"removed"`
+	Layers  []FuseLayer    `json:"layers"` // sorted by name
+	// Fused lists the LoRAs in the output, in order.
+	Fused []string `json:"fused"`
+	// Warnings repeats what went to OnWarn.
+	Warnings []string `json:"warnings,omitempty"`
+	// Restored is true when no LoRA is left and the output's SHA-256 is the
+	// base file's.
+	Restored bool `json:"restored"`
+}
+
+// fusion holds the state of one FuseLoRA call.
+type fusion struct {
+	opt   FuseOptions
+	f     *qfile
+	file  *safetensors.File
+	prov  *lora.Provenance
+	ix    *lora.Index
+	rep   *FuseReport
+	old   map[string]int         // layer → logical rank in the input file
+	base  map[string]lora.Layer  // layers of the input's record → their base state
+	drops map[string][][2]int    // layer → input rank columns to drop
+	adds  map[string][]*addition // layer → blocks to append, in order
+	files []*lora.File           // open LoRA files (closed when FuseLoRA returns)
+}
+
+// addition is one new LoRA's plan for one layer.
+type addition struct {
+	plan *lora.LayerPlan
+	rank int
+}
+
+// FuseLoRA takes LoRAs out of and/or fuses LoRAs into an SVDQuant
+// checkpoint and writes the result to opt.Out (see formats/lora for the
+// rule per kind of layer and the provenance record). Everything is
+// validated before the output is created: unknown fused names, LoRA keys
+// that are not factors or match no layer (unless AllowUnmatched), shapes
+// that do not fit (the error names the layer and both shapes), values that
+// overflow the model's 16-bit type, W4A16 layers the file's loader cannot
+// take a branch on. On error nothing is written.
+//
+// Taking every LoRA out rewrites the base checkpoint: the base ranks and
+// svdq entry, the kept tensors' base bytes and the header length come from
+// the record, so the output's bytes equal the base file's when the base
+// was written by svdq (Restored reports the SHA-256 comparison).
+func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
+	if len(opt.LoRAs) == 0 && len(opt.Remove) == 0 && !opt.RemoveAll {
+		return nil, errors.New("nothing to do: give a LoRA to fuse or one to remove")
+	}
+	switch opt.W4A16 {
+	case "":
+		opt.W4A16 = W4A16Auto
+	case W4A16Auto, W4A16Branch, W4A16Skip:
+	default:
+		return nil, fmt.Errorf("w4a16 policy %q: want auto, branch or skip", opt.W4A16)
+	}
+	switch opt.Kept {
+	case "":
+		opt.Kept = KeptMerge
+	case KeptMerge, KeptSkip:
+	default:
+		return nil, fmt.Errorf("kept policy %q: want merge or skip", opt.Kept)
+	}
+	if err := checkOut(opt.Out, opt.Model); err != nil {
+		return nil, err
+	}
+	f, err := openQuantized(opt.Model)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	file, ok := f.r.(*safetensors.File)
+	if !ok {
+		return nil, fmt.Errorf("%s: fuse-lora needs one .safetensors file, not a sharded or diffusers checkpoint", opt.Model)
+	}
+	if f.meta == nil {
+		return nil, fmt.Errorf("%s: no %s metadata: fuse-lora maps LoRA modules through the record `svdq quantize` writes", opt.Model, nunchaku.MetaSVDQ)
+	}
+	fu := &fusion{opt: opt, f: f, file: file, rep: &FuseReport{Out: opt.Out},
+		old: map[string]int{}, base: map[string]lora.Layer{}, drops: map[string][][2]int{}, adds: map[string][]*addition{}}
+	defer func() {
+		for _, lf := range fu.files {
+			lf.Close()
+		}
+	}()
+	if s, ok := f.r.Metadata()[lora.MetaKey]; ok {
+		if fu.prov, err = lora.ParseProvenance(s); err != nil {
+			return nil, fmt.Errorf("%s: %v", opt.Model, err)
+		}
+		for l, st := range fu.prov.Layers {
+			fu.old[l] = fu.prov.Rank(l)
+			fu.base[l] = st
+		}
+	}
+	infos := make([]safetensors.Info, 0, len(f.r.Names()))
+	for _, n := range f.r.Names() {
+		i, _ := f.r.Info(n)
+		infos = append(infos, i)
+	}
+	if fu.ix, err = lora.NewIndex(f.meta, infos); err != nil {
+		return nil, fmt.Errorf("%s: %v", opt.Model, err)
+	}
+	fu.rep.Aliases = fu.ix.Aliases
+	if err := fu.planRemovals(); err != nil {
+		return nil, err
+	}
+	if err := fu.planAdditions(); err != nil {
+		return nil, err
+	}
+	if err := fu.write(); err != nil {
+		return nil, err
+	}
+	for _, a := range fu.prov.LoRAs {
+		fu.rep.Fused = append(fu.rep.Fused, a.Name)
+	}
+	if len(fu.prov.LoRAs) == 0 {
+		sum, err := hashFile(opt.Out)
+		if err != nil {
+			return nil, err
+		}
+		fu.rep.Restored = sum == fu.prov.Base.SHA256
+		if !fu.rep.Restored {
+			fu.warn("every LoRA is out and tensors and metadata are the base's, but the file's bytes differ from the base (sha256 %s): the base was not written by svdq's writer", fu.prov.Base.SHA256)
+		}
+	}
+	return fu.rep, nil
+}
+
+func (fu *fusion) warn(format string, args ...any) {
+	s := fmt.Sprintf(format, args...)
+	fu.rep.Warnings = append(fu.rep.Warnings, s)
+	if fu.opt.OnWarn != nil {
+		fu.opt.OnWarn(s)
+	}
+}
+
+// planRemovals records which rank columns the removed LoRAs occupy and
+// takes them out of the record.
+func (fu *fusion) planRemovals() error {
+	if len(fu.opt.Remove) == 0 && !fu.opt.RemoveAll {
+		return nil
+	}
+	if fu.prov == nil {
+		return fmt.Errorf("%s: %v", fu.opt.Model, lora.ErrNotFused)
+	}
+	names := fu.opt.Remove
+	if fu.opt.RemoveAll {
+		names = nil
+		for _, a := range fu.prov.LoRAs {
+			names = append(names, a.Name)
+		}
+	}
+	seen := map[string]bool{}
+	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		i := fu.prov.Find(n)
+		if i < 0 {
+			var have []string
+			for _, a := range fu.prov.LoRAs {
+				have = append(have, a.Name)
+			}
+			return fmt.Errorf("%s: no fused LoRA named %q (fused: %s)", fu.opt.Model, n, strings.Join(have, ", "))
+		}
+		for l, rg := range fu.prov.LoRAs[i].Ranges {
+			fu.drops[l] = append(fu.drops[l], rg) // in the input's coordinates: Remove shifts only the record
+		}
+	}
+	// Ranges in input coordinates must be taken before the record shifts.
+	for _, n := range names {
+		if i := fu.prov.Find(n); i >= 0 {
+			fu.prov.Remove(i)
+			fu.rep.Removed = append(fu.rep.Removed, n)
+		}
+	}
+	return nil
+}
+
+// planAdditions opens, maps and validates every new LoRA and extends the
+// record.
+func (fu *fusion) planAdditions() error {
+	if len(fu.opt.LoRAs) == 0 {
+		return nil
+	}
+	if fu.prov == nil {
+		base, err := fu.baseRecord()
+		if err != nil {
+			return err
+		}
+		fu.prov = &lora.Provenance{Version: lora.ProvenanceVersion, Base: base, Layers: map[string]lora.Layer{}}
+	}
+	names := map[string]bool{}
+	for _, a := range fu.prov.LoRAs {
+		names[a.Name] = true
+	}
+	var problems []string
+	for _, spec := range fu.opt.LoRAs {
+		name := spec.name()
+		if names[name] {
+			return fmt.Errorf("%s: a LoRA named %q is already fused or given twice (remove it first, or give another name)", spec.Path, name)
+		}
+		names[name] = true
+		lf, err := lora.Open(spec.Path)
+		if err != nil {
+			return err
+		}
+		fu.files = append(fu.files, lf)
+		mp, err := lora.Map(lf, fu.ix, spec.Strength)
+		if err != nil {
+			return err
+		}
+		if len(lf.Modules) == 0 {
+			return fmt.Errorf("%s: no LoRA factors (keys: %s)", spec.Path, listSome(lf.Unknown, 10))
+		}
+		var bad []string
+		if len(lf.Unknown) > 0 {
+			bad = append(bad, fmt.Sprintf("%d keys that are not LoRA factors: %s", len(lf.Unknown), listSome(lf.Unknown, 10)))
+		}
+		if len(mp.Unmatched) > 0 {
+			bad = append(bad, fmt.Sprintf("%d modules that match no layer of %s: %s", len(mp.Unmatched), fu.opt.Model, listSome(mp.Unmatched, 10)))
+		}
+		if len(bad) > 0 {
+			msg := spec.Path + ": " + strings.Join(bad, "; ")
+			if fu.opt.AllowUnmatched {
+				fu.warn("%s (skipped)", msg)
+			} else {
+				problems = append(problems, msg)
+				continue
+			}
+		}
+		applied := lora.Applied{Name: name, File: filepath.Base(spec.Path), SHA256: lf.SHA256, Strength: spec.Strength,
+			Format: lf.Format, Ranges: map[string][2]int{}}
+		var skipped []string
+		for i := range mp.Layers {
+			lp := &mp.Layers[i]
+			li := lp.Info
+			if skip, err := fu.skipLayer(spec.Path, li); err != nil {
+				return err
+			} else if skip {
+				skipped = append(skipped, li.Name)
+				continue
+			}
+			br, err := lp.Build()
+			if err != nil {
+				return err
+			}
+			if li.Kind != lora.Kept {
+				br.Round(li.DType)
+			}
+			if where := br.FirstNonFinite(); where != "" {
+				return fmt.Errorf("%s: layer %s: the scaled LoRA overflows the model's %v: %s", spec.Path, li.Name, li.DType, where)
+			}
+			cur := fu.currentRank(li)
+			applied.Ranges[li.Name] = [2]int{cur, cur + br.R}
+			fu.adds[li.Name] = append(fu.adds[li.Name], &addition{plan: lp, rank: br.R})
+		}
+		if len(skipped) > 0 {
+			fu.warn("%s: %d layers left without this LoRA's part by the %s policy: %s", spec.Path, len(skipped), policyOf(fu, skipped[0]), listSome(skipped, 8))
+		}
+		if len(applied.Ranges) == 0 {
+			return fmt.Errorf("%s: nothing of this LoRA lands on %s", spec.Path, fu.opt.Model)
+		}
+		fu.prov.LoRAs = append(fu.prov.LoRAs, applied)
+		fu.rep.Added = append(fu.rep.Added, applied)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s (pass --allow-unmatched to fuse the rest)", strings.Join(problems, "\n"))
+	}
+	return nil
+}
+
+func policyOf(fu *fusion, layer string) string {
+	if li := fu.ix.Layers[layer]; li != nil && li.Kind == lora.Kept {
+		return "--kept " + fu.opt.Kept
+	}
+	return "--w4a16 " + fu.opt.W4A16
+}
+
+// skipLayer applies the W4A16 and kept policies to a target layer.
+func (fu *fusion) skipLayer(path string, li *lora.LayerInfo) (bool, error) {
+	switch li.Kind {
+	case lora.W4A16:
+		switch fu.opt.W4A16 {
+		case W4A16Skip:
+			return true, nil
+		case W4A16Auto:
+			class := fu.f.r.Metadata()[nunchaku.MetaModelClass]
+			if !w4a16LoRAClasses[class] {
+				return false, fmt.Errorf("%s: touches W4A16 layer %s, and this file's loader (model_class %q) reads no branch on W4A16 layers: pass --w4a16 branch (nunchaku C++ GEMV_AWQ layout) or --w4a16 skip", path, li.Name, class)
+			}
+		}
+	case lora.Kept:
+		return fu.opt.Kept == KeptSkip, nil
+	}
+	return false, nil
+}
+
+// currentRank returns the logical rank of a layer's branch at this point
+// of the plan (input rank, minus dropped columns, plus LoRAs added so far),
+// registering the layer in the record with its base rank on first use.
+func (fu *fusion) currentRank(li *lora.LayerInfo) int {
+	if _, ok := fu.prov.Layers[li.Name]; !ok {
+		st, known := fu.base[li.Name] // its LoRAs were all removed above
+		if !known {
+			st = lora.Layer{Kind: li.Kind.String(), Base: fu.inputRank(li)}
+		}
+		fu.prov.Layers[li.Name] = st
+	}
+	return fu.prov.Rank(li.Name)
+}
+
+// inputRank is the logical branch rank of a layer in the input file.
+func (fu *fusion) inputRank(li *lora.LayerInfo) int {
+	if r, ok := fu.old[li.Name]; ok {
+		return r
+	}
+	var r int
+	switch li.Kind {
+	case lora.W4A4:
+		r = li.R
+	case lora.W4A16:
+		// A base W4A16 branch (another tool's) is taken at its stored,
+		// padded rank: its zero rows then round-trip exactly.
+		if info, ok := fu.f.r.Info(li.Name + "." + nunchaku.SuffixLoraDown); ok && len(info.Shape) == 2 {
+			r = int(info.Shape[0])
+		}
+	}
+	fu.old[li.Name] = r
+	return r
+}
+
+// baseRecord describes the input as the base checkpoint: its SHA-256, the
+// padding after its header JSON, and its svdq entry verbatim when
+// re-encoding does not reproduce it.
+func (fu *fusion) baseRecord() (lora.Base, error) {
+	sum, err := hashFile(fu.opt.Model)
+	if err != nil {
+		return lora.Base{}, err
+	}
+	pad, err := headerPad(fu.opt.Model)
+	if err != nil {
+		return lora.Base{}, err
+	}
+	b := lora.Base{SHA256: sum, HeaderPad: pad}
+	orig := fu.f.r.Metadata()[nunchaku.MetaSVDQ]
+	if again, err := fu.f.meta.Marshal(); err != nil || again != orig {
+		b.SVDQ = orig
+	}
+	return b, nil
+}
+
+// hashFile returns the hex SHA-256 of a file.
+func hashFile(path string) (string, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer fh.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, fh); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// headerPad returns how many bytes of a safetensors header follow its JSON
+// (the writer pads with spaces to a multiple of 8, plus any reserve).
+func headerPad(path string) (int, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer fh.Close()
+	var n [8]byte
+	if _, err := io.ReadFull(fh, n[:]); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	size := binary.LittleEndian.Uint64(n[:])
+	if size > safetensors.MaxHeaderSize {
+		return 0, fmt.Errorf("%s: header of %d bytes", path, size)
+	}
+	hdr := make([]byte, size)
+	if _, err := io.ReadFull(fh, hdr); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	end := len(hdr)
+	for end > 0 && hdr[end-1] == ' ' {
+		end--
+	}
+	return len(hdr) - end, nil
+}
+
+// listSome joins up to n items and says how many more there are.
+func listSome(items []string, n int) string {
+	s := append([]string(nil), items...)
+	sort.Strings(s)
+	more := ""
+	if len(s) > n {
+		more = fmt.Sprintf(" and %d more", len(s)-n)
+		s = s[:n]
+	}
+	return strings.Join(s, ", ") + more
+}
