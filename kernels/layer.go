@@ -345,12 +345,12 @@ type gemmTile struct {
 // gemmTiles are the compiled tiles, largest first (more reuse per load).
 var gemmTiles = []gemmTile{{"t64x128", 64, 128}, {"t32x128", 32, 128}, {"t32x64", 32, 64}}
 
-// pickTile returns the largest tile that still gives at least 3 blocks per
+// pickTile returns the largest tile that still gives at least 2 blocks per
 // multiprocessor (the smallest when none does): K is never split, so small
 // M needs small tiles to fill the GPU.
 func pickTile(mpad, npad, sms int) gemmTile {
 	for _, t := range gemmTiles {
-		if (mpad/t.m)*(npad/t.n) >= 3*sms {
+		if (mpad/t.m)*(npad/t.n) >= 2*sms {
 			return t
 		}
 	}

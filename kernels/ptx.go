@@ -59,10 +59,21 @@ func ptxTarget(major, minor int) string {
 // kernel development on the GPU machine, before the PTX is committed).
 const PTXDirEnv = "SVDQ_PTX_DIR"
 
+// PTXTargetEnv names an environment variable that forces the PTX target
+// ("sm80" or "sm90a"): on a Hopper card, sm80 runs the native 4-bit mma path
+// of sm_80..89 (emulated there, slowly), to test it.
+const PTXTargetEnv = "SVDQ_PTX_TARGET"
+
 // ptxFor returns the PTX for a compute capability: from $SVDQ_PTX_DIR when
 // set, else the embedded file.
 func ptxFor(major, minor int) (PTXInfo, error) {
 	t := ptxTarget(major, minor)
+	if f := os.Getenv(PTXTargetEnv); f != "" && t != "" {
+		if f != "sm80" && f != "sm90a" || f == "sm90a" && !(major == 9 && minor == 0) {
+			return PTXInfo{}, fmt.Errorf("kernels: %s=%s: not a target for compute capability %d.%d", PTXTargetEnv, f, major, minor)
+		}
+		t = f
+	}
 	if t == "" {
 		return PTXInfo{}, fmt.Errorf("kernels: compute capability %d.%d is not supported (need 8.0 or newer)", major, minor)
 	}

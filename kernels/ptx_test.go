@@ -110,6 +110,15 @@ func TestPTXDirOverride(t *testing.T) {
 	if err != nil || info.NVCC != "test" {
 		t.Fatalf("override: %+v, %v", info, err)
 	}
+	t.Setenv(PTXTargetEnv, "sm80")
+	if info, err := ptxFor(9, 0); err != nil || info.Target != "sm80" {
+		t.Fatalf("target override on sm_90: %+v, %v", info, err)
+	}
+	t.Setenv(PTXTargetEnv, "sm90a")
+	if _, err := ptxFor(8, 9); err == nil {
+		t.Fatal("sm90a forced on sm_89 was accepted")
+	}
+	t.Setenv(PTXTargetEnv, "")
 	if _, err := ptxFor(9, 0); err == nil {
 		t.Fatal("a missing file in the override folder was not reported")
 	}

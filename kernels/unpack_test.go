@@ -193,7 +193,8 @@ func TestLaunchShapes(t *testing.T) {
 	for _, c := range []struct {
 		mpad, npad int
 		want       string
-	}{{4096, 3072, "t64x128"}, {1024, 3072, "t32x128"}, {256, 3072, "t32x64"}, {256, 12288, "t32x128"}} {
+	}{{4096, 3072, "t64x128"}, {1024, 3072, "t64x128"}, {256, 3072, "t32x64"}, {256, 12288, "t64x128"},
+		{128, 3072, "t32x64"}, {256, 9216, "t64x128"}, {128, 9216, "t32x128"}} {
 		if got := pickTile(c.mpad, c.npad, 132); got.name != c.want {
 			t.Errorf("pickTile(%d, %d) = %s, want %s", c.mpad, c.npad, got.name, c.want)
 		}

@@ -9,7 +9,9 @@
 //   y   = round16(float(acc) + sum_r round16(lract[r]) * up[n, r])  (FP32 sum)
 //
 // Block: 4 warps (2 x 2); warp (wm, wn) computes MT m16 tiles x PT p-tiles
-// of 16 columns: the block tile is (32 MT) x (32 PT). The host picks
+// of 16 columns: the block tile is (32 MT) x (32 PT); NB groups of
+// fragments are in flight (deeper for the small tiles, whose warps have
+// little work per group and wait on the loads). The host picks
 // 64x128 (MT 2, PT 4) for large M and smaller tiles when that gives too few
 // blocks to fill the GPU (the 16-bit accumulator runs the groups of one
 // output in order, so K is never split).
@@ -115,7 +117,7 @@ SVDQ_DEV void gemm_group(const GemmFrag<MT, PT> &f, uint32_t (&acc16)[MT][PT][2]
   }
 }
 
-template <bool UNS, bool BF, int MODE, int MT, int PT>
+template <bool UNS, bool BF, int MODE, int MT, int PT, int NB>
 SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__restrict__ ascale,
                              const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
                              const float *__restrict__ lract, const uint4 *__restrict__ up,
@@ -159,15 +161,21 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
         }
       }
   } else {
-    // Two fragment buffers used in turn (no register copies between groups).
-    GemmFrag<MT, PT> f0, f1;
-    gemm_load(f0, act, ascale, qw, wscales, mtile0, nt, p0, 0, KT, Mpad, lane);
-    for (int kt = 0; kt < KT; kt += 2) {
-      if (kt + 1 < KT) gemm_load(f1, act, ascale, qw, wscales, mtile0, nt, p0, kt + 1, KT, Mpad, lane);
-      gemm_group<UNS, BF, SM90, MT, PT>(f0, acc16);
-      if (kt + 1 < KT) {
-        if (kt + 2 < KT) gemm_load(f0, act, ascale, qw, wscales, mtile0, nt, p0, kt + 2, KT, Mpad, lane);
-        gemm_group<UNS, BF, SM90, MT, PT>(f1, acc16);
+    // NB fragment buffers used in turn (no register copies between groups):
+    // the loads of group kt + NB - 1 are in flight while group kt computes.
+    GemmFrag<MT, PT> f[NB];
+#pragma unroll
+    for (int s = 0; s < NB - 1; s++)
+      if (s < KT) gemm_load(f[s], act, ascale, qw, wscales, mtile0, nt, p0, s, KT, Mpad, lane);
+    for (int kt = 0; kt < KT; kt += NB) {
+#pragma unroll
+      for (int s = 0; s < NB; s++) {
+        if (kt + s < KT) {
+          if (kt + s + NB - 1 < KT)
+            gemm_load(f[(s + NB - 1) % NB], act, ascale, qw, wscales, mtile0, nt, p0, kt + s + NB - 1, KT, Mpad,
+                      lane);
+          gemm_group<UNS, BF, SM90, MT, PT>(f[s], acc16);
+        }
       }
     }
     // Bias (16-bit add), before the low-rank branch.

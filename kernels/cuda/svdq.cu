@@ -36,17 +36,17 @@ ACT_DTYPE(f16, false)
 //   block 128; tile t64x128 (grid Mpad/64, N/128), t32x128 (Mpad/32, N/128) or
 //   t32x64 (Mpad/32, N/64); y [M, N] in the model dtype.
 //   mode: fused (+bias +low-rank), nolora (+bias), upadd (y += low-rank).
-#define GEMM_KERNEL(NAME, UNS, BF, MODE, MT, PT)                                                               \
+#define GEMM_KERNEL(NAME, UNS, BF, MODE, MT, PT, NB)                                                               \
   extern "C" __global__ void __launch_bounds__(128)                                                           \
       NAME(const uint4 *act, const uint16_t *ascale, const uint4 *qw, const uint16_t *wscales,                 \
            const float *lract, const uint4 *up, const uint16_t *bias, uint16_t *y, int M, int Mpad, int N,      \
            int K, int R) {                                                                                     \
-    gemm_w4a4_body<UNS, BF, MODE, MT, PT>(act, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R);    \
+    gemm_w4a4_body<UNS, BF, MODE, MT, PT, NB>(act, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R); \
   }
 #define GEMM_TILES(PFX, UNS, BF, MODE)                                                                         \
-  GEMM_KERNEL(PFX##_t64x128, UNS, BF, MODE, 2, 4)                                                              \
-  GEMM_KERNEL(PFX##_t32x128, UNS, BF, MODE, 1, 4)                                                              \
-  GEMM_KERNEL(PFX##_t32x64, UNS, BF, MODE, 1, 2)
+  GEMM_KERNEL(PFX##_t64x128, UNS, BF, MODE, 2, 4, 2)                                                           \
+  GEMM_KERNEL(PFX##_t32x128, UNS, BF, MODE, 1, 4, 3)                                                           \
+  GEMM_KERNEL(PFX##_t32x64, UNS, BF, MODE, 1, 2, 4)
 #define GEMM_SIGN(PFX, UNS)                                                                                    \
   GEMM_TILES(PFX##_bf16_fused, UNS, true, GEMM_MODE_FUSED)                                                    \
   GEMM_TILES(PFX##_bf16_nolora, UNS, true, GEMM_MODE_NOLORA)                                                  \
