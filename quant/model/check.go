@@ -32,6 +32,10 @@ type CheckOptions struct {
 	Spectrum string
 	// OnLayer, when set, is called after each layer (never concurrently).
 	OnLayer func(l CheckLayer, done, total int)
+	// LoRAs fused into Model (fuse-lora): the reference weights get their
+	// ΔW merged in full precision, and W4A16 layers their branch (see
+	// lora_check.go). They must be exactly the LoRAs the file records.
+	LoRAs []LoRASpec
 }
 
 // Check emulates every quantized layer of opt.Model on its calibration
@@ -88,7 +92,11 @@ func Check(opt CheckOptions) (*CheckReport, *Spectrum, error) {
 			return nil, nil, fmt.Errorf("%s: layer %s has no recorded sources", opt.Model, layers[i].meta.Name)
 		}
 	}
-	c := &checker{opt: opt, f: f, ref: ref, cf: cf, layers: layers, refs: refs,
+	lc, err := newLoRACheck(f, opt.LoRAs) // --lora (lora_check.go)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := &checker{opt: opt, f: f, ref: ref, cf: cf, layers: layers, refs: refs, lora: lc,
 		rows: make([]CheckLayer, len(layers))}
 	if err := c.run(); err != nil {
 		return nil, nil, err
@@ -129,6 +137,7 @@ type checker struct {
 	cf     *calib.File
 	layers []fileLayer
 	refs   []CalibRef
+	lora   *loraCheck // nil without --lora
 
 	mu       sync.Mutex
 	done     int
@@ -183,6 +192,7 @@ func (c *checker) layer(i int) error {
 	if d, ok := dtypeOf(lm.DType); ok {
 		dt = d
 	}
+	c.lora.merge(lm.Name, w) // --lora: reference = base + ΔW
 	cal, err := loadCalib(c.cf, c.refs[i])
 	if err != nil {
 		return err
@@ -203,6 +213,9 @@ func (c *checker) layer(i int) error {
 			return fmt.Errorf("%s: layer %s: stored [%d %d], reference [%d %d]", c.opt.Model, lm.Name, wo.N, wo.K, lm.N, lm.K)
 		}
 		wo.Forward(yq, x, s)
+		if err := c.lora.addW4A16(c.f, lm, yq, x, s); err != nil { // --lora: the fused branch
+			return err
+		}
 		row.Precision = "w4a16"
 		row.RelError[MethodW4A16] = weightOnlyError(quant.QuantizeWeightOnly(w, lm.N, lm.K, bias, dt), w, bias, cal, c.opt.MaxRows)
 	default:

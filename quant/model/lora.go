@@ -76,6 +76,9 @@ type FuseOptions struct {
 	AllowUnmatched bool
 	W4A16          string // W4A16Auto (""), W4A16Branch or W4A16Skip
 	Kept           string // KeptMerge ("") or KeptSkip
+	// DryRun plans and validates everything and fills the report, but
+	// writes nothing.
+	DryRun bool
 	// OnWarn, when set, receives warnings (one line each).
 	OnWarn func(string)
 }
@@ -85,7 +88,8 @@ type FuseLayer struct {
 	Name string `json:"name"`
 	Kind string `json:"kind"` // w4a4, w4a16 or kept
 	Base int    `json:"base"` // logical rank before any LoRA
-	Rank int    `json:"rank"` // logical rank now (kept: total LoRA rank merged)
+	From int    `json:"from"` // logical rank in the input file
+	Rank int    `json:"rank"` // logical rank in the output (kept: total LoRA rank merged)
 }
 
 // FuseReport says what FuseLoRA did.
@@ -208,7 +212,7 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	for _, a := range fu.prov.LoRAs {
 		fu.rep.Fused = append(fu.rep.Fused, a.Name)
 	}
-	if len(fu.prov.LoRAs) == 0 {
+	if len(fu.prov.LoRAs) == 0 && !opt.DryRun {
 		sum, err := hashFile(opt.Out)
 		if err != nil {
 			return nil, err

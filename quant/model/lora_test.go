@@ -503,3 +503,56 @@ func hexOf(b []byte) string {
 	}
 	return string(out)
 }
+
+// TestCheckLoRA: `check --lora` measures the fused file against the
+// reference with the LoRA merged in full precision: the absolute error is
+// the base quantization's (the branch is exact up to 16-bit rounding), so
+// with this strong random LoRA (strength 4: ‖Y + x·ΔWᵀ‖ > ‖Y‖ on every
+// touched layer) the relative error must not grow. Checking the same file against the
+// plain reference shows ΔW itself as error on every touched layer. A LoRA
+// that is not the fused one (other strength) is refused.
+func TestCheckLoRA(t *testing.T) {
+	dir := t.TempDir()
+	b := loraCheckpoint(t, "flux")
+	mods := fluxModules(rand.New(rand.NewPCG(8, 8)), 4)
+	lp := writeLoRA(t, dir, "l.safetensors", mods, lora.WriteOptions{Style: lora.StylePEFT, DType: safetensors.BF16})
+	out := filepath.Join(dir, "fused.safetensors")
+	rep := fuse(t, FuseOptions{Model: b.q, Out: out, LoRAs: []LoRASpec{{Path: lp, Strength: 4}}})
+	touched := map[string]bool{}
+	for _, l := range rep.Layers {
+		touched[l.Name] = true
+	}
+	run := func(model string, loras []LoRASpec) map[string]float64 {
+		r, _, err := Check(CheckOptions{Model: model, Reference: b.src, Calib: b.calib, Search: quant.SearchOff, Workers: 2, LoRAs: loras})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, l := range r.Layers {
+			out[l.Name] = l.RelError[MethodSVDQuant]
+		}
+		return out
+	}
+	base := run(b.q, nil)
+	with := run(out, []LoRASpec{{Path: lp, Strength: 4}})
+	without := run(out, nil)
+	for name, e := range base {
+		t.Logf("%-42s base %.4f  fused vs ref+ΔW %.4f  fused vs ref %.4f", name, e, with[name], without[name])
+		switch {
+		case !touched[name] && (with[name] != e || without[name] != e):
+			t.Errorf("%s: untouched layer's error changed: %v, %v, base %v", name, with[name], without[name], e)
+		case touched[name] && !(with[name] > 0 && with[name] <= e*1.01):
+			t.Errorf("%s: fused error %v against ref+ΔW, base error %v", name, with[name], e)
+		case touched[name] && !(without[name] > 1.5*with[name]):
+			t.Errorf("%s: against the plain reference the error %v is not clearly above %v", name, without[name], with[name])
+		}
+	}
+	_, _, err := Check(CheckOptions{Model: out, Reference: b.src, Calib: b.calib, LoRAs: []LoRASpec{{Path: lp, Strength: 1}}})
+	if err == nil || !strings.Contains(err.Error(), "is not fused") {
+		t.Errorf("wrong strength: %v", err)
+	}
+	_, _, err = Check(CheckOptions{Model: b.q, Reference: b.src, Calib: b.calib, LoRAs: []LoRASpec{{Path: lp, Strength: 4}}})
+	if err == nil || !strings.Contains(err.Error(), "no LoRA is fused") {
+		t.Errorf("base file: %v", err)
+	}
+}

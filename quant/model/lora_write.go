@@ -124,7 +124,7 @@ func (fu *fusion) write() error {
 			}
 		}
 		fu.rep.Layers = append(fu.rep.Layers, FuseLayer{Name: li.Name, Kind: li.Kind.String(),
-			Base: fu.prov.Layers[li.Name].Base, Rank: t.newRank})
+			Base: fu.prov.Layers[li.Name].Base, From: t.oldRank, Rank: t.newRank})
 		if _, ok := fu.prov.Layers[li.Name]; !ok { // every LoRA of the layer removed
 			fu.rep.Layers[len(fu.rep.Layers)-1].Base = t.newRank
 		}
@@ -156,6 +156,9 @@ func (fu *fusion) write() error {
 		if md[lora.MetaKey], err = fu.prov.Marshal(); err != nil {
 			return err
 		}
+	}
+	if fu.opt.DryRun {
+		return nil
 	}
 	w, err := safetensors.Create(fu.opt.Out, specs, md, opts...)
 	if err != nil {

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/svdq/svdq/quant/model"
+	"github.com/urfave/cli/v2"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:      "fuse-lora",
+		Usage:     "fuse LoRAs into an SVDQuant checkpoint, or take fused ones out again",
+		ArgsUsage: " ",
+		Description: "Reads diffusers/PEFT, kohya (BFL or diffusers names) and ComfyUI LoRAs (F32/F16/BF16/F8) and\n" +
+			"fuses ΔW = strength·(alpha/r)·B·A exactly:\n" +
+			"  W4A4 layers   the 16-bit low-rank branch grows: proj_down ← [proj_down | Aᵀ], proj_up ← [proj_up | s·B]\n" +
+			"  W4A16 layers  an unpacked 16-bit lora_down/lora_up branch, as nunchaku's C++ GEMV_AWQ reads it\n" +
+			"                (--w4a16 auto: only for NunchakuFluxTransformer2dModel files)\n" +
+			"  16-bit layers W ← round16(W + ΔW); the base tensor and the factors are kept under svdq_lora.*\n" +
+			"Nothing 4-bit is re-quantized. The svdq_loras metadata records each LoRA's file hash, strength and\n" +
+			"rank ranges, so --remove NAME takes one out and --remove-all restores the base file byte for byte.\n" +
+			"Unknown keys or modules that match no layer are an error (--allow-unmatched: a warning); a LoRA\n" +
+			"whose shapes do not fit is an error naming the layer and both shapes. Nothing is written on error.\n\n" +
+			"Example: svdq fuse-lora --model flux-int4.safetensors --lora style.safetensors:0.8 --out flux-int4-style.safetensors\n" +
+			"         svdq fuse-lora --model flux-int4-style.safetensors --remove style --out flux-int4.safetensors",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Required: true, Usage: "SVDQuant `Q.safetensors` written by svdq (base or already fused)"},
+			&cli.StringSliceFlag{Name: "lora", Usage: "LoRA to fuse, `FILE[:STRENGTH]` (strength 1 by default; repeatable)"},
+			&cli.StringSliceFlag{Name: "name", Usage: "record `NAME` of the --lora at the same position (default: its file name without extension)"},
+			&cli.StringFlag{Name: "out", Required: true, Usage: "output .safetensors `FILE` (not the model)"},
+			&cli.StringSliceFlag{Name: "remove", Usage: "take the fused LoRA called `NAME` out (repeatable; done before --lora)"},
+			&cli.BoolFlag{Name: "remove-all", Usage: "take every fused LoRA out"},
+			&cli.BoolFlag{Name: "allow-unmatched", Usage: "warn about LoRA keys that match no layer instead of failing"},
+			&cli.StringFlag{Name: "w4a16", Value: model.W4A16Auto, Usage: "adaLN W4A16 layers: auto, branch or skip"},
+			&cli.StringFlag{Name: "kept", Value: model.KeptMerge, Usage: "16-bit layers: merge or skip"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "check and list what would change; write nothing"},
+			&cli.BoolFlag{Name: "json", Usage: "print the report as one JSON object"},
+		},
+		Action: fuseLoRAAction,
+	})
+}
+
+func fuseLoRAAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("fuse-lora: unexpected argument %q", c.Args().First())
+	}
+	specs, err := model.ParseLoRASpecs(c.StringSlice("lora"))
+	if err != nil {
+		return err
+	}
+	names := c.StringSlice("name")
+	if len(names) > len(specs) {
+		return fmt.Errorf("%d --name values for %d --lora files", len(names), len(specs))
+	}
+	for i, n := range names {
+		specs[i].Name = n
+	}
+	for _, s := range specs {
+		if st, err := os.Stat(s.Path); err != nil || st.IsDir() {
+			return fmt.Errorf("--lora %s: not a file", s.Path)
+		}
+	}
+	if err := dirExists(c.String("out")); err != nil {
+		return err
+	}
+	opt := model.FuseOptions{Model: c.String("model"), Out: c.String("out"), LoRAs: specs,
+		Remove: c.StringSlice("remove"), RemoveAll: c.Bool("remove-all"), AllowUnmatched: c.Bool("allow-unmatched"),
+		W4A16: c.String("w4a16"), Kept: c.String("kept"), DryRun: c.Bool("dry-run"),
+		OnWarn: func(s string) { fmt.Fprintln(c.App.ErrWriter, "svdq: warning:", s) }}
+	rep, err := model.FuseLoRA(opt)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		data, err := json.Marshal(rep)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(c.App.Writer, string(data))
+		return nil
+	}
+	printFuse(c.App.Writer, rep, opt)
+	return nil
+}
+
+// printFuse prints one line per changed layer and a summary:
+//
+//	transformer_blocks.0.qkv_proj  w4a4   r16 -> r28 (base r16)
+//	x_embedder.weight              kept   merged, LoRA rank 0 -> 4
+func printFuse(w io.Writer, rep *model.FuseReport, opt model.FuseOptions) {
+	width := 0
+	for _, l := range rep.Layers {
+		width = max(width, len(l.Name))
+	}
+	for _, l := range rep.Layers {
+		change := fmt.Sprintf("r%d -> r%d (base r%d)", l.From, l.Rank, l.Base)
+		switch {
+		case l.Kind == "kept" && l.Rank == 0:
+			change = "base restored"
+		case l.Kind == "kept":
+			change = fmt.Sprintf("merged, LoRA rank %d -> %d", l.From, l.Rank)
+		case l.Kind == "w4a16" && l.Rank == 0:
+			change = "branch removed"
+		}
+		fmt.Fprintf(w, "  %-*s  %-5s  %s\n", width, l.Name, l.Kind, change)
+	}
+	for _, a := range rep.Added {
+		rank := 0
+		for _, rg := range a.Ranges {
+			rank += rg[1] - rg[0]
+		}
+		fmt.Fprintf(w, "fused %s: %s, %s, strength %g, %d layers, rank +%d in total\n", a.Name, a.File, a.Format, a.Strength, len(a.Ranges), rank)
+	}
+	if len(rep.Removed) > 0 {
+		fmt.Fprintf(w, "removed: %s\n", strings.Join(rep.Removed, ", "))
+	}
+	fused := "none"
+	if len(rep.Fused) > 0 {
+		fused = strings.Join(rep.Fused, ", ")
+	}
+	verb := "wrote"
+	if opt.DryRun {
+		verb = "dry run: would write"
+	}
+	fmt.Fprintf(w, "%s %s (fused LoRAs: %s)\n", verb, rep.Out, fused)
+	if rep.Restored {
+		fmt.Fprintln(w, "every LoRA is out: the file is the base checkpoint, byte for byte (sha256 match)")
+	}
+}
