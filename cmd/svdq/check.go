@@ -39,6 +39,8 @@ func init() {
 			&cli.StringFlag{Name: "plot", Usage: "draw per-layer errors of every method into `FILE.png|svg`"},
 			&cli.StringFlag{Name: "spectrum", Usage: "plot the singular values of `LAYER` before and after smoothing"},
 			&cli.StringFlag{Name: "spectrum-out", Usage: "file of the --spectrum plot (`FILE.png|svg`)"},
+			// fuse-lora: the LoRAs fused into --model, merged into the reference in full precision.
+			&cli.StringSliceFlag{Name: "lora", Usage: "LoRA fused into --model, `FILE[:STRENGTH]` (repeatable): measure against the reference with it merged"},
 		},
 		Action: checkAction,
 	})
@@ -60,6 +62,9 @@ func checkAction(c *cli.Context) error {
 		}
 	}
 	if opt.Search, err = quant.ParseSearchMode(c.String("smooth-search")); err != nil {
+		return err
+	}
+	if opt.LoRAs, err = model.ParseLoRASpecs(c.StringSlice("lora")); err != nil { // fuse-lora
 		return err
 	}
 	plot, specOut := c.String("plot"), c.String("spectrum-out")

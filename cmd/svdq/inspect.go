@@ -77,7 +77,7 @@ func printInspection(w io.Writer, in *model.Inspection) {
 		sort.Strings(keys)
 		for _, k := range keys {
 			v := in.Metadata[k]
-			if k == nunchaku.MetaSVDQ || k == model.MetaCalib {
+			if k == nunchaku.MetaSVDQ || k == model.MetaCalib || k == nunchaku.MetaSVDQLoras {
 				v = fmt.Sprintf("(%d bytes of JSON; see --json)", len(v))
 			} else if len(v) > 100 {
 				v = v[:100] + fmt.Sprintf("… (%d bytes)", len(v))
@@ -119,6 +119,12 @@ func printInspection(w io.Writer, in *model.Inspection) {
 		}
 	}
 	fmt.Fprintf(w, "  total: %s\n", strings.Join(parts, ", "))
+	if in.LoRAs != nil { // fuse-lora
+		fmt.Fprintf(w, "fused LoRAs (%d; svdq fuse-lora --remove NAME takes one out):\n", len(in.LoRAs.LoRAs))
+		for _, line := range in.LoRAs.Summary() {
+			fmt.Fprintf(w, "  %s\n", line)
+		}
+	}
 }
 
 // shapeString formats a shape as [a b c].

@@ -1,6 +1,9 @@
 package model
 
 import (
+	"fmt"
+
+	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/formats/safetensors"
@@ -42,6 +45,9 @@ type Inspection struct {
 	Family     string       `json:"family"`
 	FamilyNote string       `json:"family_note,omitempty"`
 	Layers     []QuantLayer `json:"quantized_layers"`
+	// LoRAs is the fuse-lora provenance record (formats/lora), nil when
+	// no LoRA is fused.
+	LoRAs *lora.Provenance `json:"loras,omitempty"`
 }
 
 // Inspect reads the header of the checkpoint at path (a file, sharded
@@ -78,6 +84,11 @@ func Inspect(path string) (*Inspection, error) {
 		in.Family = fam.Name()
 	} else if in.FamilyNote == "" {
 		in.FamilyNote = err.Error()
+	}
+	if s, ok := in.Metadata[lora.MetaKey]; ok { // fuse-lora
+		if in.LoRAs, err = lora.ParseProvenance(s); err != nil {
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
 	}
 	for _, s := range nunchaku.Describe(infos) {
 		q := QuantLayer{Name: s.Name, Kind: s.Kind, Precision: s.Precision, N: s.N, K: s.K, Rank: s.R,
