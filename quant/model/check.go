@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"sync"
 
@@ -252,6 +253,12 @@ func (c *checker) layer(i int) error {
 		return fmt.Errorf("%s: layer %s: the emulated output is not finite", c.opt.Model, lm.Name)
 	}
 	row.RelError[MethodSVDQuant] = e
+	for k, v := range row.RelError {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return fmt.Errorf("%s: layer %s: %s error is %v (the reference output on calibration key %q is zero or not finite)",
+				c.opt.Model, lm.Name, k, v, c.refs[i].Key)
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rows[i] = row
