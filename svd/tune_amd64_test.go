@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -87,10 +86,4 @@ func cpuRate(m, n, k int, f func()) float64 {
 		best = max(best, 2*float64(m)*float64(n)*float64(k)/d.Seconds()/1e9)
 	}
 	return best
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
