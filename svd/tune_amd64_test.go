@@ -40,7 +40,7 @@ func TestTune(t *testing.T) {
 	for _, sh := range []struct {
 		ta, tb  bool
 		m, n, k int
-	}{{false, false, 3072, 3072, 3072}, {false, true, 256, 3072, 3072}, {false, false, 3072, 40, 12288}, {false, false, 3072, 3072, 32}} {
+	}{{false, false, 3072, 3072, 3072}, {false, true, 256, 3072, 3072}, {false, false, 3072, 48, 12288}, {true, false, 12288, 48, 3072}, {false, false, 3072, 3072, 32}} {
 		best := make([]float64, len(cfgs))
 		x := gaussMat(sh.m, sh.k, 1)
 		y := gaussMat(sh.k, sh.n, 2)
