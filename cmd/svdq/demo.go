@@ -31,7 +31,7 @@ func init() {
 			&cli.BoolFlag{Name: "exact", Usage: "evaluate with the kernel-exact emulation (16-bit INT4 accumulator) instead of the fast one; several times slower"},
 			&cli.IntFlag{Name: "calib-samples", Value: 256, Usage: "calibration samples"},
 			&cli.IntFlag{Name: "eval-samples", Value: 32, Usage: "held-out samples"},
-			&cli.Uint64Flag{Name: "seed", Usage: "seed of the inputs and the randomized SVDs"},
+			&cli.Uint64Flag{Name: "seed", Usage: "seed of the inputs and the calibration sample"},
 			&cli.BoolFlag{Name: "small", Usage: "run the smaller test model (width 128, one block of each kind)"},
 		},
 		Action: demoAction,

@@ -27,8 +27,8 @@ func TestCalibrationStats(t *testing.T) {
 	ti, tt := cfg.ImageTokens(), cfg.TextTokens
 
 	direct := map[string][]float32{
-		"x_embedder":                                 in.Latent,
-		"context_embedder":                           in.Text,
+		"x_embedder":       in.Latent,
+		"context_embedder": in.Text,
 		"time_text_embed.timestep_embedder.linear_1": timestepEmbedding(in.Timestep),
 		"time_text_embed.text_embedder.linear_1":     in.Pooled,
 	}

@@ -24,7 +24,7 @@ type DemoOptions struct {
 	Rank         int              // low-rank branch of the SVDQuant variants; 0: quant.DefaultRank
 	Emulation    Emulation        // how quantized layers are evaluated
 	Workers      int              // quantize job workers; 0: the job's default
-	Seed         uint64           // seed of the inputs and of the randomized SVDs
+	Seed         uint64           // seed of the inputs, the calibration reservoirs and the baselines' randomized SVDs
 	// Log, when set, receives one line per stage as the demo runs.
 	Log func(format string, args ...any)
 }
