@@ -1,0 +1,55 @@
+// Package kernels runs SVDQuant W4A4 layers on an NVIDIA GPU from the packed
+// bytes of a nunchaku checkpoint (spec: nunchaku-format.md), so that a GPU
+// run checks the file itself against the CPU emulation (quant.Layer.Forward)
+// and measures the kernels' speed.
+//
+// # What runs
+//
+// The CUDA sources in cuda/ are compiled to PTX by scripts/build-ptx.sh
+// (nvcc, sm_90a and sm_80 targets), committed under ptx/ and embedded; Open
+// loads the one for the card (the driver JIT-compiles it). The host talks to
+// libcuda.so.1 through purego (no cgo): every driver call's result is
+// checked and a failure names the call (*Error); without a driver Open
+// returns an error wrapping ErrNoDriver ("no CUDA driver found"). A CUDA
+// context is current per OS thread, so a Device runs every driver call on
+// one goroutine locked to its thread.
+//
+// A layer's forward pass, in nunchaku's arithmetic as quant/emulate.go
+// documents it (16-bit input, x̂ = round16(x/λ), per-token activation
+// quantization with the reciprocal of the unrounded scale, exact integer
+// group products, a 16-bit accumulator updated with hfma, bias with hadd,
+// then the low-rank branch added in FP32 and rounded once):
+//
+//   - the activation pass (cuda/act_quant.cuh) quantizes x per token and
+//     group (signed INT4, unsigned INT4 with the 0.171875 shift, or NVFP4)
+//     and, fused in the same pass, computes the low-rank down projection
+//     x·proj_down on the 16-bit tensor cores;
+//   - the GEMM (cuda/gemm_w4a4.cuh) reads qweight and wscales as stored,
+//     in fragment order, one 16-byte load per lane per 16×64 tile. Hopper
+//     has no 4-bit tensor cores: on sm_90 each nibble is moved into the top
+//     half of a byte and two INT8 mma.m16n8k32 make one group (the same
+//     even/odd split on both operands, the scale absorbs the factor 256);
+//     sm_80..89 use the native mma.m16n8k64 s4. The bias and the low-rank
+//     up projection (16-bit tensor cores, FP32 accumulators) are fused into
+//     the epilogue;
+//   - the unfused variant runs the down and up projections as separate
+//     passes; the reference GEMM (cuda/gemm_ref.cuh) is one thread per
+//     output with scalar loops, and the only path for NVFP4 layers.
+//
+// # Layouts
+//
+// The packed tensors are read through the index functions of
+// cuda/common.cuh, mirrored one for one in layout.go; Packed.Logical decodes
+// a file through the Go twins so that CI, without a GPU, checks them
+// against formats/nunchaku's packer. Quantized activations use this
+// package's own layout: uint32 [M/16][K/64][32 lanes][4 words], the A
+// fragments of mma.m16n8k64.
+//
+// # Checking
+//
+// Verify compares a GPU result with the emulation of the same layer:
+// outputs within Tolerances (2 ulps of the model dtype plus the FP32 order
+// of the up projection), after the GPU's own down-projection sums, which
+// the GPU adds in another order, were checked within the FP32 bound and
+// their 16-bit roundings carried into the expected output.
+package kernels
