@@ -11,6 +11,7 @@ import (
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/safetensors"
 	"github.com/svdq/svdq/formats/synth"
+	"github.com/svdq/svdq/quant"
 )
 
 // loraBase is a quantized test checkpoint with the files it came from.
@@ -28,8 +29,9 @@ var loraBases = struct {
 }{}
 
 // loraCheckpoint returns a quantized checkpoint: "flux" (diffusers names,
-// the shared tiny FLUX), "flux-bfl" (BFL names) or "pixart" (PixArt-Σ,
-// width 128, two blocks), INT4 rank 16.
+// the shared tiny FLUX), "flux-nvfp4" (the same in NVFP4), "flux-bfl" (BFL
+// names) or "pixart" (PixArt-Σ, width 128, two blocks), rank 16, INT4
+// unless named.
 func loraCheckpoint(t testing.TB, which string) loraBase {
 	t.Helper()
 	model, cal := tinyModel(t)
@@ -53,9 +55,14 @@ func loraCheckpoint(t testing.TB, which string) loraBase {
 			}
 			loraBases.m[g.name] = loraBase{src: filepath.Join(g.opt.Out, synth.ModelFile), calib: filepath.Join(g.opt.Out, synth.CalibFile)}
 		}
+		loraBases.m["flux-nvfp4"] = loraBases.m["flux"]
 		for name, b := range loraBases.m {
 			b.q = filepath.Join(tinyFLUX.dir, "lora-q-"+name+".safetensors")
-			if _, err := Quantize(fastOptions(b.src, b.calib, b.q)); err != nil {
+			opt := fastOptions(b.src, b.calib, b.q)
+			if name == "flux-nvfp4" {
+				opt.Precision = quant.NVFP4
+			}
+			if _, err := Quantize(opt); err != nil {
 				loraBases.err = fmt.Errorf("%s: %v", name, err)
 				return
 			}

@@ -84,9 +84,15 @@ func TestFuseFormats(t *testing.T) {
 // real discrepancy); W4A16 layers gain the same branch; kept tensors are
 // round16(W + ΔW) with ΔW summed in float64.
 func TestFuseExact(t *testing.T) {
+	for _, which := range []string{"flux", "flux-nvfp4"} {
+		t.Run(which, func(t *testing.T) { fuseExact(t, which) })
+	}
+}
+
+func fuseExact(t *testing.T, which string) {
 	const D, H, r = 128, 512, 4
 	dir := t.TempDir()
-	b := loraCheckpoint(t, "flux")
+	b := loraCheckpoint(t, which)
 	mods := fluxModules(rand.New(rand.NewPCG(2, 2)), r)
 	const strength = 0.6
 	lp := writeLoRA(t, dir, "l.safetensors", mods, lora.WriteOptions{Style: lora.StylePEFT})

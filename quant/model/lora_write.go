@@ -2,7 +2,9 @@ package model
 
 import (
 	"fmt"
+	"runtime"
 	"sort"
+	"sync"
 
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
@@ -170,12 +172,40 @@ func (fu *fusion) write() error {
 			return err
 		}
 	}
-	for _, t := range layers {
-		if err := fu.writeLayer(w, t); err != nil {
+	if err := eachParallel(len(layers), func(i int) error { return fu.writeLayer(w, layers[i]) }); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// eachParallel runs fn(0..n-1) on up to GOMAXPROCS goroutines (at most 8:
+// a layer's unpack and repack are light, memory is one unpacked layer per
+// goroutine) and returns the error of the lowest index that failed, so
+// messages do not depend on scheduling.
+func eachParallel(n int, fn func(i int) error) error {
+	errs := make([]error, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 8, max(n, 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				errs[i] = fn(i)
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
 			return err
 		}
 	}
-	return w.Close()
+	return nil
 }
 
 // branch returns the layer's new branch: the input's, minus the dropped
