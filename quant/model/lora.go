@@ -298,7 +298,7 @@ func (fu *fusion) planAdditions() error {
 	for _, spec := range fu.opt.LoRAs {
 		name := spec.name()
 		if names[name] {
-			return fmt.Errorf("%s: a LoRA named %q is already fused or given twice (remove it first, or give another name)", spec.Path, name)
+			return fmt.Errorf("%s: a LoRA named %q is already fused or given twice (remove it first, or give it another name: --name)", spec.Path, name)
 		}
 		names[name] = true
 		lf, err := lora.Open(spec.Path)
@@ -348,6 +348,9 @@ func (fu *fusion) planAdditions() error {
 			if li.Kind != lora.Kept {
 				br.Round(li.DType)
 			}
+			if br.R == 0 {
+				continue // all-zero factors or strength 0: nothing to add here
+			}
 			if where := br.FirstNonFinite(); where != "" {
 				return fmt.Errorf("%s: layer %s: the scaled LoRA overflows the model's %v: %s", spec.Path, li.Name, li.DType, where)
 			}
@@ -359,7 +362,7 @@ func (fu *fusion) planAdditions() error {
 			fu.warn("%s: %d layers left without this LoRA's part by the %s policy: %s", spec.Path, len(skipped), policyOf(fu, skipped[0]), listSome(skipped, 8))
 		}
 		if len(applied.Ranges) == 0 {
-			return fmt.Errorf("%s: nothing of this LoRA lands on %s", spec.Path, fu.opt.Model)
+			return fmt.Errorf("%s: adds nothing to %s (strength 0, all-zero factors, or every layer skipped)", spec.Path, fu.opt.Model)
 		}
 		fu.prov.LoRAs = append(fu.prov.LoRAs, applied)
 		fu.rep.Added = append(fu.rep.Added, applied)

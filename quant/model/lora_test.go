@@ -418,6 +418,7 @@ func TestFuseErrors(t *testing.T) {
 		{"twice", FuseOptions{LoRAs: []LoRASpec{{Path: plain, Strength: 1}, {Path: plain, Strength: 2}}}, []string{`"plain" is already fused or given twice`}},
 		{"policy", FuseOptions{LoRAs: []LoRASpec{{Path: plain, Strength: 1}}, W4A16: "requant"}, []string{"w4a16 policy"}},
 		{"nothing", FuseOptions{}, []string{"nothing to do"}},
+		{"strength 0", FuseOptions{LoRAs: []LoRASpec{{Path: plain, Strength: 0}}}, []string{"adds nothing"}},
 		{"in place", FuseOptions{LoRAs: []LoRASpec{{Path: plain, Strength: 1}}, Out: b.q}, []string{"overwrite the input"}},
 	}
 	for _, c := range cases {
