@@ -44,7 +44,11 @@
 //     model dtype and adds (x·lora_downᵀ)·lora_upᵀ to its output; its own
 //     LoRA converter writes them with the rank padded to 16 and lora_up's
 //     rows interleaved like the weight (reorder_adanorm_lora_up). We write
-//     the same: an exact 16-bit branch, no requantization.
+//     the same: an exact 16-bit branch, no requantization (which would
+//     re-round every weight and lose small LoRAs in the 4-bit grid; see
+//     TestW4A16Choice). nunchaku's newer Python W4A16 module has no such
+//     tensors: the job only writes them for model classes whose loader
+//     reads them unless told to.
 //   - Kept 16-bit tensors: W ← round16(W_base + Σ s·B·A), the sum in float64.
 //     Rounding makes this irreversible by subtraction, so the file keeps the
 //     base tensor and the factors under ReservedPrefix (see Reserved*), and
@@ -58,7 +62,10 @@
 // and one block when a single module covers all rows (BFL img_attn.qkv).
 // Blocks whose A is bit-identical and whose rows do not overlap are merged
 // (as nunchaku's converter does), so a qkv LoRA split into q, k, v copies
-// keeps its rank. Blocks are ordered by their first output row.
+// keeps its rank; rank columns whose up column or down row is all zeros
+// add nothing and are dropped (a BFL linear1 LoRA with block-diagonal B
+// gives qkv_proj only its q|k|v columns). Blocks are ordered by their first
+// output row.
 //
 // # Provenance
 //
