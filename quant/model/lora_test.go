@@ -28,32 +28,40 @@ func fuse(t *testing.T, opt FuseOptions) *FuseReport {
 }
 
 // TestFuseFormats: the same LoRA written as PEFT (diffusers names,
-// base_model.model. prefix), kohya (BFL names, flattened, q|k|v stacked)
-// and ComfyUI (BFL names, diffusion_model. prefix), in F32, BF16 and F16,
-// gives bit-identical tensors and svdq entries, and the same rank ranges,
-// on a diffusers-named and on a BFL-named checkpoint. (The provenance
-// records differ only in the file's name, hash and style.)
+// base_model.model. prefix), kohya (BFL names, flattened, q|k|v stacked;
+// or diffusers names with lora_transformer_), ComfyUI (BFL names,
+// diffusion_model. prefix) and PEFT without alphas at half the strength,
+// in F32, BF16, F16 and F8_E4M3, gives bit-identical tensors and svdq
+// entries, and the same rank ranges, on a diffusers-named and on a
+// BFL-named checkpoint. (The provenance records differ only in the file's
+// name, hash, style and strength.)
 func TestFuseFormats(t *testing.T) {
 	dir := t.TempDir()
 	mods := fluxModules(rand.New(rand.NewPCG(1, 1)), 4)
 	for _, base := range []string{"flux", "flux-bfl"} {
 		q := loraCheckpoint(t, base).q
-		for _, dt := range []safetensors.DType{safetensors.F32, safetensors.BF16, safetensors.F16} {
+		for _, dt := range []safetensors.DType{safetensors.F32, safetensors.BF16, safetensors.F16, safetensors.F8E4M3} {
 			var first map[string]string
 			var firstRanges map[string][2]int
 			var firstSVDQ string
+			noAlpha := append([]lora.Factors(nil), mods...)
+			for i := range noAlpha {
+				noAlpha[i].NoAlpha = true // α = r: scale strength instead of strength/2
+			}
 			for i, w := range []struct {
-				mods []lora.Factors
-				opt  lora.WriteOptions
+				mods     []lora.Factors
+				opt      lora.WriteOptions
+				strength float64
 			}{
-				{mods, lora.WriteOptions{Style: lora.StylePEFT, Prefix: "base_model.model.", DType: dt}},
-				{toBFL(mods), lora.WriteOptions{Style: lora.StyleKohya, DType: dt}},
-				{toBFL(mods), lora.WriteOptions{Style: lora.StyleComfyUI, DType: dt}},
-				{mods, lora.WriteOptions{Style: lora.StyleKohya, Prefix: "lora_transformer_", DType: dt}},
+				{mods, lora.WriteOptions{Style: lora.StylePEFT, Prefix: "base_model.model.", DType: dt}, 0.75},
+				{toBFL(mods), lora.WriteOptions{Style: lora.StyleKohya, DType: dt}, 0.75},
+				{toBFL(mods), lora.WriteOptions{Style: lora.StyleComfyUI, DType: dt}, 0.75},
+				{mods, lora.WriteOptions{Style: lora.StyleKohya, Prefix: "lora_transformer_", DType: dt}, 0.75},
+				{noAlpha, lora.WriteOptions{Style: lora.StylePEFT, DType: dt}, 0.375},
 			} {
 				lp := writeLoRA(t, dir, w.opt.Style+string(dt)+".safetensors", w.mods, w.opt)
 				out := filepath.Join(dir, "out.safetensors")
-				rep := fuse(t, FuseOptions{Model: q, Out: out, LoRAs: []LoRASpec{{Path: lp, Strength: 0.75, Name: "x"}}})
+				rep := fuse(t, FuseOptions{Model: q, Out: out, LoRAs: []LoRASpec{{Path: lp, Strength: w.strength, Name: "x"}}})
 				ts, md := tensorsOf(t, out)
 				if i == 0 {
 					first, firstRanges, firstSVDQ = ts, rep.Added[0].Ranges, md[nunchaku.MetaSVDQ]
