@@ -3,6 +3,7 @@ package lora
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -250,6 +251,51 @@ func FuzzParseSpec(f *testing.F) {
 		}
 		if p != s && !strings.HasPrefix(s, p+":") {
 			t.Fatalf("%q: path %q is not a prefix", s, p)
+		}
+	})
+}
+
+// FuzzOpen: any file either fails to open with an error or gives modules
+// whose factors decode (or fail) without panicking, with consistent
+// shapes. Seeds are LoRAs in every style.
+func FuzzOpen(f *testing.F) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	dir := f.TempDir()
+	for i, opt := range []WriteOptions{{Style: StylePEFT}, {Style: StyleKohya, DType: safetensors.BF16}, {Style: StyleComfyUI, DType: safetensors.F8E4M3}} {
+		p := filepath.Join(dir, "seed.safetensors")
+		m := randFactors(rng, "a.b", 2, 3, 4, 1)
+		m.NoAlpha = i == 1
+		if err := Write(p, []Factors{m}, opt); err != nil {
+			f.Fatal(err)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > 1<<16 {
+			return
+		}
+		p := filepath.Join(t.TempDir(), "f.safetensors")
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		lf, err := Open(p)
+		if err != nil {
+			return
+		}
+		defer lf.Close()
+		for i := range lf.Modules {
+			m := &lf.Modules[i]
+			if m.Rank <= 0 || m.N <= 0 || m.K <= 0 || math.IsNaN(m.Alpha) {
+				t.Fatalf("module %+v", m)
+			}
+			a, b, err := m.Factors()
+			if err == nil && (len(a) != m.Rank*m.K || len(b) != m.N*m.Rank) {
+				t.Fatalf("factors %d, %d for %+v", len(a), len(b), m)
+			}
 		}
 	})
 }

@@ -315,10 +315,10 @@ func (fu *fusion) planAdditions() error {
 		}
 		var bad []string
 		if len(lf.Unknown) > 0 {
-			bad = append(bad, fmt.Sprintf("%d keys that are not LoRA factors: %s", len(lf.Unknown), listSome(lf.Unknown, 10)))
+			bad = append(bad, fmt.Sprintf("%s that %s not LoRA factors: %s", count(len(lf.Unknown), "key"), isAre(len(lf.Unknown)), listSome(lf.Unknown, 10)))
 		}
 		if len(mp.Unmatched) > 0 {
-			bad = append(bad, fmt.Sprintf("%d modules that match no layer of %s: %s", len(mp.Unmatched), fu.opt.Model, listSome(mp.Unmatched, 10)))
+			bad = append(bad, fmt.Sprintf("%s matching no layer of %s: %s", count(len(mp.Unmatched), "module"), fu.opt.Model, listSome(mp.Unmatched, 10)))
 		}
 		if len(bad) > 0 {
 			msg := spec.Path + ": " + strings.Join(bad, "; ")
@@ -359,7 +359,7 @@ func (fu *fusion) planAdditions() error {
 			fu.adds[li.Name] = append(fu.adds[li.Name], &addition{plan: lp, rank: br.R})
 		}
 		if len(skipped) > 0 {
-			fu.warn("%s: %d layers left without this LoRA's part by the %s policy: %s", spec.Path, len(skipped), policyOf(fu, skipped[0]), listSome(skipped, 8))
+			fu.warn("%s: %s left without this LoRA's part by the %s policy: %s", spec.Path, count(len(skipped), "layer"), policyOf(fu, skipped[0]), listSome(skipped, 8))
 		}
 		if len(applied.Ranges) == 0 {
 			return fmt.Errorf("%s: adds nothing to %s (strength 0, all-zero factors, or every layer skipped)", spec.Path, fu.opt.Model)
@@ -492,6 +492,21 @@ func headerPad(path string) (int, error) {
 		end--
 	}
 	return len(hdr) - end, nil
+}
+
+// count formats n things: "1 key", "3 keys".
+func count(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
+}
+
+func isAre(n int) string {
+	if n == 1 {
+		return "is"
+	}
+	return "are"
 }
 
 // listSome joins up to n items and says how many more there are.
