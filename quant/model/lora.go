@@ -112,7 +112,6 @@ type FuseReport struct {
 type fusion struct {
 	opt   FuseOptions
 	f     *qfile
-	file  *safetensors.File
 	prov  *lora.Provenance
 	ix    *lora.Index
 	rep   *FuseReport
@@ -168,14 +167,13 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 		return nil, err
 	}
 	defer f.Close()
-	file, ok := f.r.(*safetensors.File)
-	if !ok {
+	if _, ok := f.r.(*safetensors.File); !ok {
 		return nil, fmt.Errorf("%s: fuse-lora needs one .safetensors file, not a sharded or diffusers checkpoint", opt.Model)
 	}
 	if f.meta == nil {
 		return nil, fmt.Errorf("%s: no %s metadata: fuse-lora maps LoRA modules through the record `svdq quantize` writes", opt.Model, nunchaku.MetaSVDQ)
 	}
-	fu := &fusion{opt: opt, f: f, file: file, rep: &FuseReport{Out: opt.Out},
+	fu := &fusion{opt: opt, f: f, rep: &FuseReport{Out: opt.Out},
 		old: map[string]int{}, base: map[string]lora.Layer{}, drops: map[string][][2]int{}, adds: map[string][]*addition{}}
 	defer func() {
 		for _, lf := range fu.files {
