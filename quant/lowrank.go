@@ -28,10 +28,12 @@ func (g *groupEval) refine(m *memberEval) int {
 	iters := 0
 	for iters < g.cfg.iters {
 		iters++
-		for i, w := range m.what { // Ŵ − Q(Ŵres_k): what the branch must absorb
-			m.deq[i] = w - m.deq[i]
-		}
-		g.fit(m, m.deq)
+		parallelRows(len(m.what), func(lo, hi int) { // Ŵ − Q(Ŵres_k): what the branch must absorb
+			for i, w := range m.what[lo:hi] {
+				m.deq[lo+i] = w - m.deq[lo+i]
+			}
+		})
+		g.fit(m, m.deq, refinePower)
 		if m.st.err >= best.err {
 			break
 		}

@@ -179,6 +179,10 @@ type pipeConfig struct {
 	maxRows int
 	search  SearchMode
 	fixed   *SmoothCandidate // when set, no search: this candidate
+	// rankRows, when positive, is the number of calibration rows (an evenly
+	// spread subset) on which the search ranks candidates; the fit at the
+	// chosen λ, the refinement and the reported errors use all rows.
+	rankRows int
 }
 
 // checkInputs validates a group and its calibration data.
@@ -239,6 +243,25 @@ func calibRows(c Calib, k, maxRows int) ([]float32, int) {
 	return x, maxRows
 }
 
+// spreadFirst returns a copy of the [s, k] rows x reordered so that its
+// first first rows are an evenly spread subset (rows i·s/first) and the
+// others follow in their order.
+func spreadFirst(x []float32, s, k, first int) []float32 {
+	out := make([]float32, 0, s*k)
+	picked := make([]bool, s)
+	for i := 0; i < first; i++ {
+		src := i * s / first
+		picked[src] = true
+		out = append(out, x[src*k:(src+1)*k]...)
+	}
+	for i := 0; i < s; i++ {
+		if !picked[i] {
+			out = append(out, x[i*k:(i+1)*k]...)
+		}
+	}
+	return out
+}
+
 // runPipeline is QuantizeGroup for any variant.
 func runPipeline(ins []Input, shifted bool, c Calib, cfg pipeConfig) ([]Result, error) {
 	if err := checkInputs(ins, c); err != nil {
@@ -254,7 +277,7 @@ func runPipeline(ins []Input, shifted bool, c Calib, cfg pipeConfig) ([]Result, 
 	for i, m := range g.mem {
 		// Steps 3–5 at the chosen λ: one SVD, then the refinement.
 		m.basis = m.bestBasis
-		g.fit(m, m.what)
+		g.fit(m, m.what, refinePower)
 		searchErr := m.st.err
 		iters := g.refine(m)
 		// Step 6: GPTQ on the final residual, kept only where it wins.

@@ -20,7 +20,9 @@ type groupEval struct {
 	shift float32   // ShiftINT4 for the unsigned input, else 0
 	x     []float32 // [s, k] calibration rows of the objective
 	x16   []float32 // [s, k] the same rounded to the dtype (the kernel's input)
+	xpre  []float32 // [s, k] x16 + shift in 16-bit arithmetic: the input the kernel smooths
 	s, k  int
+	rows  int // rows the objective reads now: the first rows of x (≤ s)
 	ax    []float64 // [k] activation statistic (shift included)
 	aw    []float64 // [k] weight statistic over the group
 	cand  SmoothCandidate
@@ -70,9 +72,22 @@ func newGroupEval(ins []Input, shifted bool, c Calib, cfg pipeConfig) *groupEval
 		g.shift = ShiftINT4
 	}
 	g.x, g.s = calibRows(c, k, cfg.maxRows)
+	g.rows = g.s
+	if cfg.rankRows > 0 && cfg.rankRows < g.s {
+		g.x = spreadFirst(g.x, g.s, k, cfg.rankRows)
+	}
 	g.x16 = make([]float32, len(g.x))
 	for i, v := range g.x {
 		g.x16[i] = cfg.dt.Round(v)
+	}
+	g.xpre = g.x16
+	if g.shift != 0 { // λ-independent: once per layer, not per candidate
+		g.xpre = make([]float32, len(g.x16))
+		parallelRows(g.s, func(lo, hi int) {
+			for i, v := range g.x16[lo*k : hi*k] {
+				g.xpre[lo*k+i] = add16(cfg.dt, v, g.shift)
+			}
+		})
 	}
 	g.ax = activationStat(c.AbsMax, g.shift)
 	g.aw = weightAbsMax(ins)
@@ -89,7 +104,7 @@ func newGroupEval(ins []Input, shifted bool, c Calib, cfg pipeConfig) *groupEval
 			deq:  make([]float32, n*k),
 			yq:   make([]float32, g.s*n),
 		}
-		RefOutput(m.yref, g.x, g.s, k, in.W, n, nil)
+		refOutput32(m.yref, g.x, g.s, k, in.W, n)
 		for _, v := range m.yref {
 			m.ynorm += v * v
 		}
@@ -101,6 +116,19 @@ func newGroupEval(ins []Input, shifted bool, c Calib, cfg pipeConfig) *groupEval
 		g.mem = append(g.mem, m)
 	}
 	return g
+}
+
+// refOutput32 writes X·Wᵀ (x [s, k], w [n, k]) into y [s, n]: float32
+// products through svd.Gemm, widened. Against the float64 product of
+// RefOutput it differs by about 1e-6 of ‖Y‖ (K ≤ 16384), four orders below
+// the errors the pipeline measures, at a tenth of the cost (RefOutput's
+// float64 gonum GEMM took 0.6 s per 3072×3072 layer).
+func refOutput32(y []float64, x []float32, s, k int, w []float32, n int) {
+	y32 := make([]float32, s*n)
+	svd.Gemm(false, true, s, n, k, 1, x, k, w, k, 0, y32, n)
+	for i, v := range y32 {
+		y[i] = float64(v)
+	}
 }
 
 // release drops a member's large buffers once its layer is built.
@@ -115,12 +143,16 @@ func (g *groupEval) search() (SmoothCandidate, int) {
 	if g.cfg.fixed != nil {
 		return *g.cfg.fixed, 1
 	}
+	if g.cfg.rankRows > 0 {
+		g.rows = min(g.cfg.rankRows, g.s)
+		defer func() { g.rows = g.s }()
+	}
 	bestSum := math.Inf(1)
 	best, _, n := searchCandidates(g.cfg.search, func(c SmoothCandidate) float64 {
 		g.setCandidate(c)
 		var sum float64
 		for _, m := range g.mem {
-			g.fit(m, m.what)
+			g.fit(m, m.what, searchPower)
 			sum += m.st.err
 		}
 		if sum < bestSum {
@@ -141,30 +173,44 @@ func (g *groupEval) setCandidate(c SmoothCandidate) {
 	SmoothVector(g.lam, g.ax, g.aw, c, g.cfg.dt)
 	// A layer with only the fields the activation path reads.
 	act := &Layer{Precision: g.cfg.prec, K: g.k, Smooth: g.lam, Unsigned: g.shift != 0, DType: g.cfg.dt}
-	parallelRows(g.s, func(lo, hi int) {
+	dt := g.cfg.dt
+	parallelRows(g.rows, func(lo, hi int) {
 		s := act.newScratch()
 		for i := lo; i < hi; i++ {
-			act.prepareRow(g.x[i*g.k:(i+1)*g.k], s)
+			// Layer.prepareRow from the precomputed 16-bit input.
+			for j, v := range g.xpre[i*g.k : (i+1)*g.k] {
+				s.xhat[j] = dt.Round(v / g.lam[j])
+			}
+			if act.Precision == NVFP4 {
+				QuantizeActNVFP4(s.codes, s.scales, s.xhat)
+			} else {
+				QuantizeActInt4(s.codes, s.scales, s.xhat, act.Unsigned, dt)
+			}
 			act.dequantizeActRow(g.xq[i*g.k:(i+1)*g.k], s)
 		}
 	})
+	k := g.k
 	for _, m := range g.mem {
-		smoothWeight(m.what, m.in.W, m.in.N, g.k, g.lam)
+		parallelRows(m.in.N, func(lo, hi int) {
+			smoothWeight(m.what[lo*k:hi*k], m.in.W[lo*k:hi*k], hi-lo, k, g.lam)
+		})
 	}
 }
 
 // fit runs steps 3–4 for member m: the rank-r SVD of target (Ŵ itself, or
 // Ŵ − Q(Ŵres) in the refinement), the stored branch rounded to the dtype,
 // the residual Ŵres = Ŵ − Up·(Down·diag(λ)) from the stored values, its
-// round-to-nearest quantization, and the output error. target may alias
-// m.deq (only the SVD reads it); m.what must hold Ŵ. The SVD starts from
-// m.basis when set (one power iteration then) and leaves its basis there.
-func (g *groupEval) fit(m *memberEval, target []float32) {
+// round-to-nearest quantization, and the output error on the first g.rows
+// rows. target may alias m.deq (only the SVD reads it); m.what must hold Ŵ.
+// The SVD starts from m.basis when set, with power subspace iterations
+// (svd.RandOptions.PowerIters: negative for none), cold with the defaults
+// otherwise, and leaves its basis in m.basis.
+func (g *groupEval) fit(m *memberEval, target []float32, power int) {
 	n, k := m.in.N, g.k
 	if m.r > 0 {
 		opt := svd.RandOptions{Seed: g.cfg.seed, Warm: m.basis}
 		if m.basis != nil {
-			opt.PowerIters = 1
+			opt.PowerIters = power
 		}
 		t, basis := svd.Randomized(target, n, k, m.r, opt)
 		m.basis = basis
@@ -174,6 +220,17 @@ func (g *groupEval) fit(m *memberEval, target []float32) {
 	quantizeResidual(&m.st, m.deq, n, k, g.cfg.prec, g.cfg.dt)
 	m.st.err = g.outputError(m)
 }
+
+// Power iterations of the warm-started SVDs (svd.RandOptions.PowerIters).
+// A search candidate starts from the previous candidate's basis: the chain
+// of candidates is itself a subspace iteration, and the ranking of
+// candidates needs no more (pipeline_speed_test.go measures it). The fit at
+// the chosen λ and the refinement keep one iteration each: without it the
+// weights with a flat spectrum tail lose up to 2% (lowrank-noise).
+var (
+	searchPower = -1
+	refinePower = 1
+)
 
 // storeBranch rounds Up = L_up = U·S and Down = L_down·diag(1/λ) to the
 // dtype, saturating at its largest finite value: the values the file
@@ -211,10 +268,10 @@ func (g *groupEval) residual(m *memberEval) {
 	svd.Gemm(false, false, n, k, r, -1, m.st.up, r, ld, k, 1, m.deq, k)
 }
 
-// outputError returns Σ (Y_q − X·Wᵀ)² over the calibration rows, with the
+// outputError returns Σ (Y_q − X·Wᵀ)² over the first g.rows rows, with the
 // dequantized residual in m.deq and the branch in m.st.
 func (g *groupEval) outputError(m *memberEval) float64 {
-	n, k, r, s := m.in.N, g.k, m.r, g.s
+	n, k, r, s := m.in.N, g.k, m.r, g.rows
 	svd.Gemm(false, true, s, n, k, 1, g.xq, k, m.deq, k, 0, m.yq, n)
 	if r > 0 {
 		svd.Gemm(false, true, s, r, k, 1, g.x16, k, m.st.down, k, 0, m.xt, r)
@@ -246,13 +303,15 @@ func shiftCorrection(deq []float32, n, k int, lam []float32, shift float32) []fl
 		sl[j] = float64(shift) / float64(l)
 	}
 	c := make([]float64, n)
-	for i := 0; i < n; i++ {
-		var s float64
-		for j, w := range deq[i*k : (i+1)*k] {
-			s += float64(w) * sl[j]
+	parallelRows(n, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			var s float64
+			for j, w := range deq[i*k : (i+1)*k] {
+				s += float64(w) * sl[j]
+			}
+			c[i] = s
 		}
-		c[i] = s
-	}
+	})
 	return c
 }
 
@@ -271,8 +330,7 @@ func quantizeResidual(st *lrState, deq []float32, n, k int, prec Precision, dt F
 			QuantizeNVFP4(c, sc, v, hi-lo, k, st.ts)
 			DequantizeNVFP4(v, c, sc, hi-lo, k, st.ts)
 		} else {
-			QuantizeInt4(c, sc, v, hi-lo, k, dt.Round)
-			DequantizeInt4(v, c, sc, hi-lo, k)
+			quantizeDequantInt4(c, sc, v, hi-lo, k, dt)
 		}
 	})
 }

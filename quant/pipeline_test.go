@@ -174,7 +174,7 @@ func TestRefinementNeverWorse(t *testing.T) {
 				g := newGroupEval([]Input{sc.in}, false, sc.c, cfg)
 				g.setCandidate(plainCandidate)
 				m := g.mem[0]
-				g.fit(m, m.what)
+				g.fit(m, m.what, refinePower)
 				start := m.st.err
 				n := g.refine(m)
 				if n < 1 || n > iters {
