@@ -22,7 +22,7 @@ type groupEval struct {
 	x16   []float32 // [s, k] the same rounded to the dtype (the kernel's input)
 	xpre  []float32 // [s, k] x16 + shift in 16-bit arithmetic: the input the kernel smooths
 	s, k  int
-	rows  int // rows the objective reads now: the first rows of x (≤ s)
+	rows  int       // rows the objective reads now: the first rows of x (≤ s)
 	ax    []float64 // [k] activation statistic (shift included)
 	aw    []float64 // [k] weight statistic over the group
 	cand  SmoothCandidate
