@@ -16,9 +16,11 @@ import (
 // the one-SVD fit at the chosen λ: L_{k+1} = SVD_R(Ŵ − Q(Ŵres_k)), then
 // requantize, for at most cfg.iters iterations, stopping at the first one
 // whose output error is not smaller than the best so far (the reference
-// stops at the first strictly worse one; a tie means a fixed point here).
-// On return m.st is the best fit seen and m.deq its dequantized residual;
-// the result is the number of iterations run, the stopping one included.
+// stops at the first strictly worse one; a tie means a fixed point here),
+// or, when cfg.refineTol > 0, at the first one that improves the error by
+// less than that fraction (it is kept). On return m.st is the best fit seen
+// and m.deq its dequantized residual; the result is the number of
+// iterations run, the stopping one included.
 func (g *groupEval) refine(m *memberEval) int {
 	if m.r == 0 || g.cfg.iters == 0 {
 		return 0
@@ -37,7 +39,11 @@ func (g *groupEval) refine(m *memberEval) int {
 		if m.st.err >= best.err {
 			break
 		}
+		small := m.st.err > best.err*(1-g.cfg.refineTol)
 		best.copyFrom(&m.st)
+		if small {
+			break
+		}
 	}
 	if m.st.err != best.err {
 		m.st.copyFrom(&best)

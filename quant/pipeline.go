@@ -21,6 +21,24 @@ const (
 	DefaultMaxRows = 256 // calibration rows in the objective (ours)
 )
 
+// The fast search's economies (pipeline_speed_test.go measures them; see
+// NOTES.md): candidates ranked on an evenly spread quarter of the rows, and
+// a refinement capped at fastIters iterations that also stops at the first
+// one gaining less than fastRefineTol of the error (the gain per iteration
+// falls below 0.1% after 5–10 iterations on every synthetic pattern).
+//
+// The full search ranks its 39 candidates on the same quarter of the rows
+// and evaluates the fullRecheck best of them again on every row: the
+// choice is the reference's whenever its best candidate is among those.
+var (
+	fullRankRows  = 64
+	fullRecheck   = 4
+	refineRanked  = true
+	fastRankRows  = 64
+	fastIters     = 8
+	fastRefineTol = 1e-3
+)
+
 // Input is one linear layer y = x·Wᵀ + b to quantize.
 type Input struct {
 	Name string    // tensor name, for error messages
@@ -161,8 +179,15 @@ func QuantizeGroup(ins []Input, shifted bool, c Calib, opt Options) ([]Result, e
 		prec: opt.Precision, dt: opt.DType, rank: opt.Rank, iters: opt.Iters,
 		gptq: opt.GPTQ, seed: opt.Seed, maxRows: opt.MaxRows, search: opt.Search,
 	}
-	if opt.Search == SearchOff {
+	switch opt.Search {
+	case SearchOff:
 		cfg.fixed = &plainCandidate
+	case SearchFull:
+		cfg.rankRows, cfg.recheck = fullRankRows, fullRecheck
+	case SearchFast:
+		cfg.rankRows, cfg.refineRanked = fastRankRows, refineRanked
+		cfg.iters = min(cfg.iters, fastIters)
+		cfg.refineTol = fastRefineTol
 	}
 	return runPipeline(ins, shifted, c, cfg)
 }
@@ -183,6 +208,15 @@ type pipeConfig struct {
 	// spread subset) on which the search ranks candidates; the fit at the
 	// chosen λ, the refinement and the reported errors use all rows.
 	rankRows int
+	// recheck, with rankRows, is the number of best-ranked candidates
+	// evaluated again on every row to choose among them.
+	recheck int
+	// refineRanked makes the refinement judge its iterations on the
+	// rankRows rows too.
+	refineRanked bool
+	// refineTol, when positive, also stops the refinement at the first
+	// iteration improving the error by less than this fraction.
+	refineTol float64
 }
 
 // checkInputs validates a group and its calibration data.
@@ -279,7 +313,15 @@ func runPipeline(ins []Input, shifted bool, c Calib, cfg pipeConfig) ([]Result, 
 		m.basis = m.bestBasis
 		g.fit(m, m.what, refinePower)
 		searchErr := m.st.err
+		if cfg.refineRanked && cfg.rankRows > 0 && cfg.rankRows < g.s {
+			g.rows = cfg.rankRows
+			m.st.err = g.outputError(m)
+		}
 		iters := g.refine(m)
+		if g.rows != g.s {
+			g.rows = g.s
+			m.st.err = g.outputError(m)
+		}
 		// Step 6: GPTQ on the final residual, kept only where it wins.
 		usedGPTQ := false
 		if cfg.gptq {

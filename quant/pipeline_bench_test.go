@@ -29,3 +29,18 @@ func BenchmarkPipeline3072x12288Full(b *testing.B) { benchmarkPipeline(b, 3072, 
 func BenchmarkPipeline3072x12288Fast(b *testing.B) { benchmarkPipeline(b, 3072, 12288, SearchFast) }
 func BenchmarkPipeline3072x15360Full(b *testing.B) { benchmarkPipeline(b, 3072, 15360, SearchFull) }
 func BenchmarkPipeline3072x15360Fast(b *testing.B) { benchmarkPipeline(b, 3072, 15360, SearchFast) }
+
+func benchmarkFluxLayer(b *testing.B, n, k int, mode SearchMode) {
+	for range b.N {
+		r, err := BenchLayer(n, k, mode)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(r.RelError, "relerr")
+		b.ReportMetric(float64(r.Evaluated), "candidates")
+		b.ReportMetric(float64(r.Iters), "iters")
+	}
+}
+
+func BenchmarkFluxLayer3072x3072Fast(b *testing.B) { benchmarkFluxLayer(b, 3072, 3072, SearchFast) }
+func BenchmarkFluxLayer3072x3072Full(b *testing.B) { benchmarkFluxLayer(b, 3072, 3072, SearchFull) }

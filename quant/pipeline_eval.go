@@ -1,6 +1,7 @@
 package quant
 
 import (
+	"fmt"
 	"math"
 
 	"github.com/svdq/svdq/svd"
@@ -37,10 +38,11 @@ type memberEval struct {
 	in        Input
 	r         int       // rank of its branch: min(cfg.rank, N, K)
 	yref      []float64 // [s, n] X·Wᵀ in float64
+	yrefT     []float64 // [n, s] its transpose, for outputError
 	ynorm     float64   // ‖yref‖²
 	what      []float32 // [n, k] Ŵ = W·diag(λ)
 	deq       []float32 // [n, k] work buffer: SVD target, residual, dequantized residual
-	yq        []float32 // [s, n]
+	yq        []float32 // [n, s] the output, transposed
 	xt        []float32 // [s, r] x16·Downᵀ
 	st        lrState   // the current fit
 	basis     []float32 // warm start of the next randomized SVD
@@ -104,9 +106,15 @@ func newGroupEval(ins []Input, shifted bool, c Calib, cfg pipeConfig) *groupEval
 			deq:  make([]float32, n*k),
 			yq:   make([]float32, g.s*n),
 		}
-		refOutput32(m.yref, g.x, g.s, k, in.W, n)
+		RefOutput32(m.yref, g.x, g.s, k, in.W, n)
 		for _, v := range m.yref {
 			m.ynorm += v * v
+		}
+		m.yrefT = make([]float64, n*g.s)
+		for i := 0; i < g.s; i++ {
+			for j, v := range m.yref[i*n : (i+1)*n] {
+				m.yrefT[j*g.s+i] = v
+			}
 		}
 		m.xt = make([]float32, g.s*m.r)
 		m.st = lrState{
@@ -118,12 +126,16 @@ func newGroupEval(ins []Input, shifted bool, c Calib, cfg pipeConfig) *groupEval
 	return g
 }
 
-// refOutput32 writes X·Wᵀ (x [s, k], w [n, k]) into y [s, n]: float32
-// products through svd.Gemm, widened. Against the float64 product of
-// RefOutput it differs by about 1e-6 of ‖Y‖ (K ≤ 16384), four orders below
-// the errors the pipeline measures, at a tenth of the cost (RefOutput's
-// float64 gonum GEMM took 0.6 s per 3072×3072 layer).
-func refOutput32(y []float64, x []float32, s, k int, w []float32, n int) {
+// RefOutput32 writes X·Wᵀ (x [s, k], w [n, k], no bias) into the caller's
+// y [s, n]: float32 products through svd.Gemm, widened. Against the float64
+// product of RefOutput it differs by about 1e-6 of ‖Y‖ (K ≤ 16384), four
+// orders below the errors the pipeline measures, at a tenth of the cost
+// (RefOutput's float64 gonum GEMM took 0.6 s per 3072×3072 layer with 256
+// rows). It panics when a slice is too short.
+func RefOutput32(y []float64, x []float32, s, k int, w []float32, n int) {
+	if s < 0 || n < 0 || k < 0 || len(y) < s*n || len(x) < s*k || len(w) < n*k {
+		panic(fmt.Sprintf("quant: RefOutput32: y %d, x %d, w %d values for s=%d n=%d k=%d", len(y), len(x), len(w), s, n, k))
+	}
 	y32 := make([]float32, s*n)
 	svd.Gemm(false, true, s, n, k, 1, x, k, w, k, 0, y32, n)
 	for i, v := range y32 {
@@ -133,12 +145,17 @@ func refOutput32(y []float64, x []float32, s, k int, w []float32, n int) {
 
 // release drops a member's large buffers once its layer is built.
 func (m *memberEval) release() {
-	m.what, m.deq, m.yq, m.yref, m.st = nil, nil, nil, nil, lrState{}
+	m.what, m.deq, m.yq, m.yref, m.yrefT, m.st = nil, nil, nil, nil, nil, lrState{}
 }
 
 // search runs the configured search and returns the chosen candidate and
 // the number of candidates evaluated. Each member remembers the basis of
 // its fit at the best candidate, to start the final fit from it.
+//
+// With cfg.rankRows set, candidates are ranked on that many rows; with
+// cfg.recheck > 1 as well, the recheck best of them by that ranking are
+// evaluated again on every row, each from its own basis, and the best of
+// those wins: the exact objective decides among the close ones.
 func (g *groupEval) search() (SmoothCandidate, int) {
 	if g.cfg.fixed != nil {
 		return *g.cfg.fixed, 1
@@ -147,7 +164,11 @@ func (g *groupEval) search() (SmoothCandidate, int) {
 		g.rows = min(g.cfg.rankRows, g.s)
 		defer func() { g.rows = g.s }()
 	}
-	bestSum := math.Inf(1)
+	keep := 1
+	if g.cfg.rankRows > 0 && g.cfg.recheck > 1 {
+		keep = g.cfg.recheck
+	}
+	var top []scoredCandidate // the best keep so far, best first
 	best, _, n := searchCandidates(g.cfg.search, func(c SmoothCandidate) float64 {
 		g.setCandidate(c)
 		var sum float64
@@ -155,15 +176,71 @@ func (g *groupEval) search() (SmoothCandidate, int) {
 			g.fit(m, m.what, searchPower)
 			sum += m.st.err
 		}
-		if sum < bestSum {
-			bestSum = sum
-			for _, m := range g.mem {
-				m.bestBasis = append(m.bestBasis[:0], m.basis...)
-			}
-		}
+		top = g.insertTop(top, keep, c, sum)
 		return sum
 	})
+	if len(top) > 1 {
+		g.rows = g.s
+		bestSum := math.Inf(1)
+		for _, t := range top {
+			g.setCandidate(t.c)
+			var sum float64
+			for i, m := range g.mem {
+				m.basis = t.bases[i]
+				g.fit(m, m.what, searchPower)
+				sum += m.st.err
+			}
+			if sum < bestSum { // ties: the better ranked
+				bestSum, best = sum, t.c
+				for _, m := range g.mem {
+					m.bestBasis = append(m.bestBasis[:0], m.basis...)
+				}
+			}
+		}
+		return best, n
+	}
+	for i, m := range g.mem {
+		m.bestBasis = top[0].bases[i]
+	}
 	return best, n
+}
+
+// scoredCandidate is a candidate of the search with its objective and the
+// members' SVD bases after its fit.
+type scoredCandidate struct {
+	c     SmoothCandidate
+	err   float64
+	bases [][]float32
+}
+
+// insertTop inserts candidate c with objective e (the members' current
+// bases) into top, kept sorted (ties: earlier first) and at most keep long.
+func (g *groupEval) insertTop(top []scoredCandidate, keep int, c SmoothCandidate, e float64) []scoredCandidate {
+	if e != e {
+		e = math.Inf(1)
+	}
+	at := len(top)
+	for at > 0 && e < top[at-1].err {
+		at--
+	}
+	if at >= keep {
+		return top
+	}
+	var bases [][]float32
+	if len(top) == keep { // reuse the evicted entry's buffers
+		bases = top[keep-1].bases
+		top = top[:keep-1]
+	}
+	if bases == nil {
+		bases = make([][]float32, len(g.mem))
+	}
+	for i, m := range g.mem {
+		bases[i] = append(bases[i][:0], m.basis...)
+	}
+	top = append(top, scoredCandidate{})
+	copy(top[at+1:], top[at:])
+	top[at] = scoredCandidate{c: c, err: e, bases: bases}
+	return top
 }
 
 // setCandidate sets λ for c, quantizes the activations as the kernel does
@@ -271,24 +348,27 @@ func (g *groupEval) residual(m *memberEval) {
 // outputError returns Σ (Y_q − X·Wᵀ)² over the first g.rows rows, with the
 // dequantized residual in m.deq and the branch in m.st.
 func (g *groupEval) outputError(m *memberEval) float64 {
-	n, k, r, s := m.in.N, g.k, m.r, g.rows
-	svd.Gemm(false, true, s, n, k, 1, g.xq, k, m.deq, k, 0, m.yq, n)
+	// Transposed, Y_qᵀ [n, rows] = Ŵresq·X̂qᵀ + Up·(Down·X16ᵀ): the GEMM
+	// then packs the small activation side, not the weight.
+	n, k, r, s, rows := m.in.N, g.k, m.r, g.s, g.rows
+	svd.Gemm(false, true, n, rows, k, 1, m.deq, k, g.xq, k, 0, m.yq, s)
 	if r > 0 {
-		svd.Gemm(false, true, s, r, k, 1, g.x16, k, m.st.down, k, 0, m.xt, r)
-		svd.Gemm(false, true, s, n, r, 1, m.xt, r, m.st.up, r, 1, m.yq, n)
+		svd.Gemm(false, true, rows, r, k, 1, g.x16, k, m.st.down, k, 0, m.xt, r)
+		svd.Gemm(false, true, n, rows, r, 1, m.st.up, r, m.xt, r, 1, m.yq, s)
 	}
 	var corr []float64
 	if g.shift != 0 {
 		corr = shiftCorrection(m.deq, n, k, g.lam, g.shift)
 	}
 	var e float64
-	for i := 0; i < s; i++ {
-		yq, yr := m.yq[i*n:(i+1)*n], m.yref[i*n:(i+1)*n]
-		for j := range yq {
-			d := float64(yq[j]) - yr[j]
-			if corr != nil {
-				d -= corr[j]
-			}
+	for j := 0; j < n; j++ {
+		yq, yr := m.yq[j*s:j*s+rows], m.yrefT[j*s:j*s+rows]
+		c := 0.0
+		if corr != nil {
+			c = corr[j]
+		}
+		for i, v := range yq {
+			d := float64(v) - yr[i] - c
 			e += d * d
 		}
 	}
@@ -344,13 +424,18 @@ func dequantize(dst []float32, st *lrState, n, k int, prec Precision) {
 	}
 }
 
-// maxFinite16 is the largest finite value of each 16-bit type.
-var maxFinite16 = map[Float16]float32{BF16: 0x1.fep127, F16: 65504}
+// maxFinite16 returns the largest finite value of a 16-bit type.
+func maxFinite16(dt Float16) float32 {
+	if dt == F16 {
+		return 65504
+	}
+	return 0x1.fep127
+}
 
 // roundSat rounds v to dt, saturating at ±maxFinite16 instead of ±Inf.
 func roundSat(dt Float16, v float32) float32 {
 	r := dt.Round(v)
-	if m := maxFinite16[dt]; r > m || r < -m {
+	if m := maxFinite16(dt); r > m || r < -m {
 		return float32(math.Copysign(float64(m), float64(v)))
 	}
 	return r

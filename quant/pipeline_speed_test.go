@@ -56,6 +56,9 @@ func TestSpeedHarness(t *testing.T) {
 		}
 		sc := newSynth(c.p, c.n, c.k, 256, uint64(100+i), c.shifted)
 		for mi, mode := range []SearchMode{SearchFull, SearchFast} {
+			if os.Getenv("SVDQ_SPEED_MODE") != "" && os.Getenv("SVDQ_SPEED_MODE") != mode.String() {
+				continue
+			}
 			t0, c0 := time.Now(), processCPU()
 			res, err := QuantizeGroup([]Input{sc.in}, c.shifted, sc.c, Options{Search: mode, Seed: 1})
 			if err != nil {
@@ -117,7 +120,9 @@ func speedKnobs(t *testing.T) {
 	for _, k := range []struct {
 		env string
 		v   *int
-	}{{"SVDQ_SPEED_SEARCHPOWER", &searchPower}, {"SVDQ_SPEED_REFINEPOWER", &refinePower}} {
+	}{{"SVDQ_SPEED_SEARCHPOWER", &searchPower}, {"SVDQ_SPEED_REFINEPOWER", &refinePower},
+		{"SVDQ_SPEED_RANKROWS", &fastRankRows}, {"SVDQ_SPEED_FASTITERS", &fastIters},
+		{"SVDQ_SPEED_FULLROWS", &fullRankRows}, {"SVDQ_SPEED_RECHECK", &fullRecheck}} {
 		if s := os.Getenv(k.env); s != "" {
 			v, err := strconv.Atoi(s)
 			if err != nil {
@@ -128,5 +133,19 @@ func speedKnobs(t *testing.T) {
 			t.Cleanup(func() { *k.v = old })
 		}
 	}
-	t.Logf("searchPower %d refinePower %d", searchPower, refinePower)
+	if os.Getenv("SVDQ_SPEED_REFINEALL") != "" {
+		refineRanked = false
+		t.Cleanup(func() { refineRanked = true })
+	}
+	if s := os.Getenv("SVDQ_SPEED_TOL"); s != "" {
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := fastRefineTol
+		fastRefineTol = v
+		t.Cleanup(func() { fastRefineTol = old })
+	}
+	t.Logf("refine on ranking rows %v; searchPower %d refinePower %d; full: rank rows %d, recheck %d; fast: rank rows %d, iters %d, tol %g",
+		refineRanked, searchPower, refinePower, fullRankRows, fullRecheck, fastRankRows, fastIters, fastRefineTol)
 }

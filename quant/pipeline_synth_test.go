@@ -47,6 +47,12 @@ func (sc synthCase) String() string { return sc.name }
 // calibration rows; gelu makes the input a GELU output (≥ −0.17), as the
 // MLP's second linear sees it.
 func newSynth(p synthPattern, n, k, s int, seed uint64, gelu bool) synthCase {
+	if p == patFluxLike {
+		name := fmt.Sprintf("%s[%d,%d]", p, n, k)
+		in, c := fluxLikeLayer(n, k, s, seed, gelu)
+		in.Name = name
+		return synthCase{name: name, in: in, c: c}
+	}
 	rng := rand.New(rand.NewPCG(seed, uint64(len(p))*0x9e3779b97f4a7c15+uint64(n*7+k)))
 	w := make([]float32, n*k)
 	x := make([]float32, s*k)
@@ -99,50 +105,12 @@ func newSynth(p synthPattern, n, k, s int, seed uint64, gelu bool) synthCase {
 		for _, j := range rng.Perm(k)[:max(2, k/32)] {
 			chScale[j] = 5 + 10*rng.Float64()
 		}
-	case patFluxLike:
-		colScale := make([]float64, k)
-		for j := range colScale {
-			chScale[j] = math.Exp(0.4 * rng.NormFloat64())
-			colScale[j] = math.Exp(0.25 * rng.NormFloat64())
-		}
-		perm := rng.Perm(k)
-		nAct, nW := max(2, k/256), max(1, k/512)
-		for _, j := range perm[:nAct] {
-			chScale[j] *= 16 + 48*rng.Float64()
-			colScale[j] /= 16
-		}
-		for _, j := range perm[nAct : nAct+nW] {
-			colScale[j] *= 6
-		}
-		rowScale := make([]float64, n)
-		for i := range rowScale {
-			rowScale[i] = math.Exp(0.2 * rng.NormFloat64())
-		}
-		for _, i := range rng.Perm(n)[:max(1, n/512)] {
-			rowScale[i] *= 4
-		}
-		for i := 0; i < n; i++ {
-			for j := 0; j < k; j++ {
-				v := sd * rowScale[i] * colScale[j] * rng.NormFloat64()
-				if rng.IntN(4096) == 0 {
-					v *= 8
-				}
-				w[i*k+j] = float32(v)
-			}
-		}
 	default:
 		panic(fmt.Sprintf("unknown pattern %q", p))
 	}
-	tokScale := make([]float64, s)
-	for i := range tokScale {
-		tokScale[i] = 1
-		if p == patFluxLike {
-			tokScale[i] = math.Exp(0.3 * rng.NormFloat64())
-		}
-	}
 	for i := 0; i < s; i++ {
 		for j := 0; j < k; j++ {
-			v := rng.NormFloat64() * chScale[j] * tokScale[i]
+			v := rng.NormFloat64() * chScale[j]
 			if gelu {
 				v = v * 0.5 * (1 + math.Erf(v/math.Sqrt2))
 			}
@@ -157,15 +125,6 @@ func newSynth(p synthPattern, n, k, s int, seed uint64, gelu bool) synthCase {
 	for i := 0; i < s; i++ {
 		for j := 0; j < k; j++ {
 			absMax[j] = max(absMax[j], abs32(x[i*k+j]))
-		}
-	}
-	if p == patFluxLike { // the expected maximum over many more tokens
-		maxTok := 0.0
-		for _, t := range tokScale {
-			maxTok = max(maxTok, t)
-		}
-		for j := range absMax {
-			absMax[j] = max(absMax[j], float32(4*chScale[j]*maxTok))
 		}
 	}
 	name := fmt.Sprintf("%s[%d,%d]", p, n, k)

@@ -39,9 +39,11 @@ type QuantizeOptions struct {
 	OnLayer func(LayerReport)
 }
 
-// DefaultWorkers is one worker per four CPUs (at least one): the dense
-// kernels inside a unit already run on every core.
-func DefaultWorkers() int { return max(1, runtime.NumCPU()/4) }
+// DefaultWorkers is one worker per four CPUs, but at least two (one on a
+// single CPU): the dense kernels inside a unit already run on every core,
+// but a unit's serial parts (QR factorisations, bookkeeping) leave cores
+// idle that a second unit fills (measured on 2 cores: see NOTES.md).
+func DefaultWorkers() int { return min(max(2, runtime.NumCPU()/4), runtime.NumCPU()) }
 
 // LayerReport is the outcome of one quantized layer.
 type LayerReport struct {
@@ -94,6 +96,7 @@ type Totals struct {
 // identical inputs and options, whatever opt.Workers.
 func Quantize(opt QuantizeOptions) (*QuantizeReport, error) {
 	start := time.Now()
+	defer limitHeap()()
 	plan, r, err := QuantizePlan(opt.PlanOptions)
 	if err != nil {
 		return nil, err
@@ -141,6 +144,7 @@ func Quantize(opt QuantizeOptions) (*QuantizeReport, error) {
 		if err := writeKept(w, r, opt.Model, &k); err != nil {
 			return nil, err
 		}
+		releaseTensors(r, keptTensors(&k.Kept)...)
 	}
 	q := &quantizer{opt: opt, plan: plan, r: r, cf: cf, w: w, refs: refs, metas: metas,
 		reports: make([]LayerReport, len(plan.Layers))}

@@ -25,10 +25,12 @@ func (q *quantizer) unit(u unit) error {
 	var dt quant.Float16
 	for i, li := range u.layers {
 		pl := &q.plan.Layers[li]
-		w, b, d, err := readWeight(q.r, q.opt.Model, presetSources(&pl.Layer), pl.N, pl.K)
+		srcs := presetSources(&pl.Layer)
+		w, b, d, err := readWeight(q.r, q.opt.Model, srcs, pl.N, pl.K)
 		if err != nil {
 			return err
 		}
+		q.release(srcs)
 		if i == 0 {
 			dt = d
 		}
@@ -68,10 +70,12 @@ func (q *quantizer) unit(u unit) error {
 // weightOnly quantizes one W4A16 layer and measures it on its rows.
 func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 	pl := &q.plan.Layers[li]
-	w, b, dt, err := readWeight(q.r, q.opt.Model, presetSources(&pl.Layer), pl.N, pl.K)
+	srcs := presetSources(&pl.Layer)
+	w, b, dt, err := readWeight(q.r, q.opt.Model, srcs, pl.N, pl.K)
 	if err != nil {
 		return err
 	}
+	q.release(srcs)
 	wo := quant.QuantizeWeightOnly(w, pl.N, pl.K, b, dt)
 	rel := weightOnlyError(wo, w, b, c, q.opt.MaxRows)
 	ts, err := nunchaku.PackW4A16(wo, max(pl.Chunks, 1))
@@ -93,7 +97,7 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 func weightOnlyError(wo *quant.WeightOnly, w, bias []float32, c quant.Calib, maxRows int) float64 {
 	x, s := sampleRows(c, wo.K, maxRows)
 	yref := make([]float64, s*wo.N)
-	quant.RefOutput(yref, x, s, wo.K, w, wo.N, nil)
+	quant.RefOutput32(yref, x, s, wo.K, w, wo.N)
 	yq := make([]float32, s*wo.N)
 	wo.Forward(yq, x, s)
 	subtractBias(yq, bias, s)
@@ -128,6 +132,14 @@ func subtractBias(y, bias []float32, m int) {
 		for j, b := range bias {
 			row[j] -= b
 		}
+	}
+}
+
+// release drops the mapped pages of the tensors a layer was read from
+// (quantize_mem.go).
+func (q *quantizer) release(srcs []source) {
+	for _, s := range srcs {
+		releaseTensors(q.r, s.tensor, s.bias)
 	}
 }
 
