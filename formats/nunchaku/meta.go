@@ -26,7 +26,7 @@ import (
 //	 "group":64,"precision":"int4","dtype":"BF16","smooth":{"alpha":0.45,"beta":0.55},
 //	 "shifted":false,"sources":[{"tensor":"transformer_blocks.0.attn.to_q.weight",
 //	 "bias":"transformer_blocks.0.attn.to_q.bias","rows":[0,3072],"src_rows":[0,3072],
-//	 "src_cols":[0,3072]}, ...]}]}
+//	 "src_cols":[0,3072]}, ...],"sha256":"5e0c…(64 hex digits)"}]}
 
 // MetaVersion is the version of the svdq entry that Marshal writes; ParseMeta
 // rejects any other.
@@ -69,6 +69,11 @@ type LayerMeta struct {
 	// Sources are the source-model tensors this layer was built from; their
 	// Rows tile [0, N) in the logical (checkpoint, un-interleaved) row order.
 	Sources []SourceMeta `json:"sources"`
+	// SHA256 is the integrity hash of the layer's packed tensors as written
+	// (LayerHash, meta_hash.go): HashLen lowercase hex digits, or "" (absent:
+	// files written before svdq recorded it). svdq quantize and fuse-lora
+	// write it; check, gpu-check, unpack and fuse-lora verify it.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Smoothing holds the exponents of the chosen smoothing.
@@ -218,7 +223,8 @@ func ParseMeta(s string) (*Meta, error) {
 }
 
 // Validate checks the entry's consistency: version, precisions, unique layer
-// names, sizes, group sizes, kind-specific fields, exponents, and that each
+// names, sizes, group sizes, kind-specific fields, exponents, the form of
+// recorded hashes (not their value: that needs the tensors), and that each
 // layer's sources tile its rows [0, N) exactly, each with as many source rows
 // as layer rows and K source columns.
 func (m *Meta) Validate() error {
@@ -288,6 +294,9 @@ func (lm *LayerMeta) validate() error {
 		}
 	default:
 		return fmt.Errorf("kind %q, want %s or %s", lm.Kind, KindW4A4, KindW4A16)
+	}
+	if err := checkHash(lm.SHA256); err != nil {
+		return err
 	}
 	if len(lm.Sources) == 0 {
 		return errors.New("no sources")
