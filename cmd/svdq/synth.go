@@ -27,6 +27,7 @@ func init() {
 			&cli.IntFlag{Name: "blocks", Usage: "blocks of each kind (0: the real count)"},
 			&cli.Uint64Flag{Name: "seed", Usage: "random seed"},
 			&cli.StringFlag{Name: "naming", Value: "diffusers", Usage: "tensor names: diffusers, bfl or comfyui (FLUX only)"},
+			&cli.StringFlag{Name: "pattern", Value: "aligned", Usage: "outlier pattern: " + strings.Join(synth.Patterns(), ", ") + " (formats/synth doc)"},
 			&cli.IntFlag{Name: "shards", Value: 1, Usage: "split the model into `N` files with an index"},
 			&cli.IntFlag{Name: "samples", Usage: "calibration rows per module (0: 256)"},
 		},
@@ -49,7 +50,7 @@ func synthAction(c *cli.Context) error {
 	b := newBar(c.App.Writer, 1, "synth", true)
 	opt := synth.Options{
 		Arch: c.String("arch"), Out: c.String("out"), Scale: scale, Blocks: c.Int("blocks"),
-		Naming: c.String("naming"), Seed: c.Uint64("seed"), Shards: c.Int("shards"), Samples: c.Int("samples"),
+		Naming: c.String("naming"), Pattern: c.String("pattern"), Seed: c.Uint64("seed"), Shards: c.Int("shards"), Samples: c.Int("samples"),
 		Progress: func(done, total int64) {
 			b.setTotal(total)
 			b.set(done)

@@ -8,7 +8,7 @@ import (
 )
 
 // benchFill measures weight generation for one [n, k] tensor.
-func benchFill(b *testing.B, n, k int) {
+func benchFill(b *testing.B, fill func([]byte, uint64, string, int, []float32), n, k int) {
 	col := make([]float32, k)
 	for i := range col {
 		col[i] = 1
@@ -16,11 +16,12 @@ func benchFill(b *testing.B, n, k int) {
 	dst := make([]byte, 2*n*k)
 	b.SetBytes(int64(len(dst)))
 	for b.Loop() {
-		fillLinear(dst, 1, "w", n, col)
+		fill(dst, 1, "w", n, col)
 	}
 }
 
-func BenchmarkFillLinear3072(b *testing.B) { benchFill(b, 3072, 3072) }
+func BenchmarkFillLinear3072(b *testing.B) { benchFill(b, fillLinear, 3072, 3072) }
+func BenchmarkFillHeavy3072(b *testing.B)  { benchFill(b, fillHeavy, 3072, 3072) }
 
 // TestFullWidth generates FLUX.1-dev at full width with one double and two
 // single blocks when SVDQ_SYNTH_FULL is set (about 1 GB on disk), to check

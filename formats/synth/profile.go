@@ -31,6 +31,9 @@ type profile struct {
 	wcol     []float32 // c_k: weight column scale per channel
 	outliers []int     // activation outlier channels, sorted
 	wout     []int     // weight outlier columns, sorted
+	// mass (Massive only; nil otherwise): signed near-constant value of
+	// each massive channel, 0 on ordinary channels. len k.
+	mass []float32
 }
 
 // pick returns n distinct indices of [0, k) not in skip, sorted.

@@ -25,7 +25,10 @@ type Options struct {
 	Scale  float64 // width scale, 0 < Scale ≤ 1 (0 means 1)
 	Blocks int     // block count (0: the family's real count)
 	Naming string  // "diffusers" (default), "bfl" or "comfyui" (FLUX only)
-	Seed   uint64
+	// Pattern is the outlier pattern (package doc): "aligned" (default,
+	// also ""), "massive" or "weights".
+	Pattern string
+	Seed    uint64
 	// Shards > 1 splits the model into that many files with an index.
 	Shards int
 	// Samples is the number of calibration rows per module (0: 256; at
@@ -89,6 +92,10 @@ func Generate(opt Options) error {
 	if opt.Samples < 1 || opt.Samples > maxSamples || opt.Shards < 0 {
 		return fmt.Errorf("synth: samples %d, shards %d: want 1..%d, ≥ 0", opt.Samples, opt.Shards, maxSamples)
 	}
+	pat, dist, err := lookupPattern(opt.Pattern)
+	if err != nil {
+		return err
+	}
 	fam, err := preset.Lookup(opt.Arch)
 	if err != nil {
 		return err
@@ -101,7 +108,7 @@ func Generate(opt Options) error {
 	if err != nil {
 		return fmt.Errorf("synth: skeleton of %s does not plan: %w", opt.Arch, err)
 	}
-	segs, mods, profiles := layout(plan, opt.Seed)
+	segs, mods, profiles := layout(plan, opt.Seed, dist)
 	if err := os.MkdirAll(opt.Out, 0o755); err != nil {
 		return err
 	}
@@ -109,7 +116,7 @@ func Generate(opt Options) error {
 	// Model file(s).
 	groups := shard(specs, opt.Shards)
 	meta := map[string]string{"format": "pt", "svdq_synth": fmt.Sprintf("arch=%s scale=%g blocks=%d naming=%s seed=%d",
-		opt.Arch, opt.Scale, opt.Blocks, opt.Naming, opt.Seed)}
+		opt.Arch, opt.Scale, opt.Blocks, opt.Naming, opt.Seed) + patternTag(pat)}
 	var writers []*safetensors.Writer
 	abort := func() {
 		for _, w := range writers {
@@ -135,12 +142,12 @@ func Generate(opt Options) error {
 		writers = append(writers, w)
 		for _, s := range g {
 			weightMap[s.Name] = file
-			jobs = append(jobs, weightJob(w, s, segs[s.Name], profiles, opt.Seed))
+			jobs = append(jobs, weightJob(w, s, segs[s.Name], profiles, opt.Seed, dist))
 		}
 	}
 
 	// Calibration file.
-	cjobs, cw, err := calibJobs(filepath.Join(opt.Out, CalibFile), mods, profiles, opt)
+	cjobs, cw, err := calibJobs(filepath.Join(opt.Out, CalibFile), mods, profiles, opt, pat, dist)
 	if err != nil {
 		abort()
 		return err
@@ -164,9 +171,18 @@ func Generate(opt Options) error {
 	return nil
 }
 
+// patternTag is the metadata suffix naming a pattern other than Aligned
+// (empty for Aligned, so its files keep their bytes).
+func patternTag(p Pattern) string {
+	if p == Aligned {
+		return ""
+	}
+	return " pattern=" + string(p)
+}
+
 // layout derives, from the plan, the input segments of every source
 // weight, the modules that need calibration and the profile of each input.
-func layout(plan *preset.Plan, seed uint64) (map[string][]segment, []*module, map[string]*profile) {
+func layout(plan *preset.Plan, seed uint64, dist distribution) (map[string][]segment, []*module, map[string]*profile) {
 	segs := map[string][]segment{}
 	byName := map[string]*module{}
 	profiles := map[string]*profile{}
@@ -176,7 +192,7 @@ func layout(plan *preset.Plan, seed uint64) (map[string][]segment, []*module, ma
 			key = l.Name
 		}
 		if profiles[key] == nil {
-			profiles[key] = newProfile(seed, key, l.K)
+			profiles[key] = dist.profile(seed, key, l.K)
 		}
 		sg := segment{cols: l.CalibCols, key: key, shifted: l.Shifted}
 		for _, s := range l.Sources {
@@ -215,7 +231,7 @@ func appendSeg(list []segment, s segment) []segment {
 
 // weightJob fills one model tensor: a quantized layer's weight with the
 // column scales of its inputs, anything else plain.
-func weightJob(w *safetensors.Writer, s preset.TensorSpec, segs []segment, profiles map[string]*profile, seed uint64) job {
+func weightJob(w *safetensors.Writer, s preset.TensorSpec, segs []segment, profiles map[string]*profile, seed uint64, dist distribution) job {
 	elems := int64(1)
 	for _, d := range s.Shape {
 		elems *= d
@@ -233,14 +249,14 @@ func weightJob(w *safetensors.Writer, s preset.TensorSpec, segs []segment, profi
 			for _, sg := range segs {
 				copy(col[sg.cols.Lo:sg.cols.Hi], profiles[sg.key].wcol)
 			}
-			fillLinear(b, seed, s.Name, n, col)
+			dist.weight(b, seed, s.Name, n, col)
 		}
 		return w.Write(s.Name, b)
 	}}
 }
 
 // calibJobs creates the calibration file and the jobs filling it.
-func calibJobs(path string, mods []*module, profiles map[string]*profile, opt Options) ([]job, *safetensors.Writer, error) {
+func calibJobs(path string, mods []*module, profiles map[string]*profile, opt Options, pat Pattern, dist distribution) ([]job, *safetensors.Writer, error) {
 	S := opt.Samples
 	var specs []safetensors.Spec
 	for _, m := range mods {
@@ -250,12 +266,12 @@ func calibJobs(path string, mods []*module, profiles map[string]*profile, opt Op
 			safetensors.Spec{Name: m.name + ".input_count", DType: safetensors.I64, Shape: []int64{1}})
 	}
 	meta := map[string]string{"format": CalibFormat, "samples": strconv.Itoa(S),
-		"source": fmt.Sprintf("svdq synth arch=%s seed=%d", opt.Arch, opt.Seed)}
+		"source": fmt.Sprintf("svdq synth arch=%s seed=%d", opt.Arch, opt.Seed) + patternTag(pat)}
 	w, err := safetensors.Create(path, specs, meta)
 	if err != nil {
 		return nil, nil, err
 	}
-	t := tokenScales(opt.Seed, S)
+	t := dist.tokens(opt.Seed, S)
 	tmax := 0.0
 	for _, v := range t {
 		tmax = max(tmax, v)
@@ -263,7 +279,7 @@ func calibJobs(path string, mods []*module, profiles map[string]*profile, opt Op
 	var jobs []job
 	for _, m := range mods {
 		jobs = append(jobs, job{bytes: int64((2*S + 4) * m.k), do: func() error {
-			samples, absmax := calibModule(m, profiles, opt.Seed, t, tmax)
+			samples, absmax := calibModule(m, profiles, opt.Seed, t, tmax, dist)
 			var count [8]byte
 			binary.LittleEndian.PutUint64(count[:], tokenCount)
 			return errors.Join(w.Write(m.name+".input_samples", samples), w.Write(m.name+".input_absmax", absmax),
@@ -275,7 +291,7 @@ func calibJobs(path string, mods []*module, profiles map[string]*profile, opt Op
 
 // calibModule returns the bf16 samples [S, k] and the F32 absmax [k] of one
 // module's input.
-func calibModule(m *module, profiles map[string]*profile, seed uint64, t []float64, tmax float64) (samples, absmax []byte) {
+func calibModule(m *module, profiles map[string]*profile, seed uint64, t []float64, tmax float64, dist distribution) (samples, absmax []byte) {
 	S := len(t)
 	samples = make([]byte, 2*S*m.k)
 	amax := make([]float32, m.k)
@@ -283,7 +299,7 @@ func calibModule(m *module, profiles map[string]*profile, seed uint64, t []float
 		p := profiles[sg.key]
 		row := make([]float32, sg.cols.Len())
 		for s := range S {
-			sampleRow(row, seed, sg.key, s, t[s], p, sg.shifted)
+			dist.sample(row, seed, sg.key, s, t[s], p, sg.shifted)
 			for j, v := range row {
 				v = quant.RoundBF16(v)
 				c := sg.cols.Lo + j
@@ -291,8 +307,8 @@ func calibModule(m *module, profiles map[string]*profile, seed uint64, t []float
 				amax[c] = max(amax[c], float32(math.Abs(float64(v))))
 			}
 		}
-		for j, a := range p.act {
-			amax[sg.cols.Lo+j] = max(amax[sg.cols.Lo+j], float32(absmaxBound*float64(a)*tmax))
+		for j := range p.act {
+			amax[sg.cols.Lo+j] = max(amax[sg.cols.Lo+j], dist.bound(p, j, tmax))
 		}
 	}
 	absmax = make([]byte, 4*m.k)
