@@ -23,6 +23,9 @@ func init() {
 			"reference weights on the same rows: svdquant_plain, naive_w4a4, smoothquant_w4a4,\n" +
 			"lowrank_w4a4, w4a16. Exit status 0 when every layer is within --max-rel-error (or none is\n" +
 			"given), 1 when not, 2 on bad input.\n\n" +
+			"First, each layer's packed tensors are hashed and compared with the SHA-256 recorded at\n" +
+			"quantize time (svdq metadata): a layer whose bytes differ is reported, nothing is measured\n" +
+			"and the exit status is 1. Files without recorded hashes report integrity \"absent\".\n\n" +
 			"--spectrum LAYER plots that layer's singular values before and after smoothing into\n" +
 			"--spectrum-out (default: the --plot name with -spectrum before the extension, else\n" +
 			"spectrum.png).\n\n" +
@@ -47,8 +50,8 @@ func init() {
 }
 
 func checkAction(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("check: unexpected argument %q", c.Args().First())
+	if err := noArgs(c); err != nil {
+		return err
 	}
 	opt := model.CheckOptions{Model: c.String("model"), Reference: c.String("reference"), Calib: c.String("calib"),
 		MaxRelError: c.Float64("max-rel-error"), Workers: c.Int("workers"), Spectrum: c.String("spectrum")}
@@ -56,10 +59,8 @@ func checkAction(c *cli.Context) error {
 		return fmt.Errorf("--max-rel-error %v is negative", opt.MaxRelError)
 	}
 	var err error
-	if s := c.String("layers"); s != "" {
-		if opt.Layers, err = regexp.Compile(s); err != nil {
-			return fmt.Errorf("--layers %q: %v", s, err)
-		}
+	if opt.Layers, err = layersFlag(c); err != nil {
+		return err
 	}
 	if opt.Search, err = quant.ParseSearchMode(c.String("smooth-search")); err != nil {
 		return err
@@ -106,8 +107,13 @@ func checkAction(c *cli.Context) error {
 			return err
 		}
 		fmt.Fprintln(c.App.Writer, string(data))
+	} else if len(rep.Mismatches) > 0 {
+		printMismatches(c.App.Writer, rep.Mismatches, len(rep.Layers), "nothing was measured")
 	} else {
 		printCheck(c.App.Writer, rep, opt.MaxRelError)
+	}
+	if len(rep.Mismatches) > 0 {
+		return failed(nil) // no errors to plot
 	}
 	if plot != "" {
 		if err := model.PlotErrors(rep, plot); err != nil {
@@ -176,3 +182,36 @@ func printCheck(w io.Writer, rep *model.CheckReport, maxErr float64) {
 
 // colWidth is the width of a method's column.
 func colWidth(m string) int { return max(len(m), 7) }
+
+// printMismatches prints one line per layer whose packed bytes differ from
+// the hash recorded at quantize time, then the verdict:
+//
+//	transformer_blocks.0.qkv_proj: packed bytes differ from those recorded at quantize time: sha256 9c…, recorded 41…
+//	FAILED: 1 of 20 layers differ from their recorded sha256 (nothing was measured)
+func printMismatches(w io.Writer, bad []model.LayerIntegrity, total int, note string) {
+	for _, l := range bad {
+		fmt.Fprintf(w, "%s: %s\n", l.Name, l.Problem())
+	}
+	fmt.Fprintf(w, "FAILED: %d of %d layers differ from their recorded sha256 (%s)\n", len(bad), total, note)
+}
+
+// noArgs refuses positional arguments to a command that takes none.
+func noArgs(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", c.Command.Name, c.Args().First())
+	}
+	return nil
+}
+
+// layersFlag compiles the --layers REGEX flag (nil when not given).
+func layersFlag(c *cli.Context) (*regexp.Regexp, error) {
+	s := c.String("layers")
+	if s == "" {
+		return nil, nil
+	}
+	re, err := regexp.Compile(s)
+	if err != nil {
+		return nil, fmt.Errorf("--layers %q: %v", s, err)
+	}
+	return re, nil
+}

@@ -4,14 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 
-	"github.com/svdq/svdq/calib"
-	"github.com/svdq/svdq/formats/nunchaku"
-	"github.com/svdq/svdq/formats/safetensors"
 	"github.com/svdq/svdq/kernels"
-	"github.com/svdq/svdq/quant"
 	"github.com/svdq/svdq/quant/model"
 	"github.com/urfave/cli/v2"
 )
@@ -28,11 +23,14 @@ func init() {
 			"the GPU output against the 16-bit reference layer. Exit status 1 when a layer mismatches,\n" +
 			"2 on bad input or when no GPU is found.\n\n" +
 			"The emulation reads the same bytes as the GPU, so a corrupted file corrupts both alike:\n" +
-			"the check proves that the kernels read the packed layout as the emulation does. --flip\n" +
-			"corrupts one byte of the GPU's copy only, to see the check fail.\n\n" +
+			"the comparison proves that the kernels read the packed layout as the emulation does. So,\n" +
+			"before the GPU is opened, each layer's packed tensors are hashed and compared with the\n" +
+			"SHA-256 recorded at quantize time (svdq metadata): a layer whose bytes differ is reported,\n" +
+			"nothing runs and the exit status is 1. --flip corrupts one byte of the GPU's copy only,\n" +
+			"to see the comparison fail.\n\n" +
 			"Example: svdq gpu-check --model flux-int4.safetensors --reference flux1-dev.safetensors --calib calib.safetensors",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "model", Required: true, Usage: "quantized `Q.safetensors` (with its svdq metadata)"},
+			&cli.StringFlag{Name: "model", Required: true, Usage: "quantized `Q.safetensors`"},
 			&cli.StringFlag{Name: "reference", Required: true, Usage: "the 16-bit checkpoint it was made from (`FP_PATH`)"},
 			&cli.StringFlag{Name: "calib", Required: true, Usage: "calibration statistics (svdq-calib/1 `FILE`)"},
 			&cli.StringFlag{Name: "layers", Usage: "check only layers whose name matches `REGEX`"},
@@ -85,8 +83,8 @@ type benchTarget struct {
 }
 
 func benchGPUAction(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("bench-gpu: unexpected argument %q", c.Args().First())
+	if err := noArgs(c); err != nil {
+		return err
 	}
 	opt := kernels.BenchOptions{Iters: c.Int("iters"), Rank: c.Int("rank"), Tokens: c.IntSlice("tokens")}
 	for _, s := range c.StringSlice("shape") {
@@ -168,85 +166,52 @@ func benchTargets(res []kernels.BenchResult) []benchTarget {
 
 // ---- gpu-check ----
 
-// gpuLayer is one checked layer of gpu-check.
-type gpuLayer struct {
-	Name       string  `json:"name"`
-	Precision  string  `json:"precision"`
-	Kernel     string  `json:"kernel"`
-	Rows       int     `json:"rows"`
-	MaxAbs     float64 `json:"max_abs_diff"`
-	RelDiff    float64 `json:"rel_diff"`    // ‖gpu − emulation‖ / ‖emulation‖
-	Outside    int     `json:"outside"`     // elements outside the tolerance
-	LowRankOff int     `json:"lowrank_off"` // down-projection sums outside their FP32 bound
-	Elements   int     `json:"elements"`    // elements compared
-	RefError   float64 `json:"ref_rel_err"` // ‖gpu − reference‖ / ‖reference‖ (bias left out of both)
-	OK         bool    `json:"ok"`
-}
-
-type gpuCheckReport struct {
-	Device string     `json:"device"`
-	PTX    string     `json:"ptx"`
-	Layers []gpuLayer `json:"layers"`
-	Passed bool       `json:"passed"`
-}
-
 func gpuCheckAction(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("gpu-check: unexpected argument %q", c.Args().First())
+	if err := noArgs(c); err != nil {
+		return err
 	}
-	var re *regexp.Regexp
-	if s := c.String("layers"); s != "" {
-		var err error
-		if re, err = regexp.Compile(s); err != nil {
-			return fmt.Errorf("--layers %q: %v", s, err)
-		}
-	}
-	if c.Int("rows") < 1 {
-		return fmt.Errorf("--rows %d must be ≥ 1", c.Int("rows"))
-	}
-	job, err := openGPUCheck(c.String("model"), c.String("reference"), c.String("calib"), re)
+	re, err := layersFlag(c)
 	if err != nil {
 		return err
 	}
-	if job.flip, err = parseFlip(c.String("flip"), job); err != nil {
-		job.close()
-		return err
-	}
-	defer job.close()
-	d, err := kernels.Open(c.Int("gpu"))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	rep := gpuCheckReport{Device: d.String(), PTX: d.PTX.File, Passed: true}
 	asJSON, out := c.Bool("json"), c.App.Writer
-	if !asJSON {
-		fmt.Fprintf(out, "device: %v\nPTX %s (%s)\n", d, d.PTX.File, d.PTX.NVCC)
+	var b *bar
+	width := 0
+	opt := model.GPUCheckOptions{Model: c.String("model"), Reference: c.String("reference"), Calib: c.String("calib"),
+		Layers: re, Rows: c.Int("rows"), GPU: c.Int("gpu"), Flip: c.String("flip"),
+		OnStart: func(s model.GPUCheckStart) {
+			if !asJSON {
+				fmt.Fprintf(out, "device: %s\nPTX %s (%s)\n", s.Device, s.PTX, s.NVCC)
+			}
+			for _, n := range s.Layers {
+				width = max(width, len(n))
+			}
+			b = newBar(out, int64(len(s.Layers)), "gpu-check", false)
+		},
+		OnLayer: func(l model.GPULayer, done, total int) {
+			line := ""
+			if !asJSON {
+				line = formatGPULayer(l, done, total, width)
+			}
+			b.println(line, 1)
+		}}
+	rep, err := model.GPUCheck(opt)
+	if b != nil {
+		b.finish()
 	}
-	b := newBar(out, int64(len(job.layers)), "gpu-check", false)
-	for i := range job.layers {
-		row, err := job.run(d, &job.layers[i], c.Int("rows"))
-		if err != nil {
-			b.finish()
-			return err
-		}
-		rep.Layers = append(rep.Layers, row)
-		rep.Passed = rep.Passed && row.OK
-		line := ""
-		if !asJSON {
-			line = formatGPULayer(row, i+1, len(job.layers), job.width)
-		}
-		b.println(line, 1)
+	if err != nil {
+		return err
 	}
-	b.finish()
 	if asJSON {
 		data, err := json.Marshal(rep)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintln(out, string(data))
+	} else if len(rep.Mismatches) > 0 {
+		printMismatches(out, rep.Mismatches, len(rep.Layers), "nothing was run on the GPU")
 	} else {
-		printGPUSummary(out, &rep)
+		printGPUSummary(out, rep)
 	}
 	if !rep.Passed {
 		return failed(nil)
@@ -254,7 +219,7 @@ func gpuCheckAction(c *cli.Context) error {
 	return nil
 }
 
-func formatGPULayer(r gpuLayer, i, n, width int) string {
+func formatGPULayer(r model.GPULayer, i, n, width int) string {
 	verdict := "ok"
 	if !r.OK {
 		verdict = "MISMATCH"
@@ -268,7 +233,7 @@ func formatGPULayer(r gpuLayer, i, n, width int) string {
 		r.Elements, lr, r.RefError, verdict)
 }
 
-func printGPUSummary(w io.Writer, rep *gpuCheckReport) {
+func printGPUSummary(w io.Writer, rep *model.GPUCheckReport) {
 	bad, worst, worstName, sumRef := 0, 0.0, "", 0.0
 	for _, l := range rep.Layers {
 		if !l.OK {
@@ -289,299 +254,4 @@ func printGPUSummary(w io.Writer, rep *gpuCheckReport) {
 	}
 	fmt.Fprintf(w, "%s: %d layers, %d mismatched; largest GPU/emulation rel diff %.3g (%s); mean error vs 16-bit %.4f\n",
 		verdict, len(rep.Layers), bad, worst, worstName, mean)
-}
-
-// gpuCheck holds the open files of a gpu-check run.
-type gpuCheck struct {
-	model, reference, calibPath string
-	q, ref                      safetensors.Reader
-	cf                          *calib.File
-	layers                      []nunchaku.LayerMeta
-	calibRefs                   map[string]model.CalibRef
-	width                       int
-	flip                        *flip
-}
-
-// flip is a fault injected into the GPU's copy of one tensor.
-type flip struct {
-	layer, suffix string
-	byte          int // -1: the middle
-}
-
-// parseFlip reads --flip LAYER.TENSOR[:BYTE]; the layer must be checked.
-func parseFlip(s string, j *gpuCheck) (*flip, error) {
-	if s == "" {
-		return nil, nil
-	}
-	f := &flip{byte: -1}
-	name, off, hasOff := strings.Cut(s, ":")
-	if hasOff {
-		if _, err := fmt.Sscanf(off, "%d", &f.byte); err != nil || f.byte < 0 {
-			return nil, fmt.Errorf("--flip %q: byte offset %q is not a non-negative integer", s, off)
-		}
-	}
-	i := strings.LastIndex(name, ".")
-	if i < 0 {
-		return nil, fmt.Errorf("--flip %q: want LAYER.TENSOR, e.g. transformer_blocks.0.qkv_proj.qweight", s)
-	}
-	f.layer, f.suffix = name[:i], name[i+1:]
-	for _, lm := range j.layers {
-		if lm.Name == f.layer {
-			if _, ok := j.q.Info(name); !ok {
-				return nil, fmt.Errorf("--flip %q: %s has no tensor %s", s, j.model, name)
-			}
-			return f, nil
-		}
-	}
-	return nil, fmt.Errorf("--flip %q: layer %s is not among the layers checked", s, f.layer)
-}
-
-// apply returns get with the fault applied to the GPU's copy.
-func (f *flip) apply(get kernels.Getter, layer string) (kernels.Getter, error) {
-	if f == nil || layer != f.layer {
-		return get, nil
-	}
-	dt, sh, data, ok := get(f.suffix)
-	if !ok {
-		return nil, fmt.Errorf("--flip: layer %s has no tensor %s", layer, f.suffix)
-	}
-	at := f.byte
-	if at < 0 {
-		at = len(data) / 2
-	}
-	if at >= len(data) {
-		return nil, fmt.Errorf("--flip: %s.%s has %d bytes, no byte %d", layer, f.suffix, len(data), at)
-	}
-	bad := append([]byte(nil), data...)
-	bad[at] ^= 0xFF
-	return func(suffix string) (string, []int64, []byte, bool) {
-		if suffix == f.suffix {
-			return dt, sh, bad, true
-		}
-		return get(suffix)
-	}, nil
-}
-
-// openGPUCheck opens the three files and lists the W4A4 layers to check.
-// The quantized file must carry the svdq and svdq_calib metadata that
-// svdq quantize writes.
-func openGPUCheck(modelPath, refPath, calibPath string, re *regexp.Regexp) (*gpuCheck, error) {
-	j := &gpuCheck{model: modelPath, reference: refPath, calibPath: calibPath}
-	var err error
-	if j.q, err = safetensors.OpenCheckpoint(modelPath); err != nil {
-		return nil, err
-	}
-	fail := func(err error) (*gpuCheck, error) { j.close(); return nil, err }
-	md := j.q.Metadata()
-	s, ok := md[nunchaku.MetaSVDQ]
-	if !ok {
-		return fail(fmt.Errorf("%s: no %q metadata (gpu-check needs the layer records svdq quantize writes)", modelPath, nunchaku.MetaSVDQ))
-	}
-	meta, err := nunchaku.ParseMeta(s)
-	if err != nil {
-		return fail(fmt.Errorf("%s: %v", modelPath, err))
-	}
-	cs, ok := md[model.MetaCalib]
-	if !ok {
-		return fail(fmt.Errorf("%s: no %q metadata naming each layer's calibration rows", modelPath, model.MetaCalib))
-	}
-	if err := json.Unmarshal([]byte(cs), &j.calibRefs); err != nil {
-		return fail(fmt.Errorf("%s: metadata %s: %v", modelPath, model.MetaCalib, err))
-	}
-	for _, lm := range meta.Layers {
-		if lm.Kind == nunchaku.KindW4A4 && (re == nil || re.MatchString(lm.Name)) {
-			j.layers = append(j.layers, lm)
-			j.width = max(j.width, len(lm.Name))
-		}
-	}
-	if len(j.layers) == 0 {
-		return fail(fmt.Errorf("%s: no W4A4 layer matches --layers %v", modelPath, re))
-	}
-	if j.ref, err = safetensors.OpenCheckpoint(refPath); err != nil {
-		return fail(err)
-	}
-	if j.cf, err = calib.Open(calibPath); err != nil {
-		return fail(err)
-	}
-	return j, nil
-}
-
-func (j *gpuCheck) close() {
-	for _, c := range []io.Closer{j.q, j.ref} {
-		if c != nil {
-			c.Close()
-		}
-	}
-	if j.cf != nil {
-		j.cf.Close()
-	}
-}
-
-// getter serves the tensors of one layer of the quantized file; the first
-// read error is kept in *errp.
-func (j *gpuCheck) getter(layer string) (nunchaku.Getter, *error) {
-	var first error
-	return func(suffix string) (string, []int64, []byte, bool) {
-		info, ok := j.q.Info(layer + "." + suffix)
-		if !ok {
-			return "", nil, nil, false
-		}
-		b, err := j.q.Bytes(info.Name)
-		if err != nil {
-			if first == nil {
-				first = err
-			}
-			return "", nil, nil, false
-		}
-		return string(info.DType), info.Shape, b, true
-	}, &first
-}
-
-// run checks one layer: the emulation of the file's layer and the GPU on
-// the same rows, then both against the 16-bit reference layer.
-func (j *gpuCheck) run(d *kernels.Device, lm *nunchaku.LayerMeta, maxRows int) (gpuLayer, error) {
-	row := gpuLayer{Name: lm.Name, Precision: lm.Precision}
-	get, errp := j.getter(lm.Name)
-	ql, err := nunchaku.UnpackW4A4(get, lm.W4A4Options(j.model))
-	if err == nil {
-		err = *errp
-	}
-	if err != nil {
-		return row, err
-	}
-	gpuGet, err := j.flip.apply(kernels.Getter(get), lm.Name)
-	if err != nil {
-		return row, err
-	}
-	p, err := kernels.PackedFromTensors(gpuGet, lm.N, lm.K, lm.Shifted)
-	if err == nil {
-		err = *errp
-	}
-	if err != nil {
-		return row, fmt.Errorf("%s: layer %s: %v", j.model, lm.Name, err)
-	}
-	x, m, err := j.rows(lm, maxRows)
-	if err != nil {
-		return row, err
-	}
-	row.Rows = m
-	v := kernels.Fused
-	if ql.Precision == quant.NVFP4 {
-		v = kernels.Reference
-	}
-	row.Kernel = v.String()
-	gl, err := d.Upload(p)
-	if err != nil {
-		return row, fmt.Errorf("layer %s: %w", lm.Name, err)
-	}
-	res, err := gl.Run(x, m, v)
-	if ferr := gl.Free(); err == nil {
-		err = ferr
-	}
-	if err != nil {
-		return row, fmt.Errorf("layer %s: %w", lm.Name, err)
-	}
-	diff := kernels.Verify(ql, x, m, res)
-	row.MaxAbs, row.RelDiff, row.Outside, row.Elements, row.OK = diff.MaxAbs, diff.RelFro, diff.Mismatches, diff.N, diff.OK()
-	row.LowRankOff = diff.LowRankMismatches
-	got := res.Y
-
-	w, bias, err := j.referenceWeight(lm)
-	if err != nil {
-		return row, err
-	}
-	yref := make([]float64, m*lm.N)
-	quant.RefOutput(yref, x, m, lm.K, w, lm.N, nil)
-	for i := 0; i < m; i++ { // compare the products without the shared bias
-		for n := 0; n < lm.N; n++ {
-			got[i*lm.N+n] -= bias[n]
-		}
-	}
-	row.RefError = quant.RelError(got, yref)
-	return row, nil
-}
-
-// rows returns up to maxRows calibration rows [m, K] of the layer's input
-// (evenly spaced over the file's samples).
-func (j *gpuCheck) rows(lm *nunchaku.LayerMeta, maxRows int) ([]float32, int, error) {
-	ref, ok := j.calibRefs[lm.Name]
-	if !ok {
-		return nil, 0, fmt.Errorf("%s: metadata %s has no entry for layer %s", j.model, model.MetaCalib, lm.Name)
-	}
-	st, err := j.cf.Layer(ref.Key)
-	if err != nil {
-		return nil, 0, err
-	}
-	if ref.Cols[0] != 0 || ref.Cols[1] != st.K {
-		if ref.Cols[0] < 0 || ref.Cols[1] > st.K || ref.Cols[1]-ref.Cols[0] != lm.K {
-			return nil, 0, fmt.Errorf("%s: tensor %q: width %d has no columns %v for layer %s (K=%d)",
-				j.calibPath, ref.Key+".input_samples", st.K, ref.Cols, lm.Name, lm.K)
-		}
-		st = st.Cols(ref.Cols[0], ref.Cols[1])
-	}
-	if st.K != lm.K || st.S == 0 {
-		return nil, 0, fmt.Errorf("%s: %s: %d samples of width %d, layer %s needs width %d",
-			j.calibPath, ref.Key, st.S, st.K, lm.Name, lm.K)
-	}
-	m := min(st.S, maxRows)
-	x := make([]float32, m*lm.K)
-	for i := 0; i < m; i++ {
-		copy(x[i*lm.K:(i+1)*lm.K], st.Row(i*st.S/m))
-	}
-	return x, m, nil
-}
-
-// referenceWeight assembles the layer's 16-bit weight [N, K] and bias [N]
-// from the reference checkpoint through the metadata's sources.
-func (j *gpuCheck) referenceWeight(lm *nunchaku.LayerMeta) (w, bias []float32, err error) {
-	n, k := lm.N, lm.K
-	w, bias = make([]float32, n*k), make([]float32, n)
-	if len(lm.Sources) == 0 {
-		return nil, nil, fmt.Errorf("%s: layer %s has no recorded sources", j.model, lm.Name)
-	}
-	for _, s := range lm.Sources {
-		info, ok := j.ref.Info(s.Tensor)
-		if !ok {
-			return nil, nil, fmt.Errorf("%s: no tensor %q (source of %s)", j.reference, s.Tensor, lm.Name)
-		}
-		if len(info.Shape) != 2 {
-			return nil, nil, fmt.Errorf("%s: tensor %q: shape %v is not a matrix", j.reference, s.Tensor, info.Shape)
-		}
-		rows, cols := int(info.Shape[0]), int(info.Shape[1])
-		nr := s.SrcRows[1] - s.SrcRows[0]
-		if s.SrcRows[0] < 0 || s.SrcRows[1] > rows || s.SrcCols[0] < 0 || s.SrcCols[1] > cols ||
-			s.SrcCols[1]-s.SrcCols[0] != k || s.Rows[1]-s.Rows[0] != nr || s.Rows[0] < 0 || s.Rows[1] > n {
-			return nil, nil, fmt.Errorf("%s: tensor %q [%d %d]: rows %v cols %v do not fit rows %v of layer %s [%d %d]",
-				j.reference, s.Tensor, rows, cols, s.SrcRows, s.SrcCols, s.Rows, lm.Name, n, k)
-		}
-		raw, err := j.ref.Bytes(s.Tensor)
-		if err != nil {
-			return nil, nil, err
-		}
-		size := info.DType.Size()
-		for i := 0; i < nr; i++ {
-			off := ((s.SrcRows[0]+i)*cols + s.SrcCols[0]) * size
-			dst := w[(s.Rows[0]+i)*k : (s.Rows[0]+i+1)*k]
-			if err := quant.Decode(dst, string(info.DType), raw[off:off+k*size]); err != nil {
-				return nil, nil, fmt.Errorf("%s: tensor %q: %v", j.reference, s.Tensor, err)
-			}
-		}
-		if s.Bias == "" {
-			continue
-		}
-		binfo, ok := j.ref.Info(s.Bias)
-		if !ok || binfo.Elems() < int64(s.SrcRows[1]) {
-			return nil, nil, fmt.Errorf("%s: bias %q of %s missing or shorter than row %d", j.reference, s.Bias, s.Tensor, s.SrcRows[1])
-		}
-		braw, err := j.ref.Bytes(s.Bias)
-		if err != nil {
-			return nil, nil, err
-		}
-		bsize := binfo.DType.Size()
-		if err := quant.Decode(bias[s.Rows[0]:s.Rows[1]], string(binfo.DType),
-			braw[s.SrcRows[0]*bsize:s.SrcRows[1]*bsize]); err != nil {
-			return nil, nil, fmt.Errorf("%s: bias %q: %v", j.reference, s.Bias, err)
-		}
-	}
-	return w, bias, nil
 }

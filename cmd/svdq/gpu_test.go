@@ -58,8 +58,9 @@ func TestGPUCommandsWithoutGPU(t *testing.T) {
 }
 
 // TestGPUCheckSynth is the end-to-end check on a GPU: a synthetic FLUX.1-dev
-// quantized to INT4 passes gpu-check, and the same file with one packed
-// qweight byte flipped fails it (exit status 1).
+// quantized to INT4 passes gpu-check; the same file with one packed qweight
+// byte flipped fails it (exit status 1) on its recorded hash, and --flip
+// (the GPU's copy only) fails the GPU/emulation comparison.
 func TestGPUCheckSynth(t *testing.T) {
 	d, err := kernels.Open(0)
 	if err != nil {
@@ -82,8 +83,9 @@ func TestGPUCheckSynth(t *testing.T) {
 		t.Fatalf("gpu-check of a good file: status %d", status)
 	}
 
-	// A file with a flipped byte corrupts the emulation's input as well, so it
-	// still agrees with the GPU; --flip corrupts the GPU's copy only.
+	// A file with a flipped byte corrupts the emulation's input as well, so the
+	// comparison cannot see it: the recorded hash does, before the GPU runs.
+	// --flip corrupts the GPU's copy only.
 	bad := filepath.Join(dir, "bad.safetensors")
 	data, err := os.ReadFile(q)
 	if err != nil {
@@ -107,8 +109,8 @@ func TestGPUCheckSynth(t *testing.T) {
 	status, out, stderr = runCLI("gpu-check", "--model", bad, "--reference", ref, "--calib", cal, "--rows", "64",
 		"--layers", `^transformer_blocks\.0\.qkv_proj$`)
 	t.Logf("%s%s", out, stderr)
-	if status != exitOK {
-		t.Fatalf("gpu-check of a file with a flipped byte: status %d (GPU and emulation read the same bytes)", status)
+	if status != exitMismatch || !strings.Contains(out, "transformer_blocks.0.qkv_proj: packed bytes differ") {
+		t.Fatalf("gpu-check of a file with a flipped byte: status %d, want %d naming the layer", status, exitMismatch)
 	}
 	for _, fl := range []string{name, "transformer_blocks.0.qkv_proj.wscales:7", "transformer_blocks.0.qkv_proj.lora_down"} {
 		status, out, stderr = runCLI("gpu-check", "--model", q, "--reference", ref, "--calib", cal, "--rows", "64",

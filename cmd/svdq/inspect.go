@@ -19,10 +19,13 @@ func init() {
 		ArgsUsage: "PATH",
 		Description: "PATH is a .safetensors file, a sharded .index.json or a diffusers folder. Only headers are read.\n" +
 			"For an SVDQuant file, precision and rank per layer come from the svdq metadata, or from the\n" +
-			"tensor suffixes and shapes (padded sizes) when there is none.\n\n" +
+			"tensor suffixes and shapes (padded sizes) when there is none. It says how many layers carry\n" +
+			"the SHA-256 of their packed tensors recorded at quantize time; --verify reads the tensors and\n" +
+			"checks them (exit status 1 when one differs).\n\n" +
 			"Example: svdq inspect flux-int4.safetensors",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
+			&cli.BoolFlag{Name: "verify", Usage: "hash every quantized layer's packed tensors and compare with the recorded sha256"},
 		},
 		Action: inspectAction,
 	})
@@ -32,7 +35,7 @@ func inspectAction(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return fmt.Errorf("inspect: want one PATH, got %d arguments", c.NArg())
 	}
-	in, err := model.Inspect(c.Args().First())
+	in, err := model.Inspect(c.Args().First(), model.InspectOptions{Verify: c.Bool("verify")})
 	if err != nil {
 		return err
 	}
@@ -42,9 +45,12 @@ func inspectAction(c *cli.Context) error {
 			return err
 		}
 		fmt.Fprintln(c.App.Writer, string(data))
-		return nil
+	} else {
+		printInspection(c.App.Writer, in)
 	}
-	printInspection(c.App.Writer, in)
+	if len(in.Mismatches) > 0 {
+		return failed(nil)
+	}
 	return nil
 }
 
@@ -119,11 +125,36 @@ func printInspection(w io.Writer, in *model.Inspection) {
 		}
 	}
 	fmt.Fprintf(w, "  total: %s\n", strings.Join(parts, ", "))
+	printIntegrity(w, in)
 	if in.LoRAs != nil { // fuse-lora
 		fmt.Fprintf(w, "fused LoRAs (%d; svdq fuse-lora --remove NAME takes one out):\n", len(in.LoRAs.LoRAs))
 		for _, line := range in.LoRAs.Summary() {
 			fmt.Fprintf(w, "  %s\n", line)
 		}
+	}
+}
+
+// printIntegrity says which layers carry a recorded hash and, after
+// --verify, how they compare:
+//
+//	integrity: 20 of 20 layers record the sha256 of their packed tensors; verified: 20 ok
+func printIntegrity(w io.Writer, in *model.Inspection) {
+	verified := map[string]int{}
+	for _, l := range in.Layers {
+		if l.Integrity != "" {
+			verified[l.Integrity]++
+		}
+	}
+	line := fmt.Sprintf("integrity: %d of %d layers record the sha256 of their packed tensors", in.Hashed, len(in.Layers))
+	switch {
+	case len(verified) > 0:
+		line += fmt.Sprintf("; verified: %d ok, %d mismatched", verified[model.IntegrityOK], verified[model.IntegrityMismatch])
+	case in.Hashed > 0:
+		line += " (--verify checks them)"
+	}
+	fmt.Fprintln(w, line)
+	if len(in.Mismatches) > 0 {
+		printMismatches(w, in.Mismatches, len(in.Layers), "the file changed after it was written")
 	}
 }
 

@@ -15,7 +15,8 @@ func init() {
 		Description: "Writes DIR/" + model.UnpackFile + " with, for each W4A4 layer L: L.codes I8 [N,K], L.scales F32 [N,K/G],\n" +
 			"L.tensor_scale F32 [1], L.smooth [K], L.lora_down [R,K], L.lora_up [N,R], L.bias [N] (16-bit tensors in the\n" +
 			"model dtype); for each W4A16 layer: L.codes U8 [N,K], L.scales and L.zeros F32 [N,K/64], L.bias [N].\n" +
-			"Metadata \"layers\" lists sizes, precision, group and the unsigned-input flag as JSON.\n\n" +
+			"Metadata \"layers\" lists sizes, precision, group and the unsigned-input flag as JSON.\n" +
+			"A layer whose packed bytes differ from the SHA-256 recorded at quantize time is refused (exit 2).\n\n" +
 			"Example: svdq unpack --model flux-int4.safetensors --out /tmp/flux-int4-unpacked",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Required: true, Usage: "quantized `Q.safetensors`"},
@@ -26,8 +27,8 @@ func init() {
 }
 
 func unpackAction(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("unpack: unexpected argument %q", c.Args().First())
+	if err := noArgs(c); err != nil {
+		return err
 	}
 	var b *bar
 	res, err := model.Unpack(model.UnpackOptions{Model: c.String("model"), Out: c.String("out"),

@@ -47,60 +47,41 @@ type CheckOptions struct {
 // for a file without it, by tensor suffix and the reference's preset plan.
 // Bad input (missing layers, tensors or calibration keys, wrong widths,
 // NaN weights) is an error naming the file and tensor.
+//
+// Before anything is measured, every checked layer's packed bytes are
+// verified against the SHA-256 the metadata records (CheckLayer.Integrity).
+// When one differs, nothing is measured: the report lists every checked
+// layer with its integrity and no errors, CheckReport.Mismatches says
+// which differ, and Passed is false.
 func Check(opt CheckOptions) (*CheckReport, *Spectrum, error) {
-	f, err := openQuantized(opt.Model)
+	in, err := openCheckInputs(opt.Model, opt.Reference, opt.Calib, opt.Layers, "quantized layer", nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer f.Close()
-	ref, err := safetensors.OpenCheckpoint(opt.Reference)
+	defer in.Close()
+	lc, err := newLoRACheck(in.f, opt.LoRAs) // --lora (lora_check.go)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer ref.Close()
-	cf, err := calib.Open(opt.Calib)
+	ints, err := in.verify()
 	if err != nil {
 		return nil, nil, err
 	}
-	defer cf.Close()
-
-	var refPlan *preset.Plan
-	if f.meta == nil || f.calib == nil {
-		if refPlan, err = preset.PlanFor(table{ref}, preset.Options{PassUnknown: true}); err != nil {
-			return nil, nil, fmt.Errorf("%s: %v", opt.Reference, err)
+	if bad := Mismatches(ints); len(bad) > 0 {
+		rep := &CheckReport{Mismatches: bad}
+		for i := range in.layers {
+			rep.Layers = append(rep.Layers, CheckLayer{Name: in.layers[i].meta.Name, Precision: precisionOf(&in.layers[i].meta),
+				RelError: map[string]float64{}, Integrity: ints[i].Status})
 		}
+		rep.finish(opt.MaxRelError)
+		return rep, nil, nil
 	}
-	all, err := f.layers(refPlan)
-	if err != nil {
-		return nil, nil, err
-	}
-	var layers []fileLayer
-	for _, l := range all {
-		if opt.Layers == nil || opt.Layers.MatchString(l.meta.Name) {
-			layers = append(layers, l)
-		}
-	}
-	if len(layers) == 0 {
-		return nil, nil, fmt.Errorf("%s: no quantized layer matches --layers %v", opt.Model, opt.Layers)
-	}
-	// Validate what the header tells before the slow part.
-	refs := make([]CalibRef, len(layers))
-	for i := range layers {
-		if refs[i], err = checkCalibRef(cf, opt.Calib, &layers[i]); err != nil {
-			return nil, nil, err
-		}
-		if len(layers[i].meta.Sources) == 0 {
-			return nil, nil, fmt.Errorf("%s: layer %s has no recorded sources", opt.Model, layers[i].meta.Name)
-		}
-	}
-	lc, err := newLoRACheck(f, opt.LoRAs) // --lora (lora_check.go)
-	if err != nil {
-		return nil, nil, err
-	}
-	c := &checker{opt: opt, f: f, ref: ref, cf: cf, layers: layers, refs: refs, lora: lc,
-		rows: make([]CheckLayer, len(layers))}
+	c := &checker{opt: opt, in: in, lora: lc, rows: make([]CheckLayer, len(in.layers))}
 	if err := c.run(); err != nil {
 		return nil, nil, err
+	}
+	for i := range c.rows {
+		c.rows[i].Integrity = ints[i].Status
 	}
 	rep := &CheckReport{Layers: c.rows}
 	rep.finish(opt.MaxRelError)
@@ -108,6 +89,113 @@ func Check(opt CheckOptions) (*CheckReport, *Spectrum, error) {
 		return rep, nil, fmt.Errorf("%s: --spectrum %s: no such W4A4 layer among those checked", opt.Model, opt.Spectrum)
 	}
 	return rep, c.spectrum, nil
+}
+
+// precisionOf is a layer's CheckLayer.Precision: int4, nvfp4 or w4a16.
+func precisionOf(lm *nunchaku.LayerMeta) string {
+	if lm.Kind == nunchaku.KindW4A16 {
+		return "w4a16"
+	}
+	return lm.Precision
+}
+
+// checkInputs are the open files of a check-like job (Check, GPUCheck)
+// and the layers it measures with their calibration references.
+type checkInputs struct {
+	model, reference, calib string
+	f                       *qfile
+	ref                     safetensors.Reader
+	cf                      *calib.File
+	layers                  []fileLayer
+	refs                    []CalibRef // by layer
+}
+
+// openCheckInputs opens the quantized file, its reference checkpoint and
+// the calibration file, lists the quantized layers whose names match re
+// (nil: all) and for which keep (nil: all) is true, and validates what the
+// headers tell before the slow part: each layer's calibration key and
+// width and its recorded sources. what names the layers in the error when
+// none is selected.
+func openCheckInputs(model, reference, calibPath string, re *regexp.Regexp, what string, keep func(*nunchaku.LayerMeta) bool) (_ *checkInputs, err error) {
+	in := &checkInputs{model: model, reference: reference, calib: calibPath}
+	defer func() {
+		if err != nil {
+			in.Close()
+		}
+	}()
+	if in.f, err = openQuantized(model); err != nil {
+		return nil, err
+	}
+	if in.ref, err = safetensors.OpenCheckpoint(reference); err != nil {
+		return nil, err
+	}
+	if in.cf, err = calib.Open(calibPath); err != nil {
+		return nil, err
+	}
+	var refPlan *preset.Plan
+	if in.f.meta == nil || in.f.calib == nil {
+		if refPlan, err = preset.PlanFor(table{in.ref}, preset.Options{PassUnknown: true}); err != nil {
+			return nil, fmt.Errorf("%s: %v", reference, err)
+		}
+	}
+	all, err := in.f.layers(refPlan)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range all {
+		if (re == nil || re.MatchString(l.meta.Name)) && (keep == nil || keep(&l.meta)) {
+			in.layers = append(in.layers, l)
+		}
+	}
+	if len(in.layers) == 0 {
+		return nil, fmt.Errorf("%s: no %s matches --layers %v", model, what, re)
+	}
+	in.refs = make([]CalibRef, len(in.layers))
+	for i := range in.layers {
+		if in.refs[i], err = checkCalibRef(in.cf, calibPath, &in.layers[i]); err != nil {
+			return nil, err
+		}
+		if len(in.layers[i].meta.Sources) == 0 {
+			return nil, fmt.Errorf("%s: layer %s has no recorded sources", model, in.layers[i].meta.Name)
+		}
+	}
+	return in, nil
+}
+
+// Close closes the files opened so far.
+func (in *checkInputs) Close() {
+	if in.f != nil {
+		in.f.Close()
+	}
+	if in.ref != nil {
+		in.ref.Close()
+	}
+	if in.cf != nil {
+		in.cf.Close()
+	}
+}
+
+// verify checks the recorded hashes of the selected layers.
+func (in *checkInputs) verify() ([]LayerIntegrity, error) {
+	lms := make([]*nunchaku.LayerMeta, len(in.layers))
+	for i := range in.layers {
+		lms[i] = &in.layers[i].meta
+	}
+	return in.f.verify(lms)
+}
+
+// referenceWeight assembles layer i's weight W [N, K] and bias [N] (nil
+// when the reference has none) from the reference checkpoint, and its
+// model dtype (the metadata's, else the reference tensor's).
+func (in *checkInputs) referenceWeight(lm *nunchaku.LayerMeta) (w, bias []float32, dt quant.Float16, err error) {
+	w, bias, dt, err = readWeight(in.ref, in.reference, metaSources(lm.Sources), lm.N, lm.K)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if d, ok := dtypeOf(lm.DType); ok {
+		dt = d
+	}
+	return w, bias, dt, nil
 }
 
 // checkCalibRef picks the layer's calibration key and checks its width
@@ -132,13 +220,9 @@ func checkCalibRef(cf *calib.File, file string, l *fileLayer) (CalibRef, error) 
 
 // checker measures layers on a worker pool.
 type checker struct {
-	opt    CheckOptions
-	f      *qfile
-	ref    safetensors.Reader
-	cf     *calib.File
-	layers []fileLayer
-	refs   []CalibRef
-	lora   *loraCheck // nil without --lora
+	opt  CheckOptions
+	in   *checkInputs
+	lora *loraCheck // nil without --lora
 
 	mu       sync.Mutex
 	done     int
@@ -146,55 +230,25 @@ type checker struct {
 	spectrum *Spectrum
 }
 
+// run measures every layer on opt.Workers goroutines; the error of the
+// earliest failing layer (in report order) is returned.
 func (c *checker) run() error {
 	workers := c.opt.Workers
 	if workers <= 0 {
 		workers = DefaultWorkers()
 	}
-	workers = min(workers, len(c.layers))
-	next := make(chan int)
-	var wg sync.WaitGroup
-	var once sync.Once
-	var first error
-	quit := make(chan struct{})
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := c.layer(i); err != nil {
-					once.Do(func() { first = err; close(quit) })
-					return
-				}
-			}
-		}()
-	}
-dispatch:
-	for i := range c.layers {
-		select {
-		case next <- i:
-		case <-quit:
-			break dispatch
-		}
-	}
-	close(next)
-	wg.Wait()
-	return first
+	return forEach(len(c.in.layers), workers, c.layer)
 }
 
 // layer measures layer i and its baselines.
 func (c *checker) layer(i int) error {
-	l := &c.layers[i]
-	lm := &l.meta
-	w, bias, dt, err := readWeight(c.ref, c.opt.Reference, metaSources(lm.Sources), lm.N, lm.K)
+	lm := &c.in.layers[i].meta
+	w, bias, dt, err := c.in.referenceWeight(lm)
 	if err != nil {
 		return err
 	}
-	if d, ok := dtypeOf(lm.DType); ok {
-		dt = d
-	}
 	c.lora.merge(lm.Name, w) // --lora: reference = base + ΔW
-	cal, err := loadCalib(c.cf, c.refs[i])
+	cal, err := loadCalib(c.in.cf, c.in.refs[i])
 	if err != nil {
 		return err
 	}
@@ -206,7 +260,7 @@ func (c *checker) layer(i int) error {
 	var spec *Spectrum
 	switch lm.Kind {
 	case nunchaku.KindW4A16:
-		wo, err := c.f.unpackW4A16(lm)
+		wo, err := c.in.f.unpackW4A16(lm)
 		if err != nil {
 			return err
 		}
@@ -214,13 +268,13 @@ func (c *checker) layer(i int) error {
 			return fmt.Errorf("%s: layer %s: stored [%d %d], reference [%d %d]", c.opt.Model, lm.Name, wo.N, wo.K, lm.N, lm.K)
 		}
 		wo.Forward(yq, x, s)
-		if err := c.lora.addW4A16(c.f, lm, yq, x, s); err != nil { // --lora: the fused branch
+		if err := c.lora.addW4A16(c.in.f, lm, yq, x, s); err != nil { // --lora: the fused branch
 			return err
 		}
 		row.Precision = "w4a16"
 		row.RelError[MethodW4A16] = weightOnlyError(quant.QuantizeWeightOnly(w, lm.N, lm.K, bias, dt), w, bias, cal, c.opt.MaxRows)
 	default:
-		ql, err := c.f.unpackW4A4(lm)
+		ql, err := c.in.f.unpackW4A4(lm)
 		if err != nil {
 			return err
 		}
@@ -256,7 +310,7 @@ func (c *checker) layer(i int) error {
 	for k, v := range row.RelError {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return fmt.Errorf("%s: layer %s: %s error is %v (the reference output on calibration key %q is zero or not finite)",
-				c.opt.Model, lm.Name, k, v, c.refs[i].Key)
+				c.opt.Model, lm.Name, k, v, c.in.refs[i].Key)
 		}
 	}
 	c.mu.Lock()
@@ -267,7 +321,7 @@ func (c *checker) layer(i int) error {
 	}
 	c.done++
 	if c.opt.OnLayer != nil {
-		c.opt.OnLayer(row, c.done, len(c.layers))
+		c.opt.OnLayer(row, c.done, len(c.in.layers))
 	}
 	return nil
 }

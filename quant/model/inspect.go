@@ -27,6 +27,19 @@ type QuantLayer struct {
 	Rank      int    `json:"rank"`
 	Bytes     int64  `json:"bytes"`
 	Source    string `json:"source"` // where precision and rank come from: "svdq metadata" or "tensors"
+	// SHA256 is the integrity hash the svdq metadata records for the
+	// layer's packed tensors ("" when none).
+	SHA256 string `json:"sha256,omitempty"`
+	// Integrity is set by InspectOptions.Verify: IntegrityOK,
+	// IntegrityMismatch or IntegrityAbsent.
+	Integrity string `json:"integrity,omitempty"`
+}
+
+// InspectOptions configure Inspect.
+type InspectOptions struct {
+	// Verify reads every quantized layer's packed tensors and checks them
+	// against the hash the svdq metadata records (QuantLayer.Integrity).
+	Verify bool
 }
 
 // Inspection describes a checkpoint: tensors, totals, metadata, family and
@@ -45,14 +58,20 @@ type Inspection struct {
 	Family     string       `json:"family"`
 	FamilyNote string       `json:"family_note,omitempty"`
 	Layers     []QuantLayer `json:"quantized_layers"`
+	// Hashed counts the quantized layers whose svdq entry records an
+	// integrity hash.
+	Hashed int `json:"hashed_layers"`
+	// Mismatches details, with InspectOptions.Verify, the layers whose
+	// bytes differ from their record.
+	Mismatches []LayerIntegrity `json:"mismatches,omitempty"`
 	// LoRAs is the fuse-lora provenance record (formats/lora), nil when
 	// no LoRA is fused.
 	LoRAs *lora.Provenance `json:"loras,omitempty"`
 }
 
 // Inspect reads the header of the checkpoint at path (a file, sharded
-// index or diffusers folder); no tensor data is read.
-func Inspect(path string) (*Inspection, error) {
+// index or diffusers folder); no tensor data is read unless opt.Verify.
+func Inspect(path string, opt InspectOptions) (*Inspection, error) {
 	r, err := safetensors.OpenCheckpoint(path)
 	if err != nil {
 		return nil, err
@@ -95,10 +114,29 @@ func Inspect(path string) (*Inspection, error) {
 			Bytes: s.Bytes, Source: "tensors"}
 		if meta != nil {
 			if lm, ok := meta.Layer(s.Name); ok {
-				q.Precision, q.N, q.K, q.Rank, q.Source = lm.Precision, lm.N, lm.K, lm.R, "svdq metadata"
+				q.Precision, q.N, q.K, q.Rank, q.Source, q.SHA256 = lm.Precision, lm.N, lm.K, lm.R, "svdq metadata", lm.SHA256
 			}
 		}
+		if q.SHA256 != "" {
+			in.Hashed++
+		}
 		in.Layers = append(in.Layers, q)
+	}
+	if opt.Verify {
+		ints, err := VerifyIntegrity(path, nil)
+		if err != nil {
+			return nil, err
+		}
+		byName := map[string]string{}
+		for _, li := range ints {
+			byName[li.Name] = li.Status
+		}
+		for i := range in.Layers {
+			if in.Layers[i].Integrity = byName[in.Layers[i].Name]; in.Layers[i].Integrity == "" {
+				in.Layers[i].Integrity = IntegrityAbsent
+			}
+		}
+		in.Mismatches = Mismatches(ints)
 	}
 	return in, nil
 }

@@ -120,6 +120,9 @@ type fusion struct {
 	drops map[string][][2]int    // layer → input rank columns to drop
 	adds  map[string][]*addition // layer → blocks to append, in order
 	files []*lora.File           // open LoRA files (closed when FuseLoRA returns)
+	// rewritten maps the name of every tensor the fusion rewrites to its
+	// output spec (nil: not in the output).
+	rewritten map[string]*safetensors.Spec
 }
 
 // addition is one new LoRA's plan for one layer.
@@ -135,7 +138,11 @@ type addition struct {
 // that are not factors or match no layer (unless AllowUnmatched), shapes
 // that do not fit (the error names the layer and both shapes), values that
 // overflow the model's 16-bit type, W4A16 layers the file's loader cannot
-// take a branch on. On error nothing is written.
+// take a branch on, and first of all a layer whose packed bytes differ
+// from the SHA-256 its svdq entry records (a corrupted input). On error
+// nothing is written. The hashes of the rewritten quantized layers are
+// recomputed over their output bytes; a layer without a recorded hash
+// stays without one, so that removal restores such a base byte for byte.
 //
 // Taking every LoRA out rewrites the base checkpoint: the base ranks and
 // svdq entry, the kept tensors' base bytes and the header length come from
@@ -172,6 +179,9 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	}
 	if f.meta == nil {
 		return nil, fmt.Errorf("%s: no %s metadata: fuse-lora maps LoRA modules through the record `svdq quantize` writes", opt.Model, nunchaku.MetaSVDQ)
+	}
+	if err := f.verifyFile(); err != nil { // the untouched layers are copied with their hashes
+		return nil, err
 	}
 	fu := &fusion{opt: opt, f: f, rep: &FuseReport{Out: opt.Out},
 		old: map[string]int{}, base: map[string]lora.Layer{}, drops: map[string][][2]int{}, adds: map[string][]*addition{}}

@@ -2,9 +2,7 @@ package model
 
 import (
 	"fmt"
-	"runtime"
 	"sort"
-	"sync"
 
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
@@ -19,6 +17,9 @@ type touched struct {
 	newRank int
 	// names of the tensors this layer's branch lives in (input and output).
 	down, up string
+	// sum is the layer's integrity hash in the output (set by writeLayer
+	// for quantized layers whose input records one).
+	sum string
 }
 
 // touchedLayers lists the layers with drops or additions, sorted by name,
@@ -141,23 +142,36 @@ func (fu *fusion) write() error {
 		copied = append(copied, n)
 	}
 
+	fu.rewritten = map[string]*safetensors.Spec{}
+	for n := range replaced {
+		fu.rewritten[n] = nil // not in the output unless specified
+	}
+	for i := range specs {
+		if replaced[specs[i].Name] {
+			fu.rewritten[specs[i].Name] = &specs[i]
+		}
+	}
+
+	// The svdq entry is written with the input's hashes of the touched
+	// layers (placeholders of the same length) and completed once their
+	// tensors are: a hash covers the layer's bytes in the output.
 	md := fu.f.r.Metadata()
+	verbatim := len(fu.prov.LoRAs) == 0 && fu.prov.Base.SVDQ != ""
+	svdqEntry := func() (string, error) {
+		if verbatim {
+			return fu.prov.Base.SVDQ, nil
+		}
+		return meta.Marshal()
+	}
 	opts := []safetensors.Option{}
+	if md[nunchaku.MetaSVDQ], err = svdqEntry(); err != nil {
+		return err
+	}
 	if len(fu.prov.LoRAs) == 0 {
 		delete(md, lora.MetaKey)
-		if fu.prov.Base.SVDQ != "" {
-			md[nunchaku.MetaSVDQ] = fu.prov.Base.SVDQ
-		} else if md[nunchaku.MetaSVDQ], err = meta.Marshal(); err != nil {
-			return err
-		}
 		opts = append(opts, safetensors.ReserveHeader(fu.prov.Base.HeaderPad))
-	} else {
-		if md[nunchaku.MetaSVDQ], err = meta.Marshal(); err != nil {
-			return err
-		}
-		if md[lora.MetaKey], err = fu.prov.Marshal(); err != nil {
-			return err
-		}
+	} else if md[lora.MetaKey], err = fu.prov.Marshal(); err != nil {
+		return err
 	}
 	if fu.opt.DryRun {
 		return nil
@@ -175,37 +189,51 @@ func (fu *fusion) write() error {
 	if err := eachParallel(len(layers), func(i int) error { return fu.writeLayer(w, layers[i]) }); err != nil {
 		return err
 	}
+	for _, t := range layers {
+		if t.sum == "" {
+			continue
+		}
+		for i := range meta.Layers {
+			if meta.Layers[i].Name == t.info.Name {
+				meta.Layers[i].SHA256 = t.sum
+			}
+		}
+	}
+	if md[nunchaku.MetaSVDQ], err = svdqEntry(); err != nil {
+		return err
+	}
+	if err := w.SetMetadata(md); err != nil {
+		return err
+	}
 	return w.Close()
 }
 
-// eachParallel runs fn(0..n-1) on up to GOMAXPROCS goroutines (at most 8:
-// a layer's unpack and repack are light, memory is one unpacked layer per
-// goroutine) and returns the error of the lowest index that failed, so
-// messages do not depend on scheduling.
-func eachParallel(n int, fn func(i int) error) error {
-	errs := make([]error, n)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), 8, max(n, 1)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				errs[i] = fn(i)
+// outputHash returns the integrity hash of a quantized layer's tensors in
+// the output when its input entry records one ("" otherwise): the input's
+// tensors, except the rewritten ones, which are the bytes in written (full
+// name → bytes) with the dtype and shape of their output spec, or absent
+// (a removed branch).
+func (fu *fusion) outputHash(layer string, written map[string][]byte) (string, error) {
+	lm, ok := fu.f.meta.Layer(layer)
+	if !ok || lm.SHA256 == "" {
+		return "", nil
+	}
+	get, errp := fu.f.getter(layer)
+	sum := nunchaku.LayerHash(func(suffix string) (string, []int64, []byte, bool) {
+		name := layer + "." + suffix
+		if sp, ok := fu.rewritten[name]; ok {
+			data, has := written[name]
+			if sp == nil || !has {
+				return "", nil, nil, false
 			}
-		}()
-	}
-	for i := 0; i < n; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
+			return string(sp.DType), sp.Shape, data, true
 		}
+		return get(suffix)
+	})
+	if *errp != nil {
+		return "", *errp
 	}
-	return nil
+	return sum, nil
 }
 
 // branch returns the layer's new branch: the input's, minus the dropped
@@ -261,16 +289,22 @@ func (fu *fusion) writeLayer(w *safetensors.Writer, t *touched) error {
 		if err != nil {
 			return fmt.Errorf("%s: layer %s: %v", fu.opt.Out, li.Name, err)
 		}
+		written := map[string][]byte{}
 		for _, x := range ts {
 			switch x.Suffix {
 			case nunchaku.SuffixLoraDown:
-				err = w.Write(t.down, x.Data)
+				written[t.down] = x.Data
 			case nunchaku.SuffixLoraUp:
-				err = w.Write(t.up, x.Data)
+				written[t.up] = x.Data
 			}
-			if err != nil {
+		}
+		for _, n := range []string{t.down, t.up} {
+			if err := w.Write(n, written[n]); err != nil {
 				return err
 			}
+		}
+		if t.sum, err = fu.outputHash(li.Name, written); err != nil {
+			return err
 		}
 	case lora.W4A16:
 		get, errp := fu.f.getter(li.Name)
@@ -285,17 +319,21 @@ func (fu *fusion) writeLayer(w *safetensors.Writer, t *touched) error {
 		if err != nil {
 			return err
 		}
-		if br.R == 0 {
-			return nil
+		written := map[string][]byte{}
+		if br.R > 0 {
+			ts, err := lora.PackW4A16Branch(br, max(li.Chunks, 1), li.DType)
+			if err != nil {
+				return fmt.Errorf("%s: layer %s: %v", fu.opt.Out, li.Name, err)
+			}
+			written[t.down], written[t.up] = ts[0].Data, ts[1].Data
+			for _, n := range []string{t.down, t.up} {
+				if err := w.Write(n, written[n]); err != nil {
+					return err
+				}
+			}
 		}
-		ts, err := lora.PackW4A16Branch(br, max(li.Chunks, 1), li.DType)
-		if err != nil {
-			return fmt.Errorf("%s: layer %s: %v", fu.opt.Out, li.Name, err)
-		}
-		if err := w.Write(t.down, ts[0].Data); err != nil {
-			return err
-		}
-		return w.Write(t.up, ts[1].Data)
+		t.sum, err = fu.outputHash(li.Name, written)
+		return err
 	case lora.Kept:
 		return fu.writeKept(w, t)
 	}

@@ -78,13 +78,15 @@ func presetSources(l *preset.Layer) []source {
 // layerMeta returns the svdq entry of planned layer pl; for W4A4 layers
 // alpha and beta are the chosen exponents (placeholders before the search:
 // Ratio always prints two decimals, so the entry's length is known in
-// advance).
+// advance). Its SHA256 is nunchaku.PlaceholderHash, of the same length as
+// the real hash the caller sets once the layer is packed.
 func (p *Plan) layerMeta(pl *PlannedLayer, alpha, beta float64) nunchaku.LayerMeta {
 	dt := quant.BF16
 	if pl.DType == "F16" {
 		dt = quant.F16
 	}
-	lm := nunchaku.LayerMeta{Name: pl.Name, N: pl.N, K: pl.K, DType: dt.String(), Sources: sourceMetas(&pl.Layer)}
+	lm := nunchaku.LayerMeta{Name: pl.Name, N: pl.N, K: pl.K, DType: dt.String(), Sources: sourceMetas(&pl.Layer),
+		SHA256: nunchaku.PlaceholderHash}
 	if pl.Role == preset.W4A16 {
 		lm.Kind, lm.Group, lm.Precision, lm.Chunks = nunchaku.KindW4A16, 64, quant.INT4.String(), max(pl.Chunks, 1)
 		return lm

@@ -54,10 +54,12 @@ func (q *quantizer) unit(u unit) error {
 		if err != nil {
 			return fmt.Errorf("%s: layer %s: %v", q.opt.Model, pl.Name, err)
 		}
-		if err := q.write(pl, ts); err != nil {
+		sum, err := q.write(pl, ts)
+		if err != nil {
 			return err
 		}
 		meta := q.plan.layerMeta(pl, res[i].Alpha, res[i].Beta)
+		meta.SHA256 = sum
 		q.finish(li, meta, LayerReport{
 			Name: pl.Name, Shape: [2]int{pl.N, pl.K}, Precision: pl.Precision, Rank: res[i].Layer.R,
 			Alpha: float64(meta.Smooth.Alpha), Beta: float64(meta.Smooth.Beta), RelError: res[i].RelError,
@@ -82,10 +84,13 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("%s: layer %s: %v", q.opt.Model, pl.Name, err)
 	}
-	if err := q.write(pl, ts); err != nil {
+	sum, err := q.write(pl, ts)
+	if err != nil {
 		return err
 	}
-	q.finish(li, q.plan.layerMeta(pl, 0, 0), LayerReport{
+	meta := q.plan.layerMeta(pl, 0, 0)
+	meta.SHA256 = sum
+	q.finish(li, meta, LayerReport{
 		Name: pl.Name, Shape: [2]int{pl.N, pl.K}, Precision: pl.Precision, RelError: rel,
 		Seconds: time.Since(start).Seconds(), DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes})
 	return nil
@@ -143,17 +148,18 @@ func (q *quantizer) release(srcs []source) {
 	}
 }
 
-// write stores a layer's packed tensors, checking them against the plan.
-func (q *quantizer) write(pl *PlannedLayer, ts []nunchaku.Tensor) error {
+// write stores a layer's packed tensors, checking them against the plan,
+// and returns their integrity hash (nunchaku.LayerHash) for the metadata.
+func (q *quantizer) write(pl *PlannedLayer, ts []nunchaku.Tensor) (string, error) {
 	if len(ts) != len(pl.specs) {
-		return fmt.Errorf("%s: layer %s: packer returned %d tensors, planned %d", q.opt.Out, pl.Name, len(ts), len(pl.specs))
+		return "", fmt.Errorf("%s: layer %s: packer returned %d tensors, planned %d", q.opt.Out, pl.Name, len(ts), len(pl.specs))
 	}
 	for _, t := range ts {
 		if err := q.w.Write(pl.Name+"."+t.Suffix, t.Data); err != nil {
-			return err
+			return "", err
 		}
 	}
-	return nil
+	return nunchaku.HashTensors(ts), nil
 }
 
 // finish records a layer's metadata and reports it.

@@ -25,10 +25,15 @@ var Methods = []string{MethodSVDQuant, MethodSVDQuantPlain, MethodNaive, MethodS
 // ‖Y_q − Y‖_F / ‖Y‖_F of each method on the layer's calibration rows.
 // Precision is "int4", "nvfp4" or "w4a16" (a weight-only adaLN layer, whose
 // rel_error holds only svdquant, its own error, and the w4a16 baseline).
+//
+// Integrity is the layer's packed bytes against the hash recorded when the
+// file was written: IntegrityOK, IntegrityMismatch (the layer was not
+// measured: RelError is empty) or IntegrityAbsent (no hash recorded).
 type CheckLayer struct {
 	Name      string             `json:"name"`
 	Precision string             `json:"precision"`
 	RelError  map[string]float64 `json:"rel_error"`
+	Integrity string             `json:"integrity"`
 }
 
 // Worst names the layer with the largest svdquant error.
@@ -39,10 +44,17 @@ type Worst struct {
 
 // CheckReport is the result of Check; its JSON form is what `svdq check
 // --json` prints.
+//
+// A report with Mismatches (layers whose packed bytes differ from their
+// record) measured nothing and does not pass.
 type CheckReport struct {
 	Layers []CheckLayer `json:"layers"`
 	Worst  Worst        `json:"worst"`
 	Passed bool         `json:"passed"`
+	// Mismatches details the layers whose Integrity is IntegrityMismatch
+	// (both hashes), in the file's layer order; the JSON form carries only each
+	// layer's "integrity".
+	Mismatches []LayerIntegrity `json:"-"`
 }
 
 // MeanErrors returns, per method key, the mean error over the layers of
@@ -66,14 +78,21 @@ func (r *CheckReport) MeanErrors(precisions ...string) (mean map[string]float64,
 	return mean, count
 }
 
-// finish fills Worst and Passed (every layer's svdquant error ≤ maxErr; a
-// maxErr ≤ 0 means no threshold) and sorts layers by name.
+// finish fills Worst (among the measured layers) and Passed (no integrity
+// mismatch, and every layer's svdquant error ≤ maxErr; a maxErr ≤ 0 means
+// no threshold) and sorts layers by name.
 func (r *CheckReport) finish(maxErr float64) {
 	sort.Slice(r.Layers, func(i, j int) bool { return r.Layers[i].Name < r.Layers[j].Name })
 	r.Worst = Worst{}
-	r.Passed = true
+	r.Passed = len(r.Mismatches) == 0
 	for _, l := range r.Layers {
-		e := l.RelError[MethodSVDQuant]
+		if l.Integrity == IntegrityMismatch {
+			r.Passed = false
+		}
+		e, ok := l.RelError[MethodSVDQuant]
+		if !ok {
+			continue
+		}
 		if r.Worst.Name == "" || e > r.Worst.RelError || e != e {
 			r.Worst = Worst{Name: l.Name, RelError: e}
 		}

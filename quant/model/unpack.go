@@ -65,13 +65,18 @@ type UnpackResult struct {
 //	L.codes  U8 [N, K] 0..15;  L.scales, L.zeros F32 [N, K/64];  L.bias model dtype [N]
 //
 // with w = codes·scales + zeros. The metadata holds "format" =
-// svdq-unpacked/1 and "layers", a JSON list of UnpackedLayer.
+// svdq-unpacked/1 and "layers", a JSON list of UnpackedLayer. A layer whose
+// packed bytes differ from the SHA-256 its svdq entry records is an error
+// (naming the layer) before anything is written.
 func Unpack(opt UnpackOptions) (*UnpackResult, error) {
 	f, err := openQuantized(opt.Model)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if err := f.verifyFile(); err != nil {
+		return nil, err
+	}
 	layers, err := f.layers(nil)
 	if err != nil {
 		return nil, err
