@@ -102,11 +102,9 @@ func checkAction(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		data, err := json.Marshal(rep)
-		if err != nil {
+		if err := printJSON(c.App.Writer, rep); err != nil {
 			return err
 		}
-		fmt.Fprintln(c.App.Writer, string(data))
 	} else if len(rep.Mismatches) > 0 {
 		printMismatches(c.App.Writer, rep.Mismatches, len(rep.Layers), "nothing was measured")
 	} else {
@@ -193,6 +191,16 @@ func printMismatches(w io.Writer, bad []model.LayerIntegrity, total int, note st
 		fmt.Fprintf(w, "%s: %s\n", l.Name, l.Problem())
 	}
 	fmt.Fprintf(w, "FAILED: %d of %d layers differ from their recorded sha256 (%s)\n", len(bad), total, note)
+}
+
+// printJSON prints v as one line of JSON (the --json output of a command).
+func printJSON(w io.Writer, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(data))
+	return err
 }
 
 // noArgs refuses positional arguments to a command that takes none.

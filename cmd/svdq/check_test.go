@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,30 +11,6 @@ import (
 	"github.com/svdq/svdq/kernels"
 	"github.com/svdq/svdq/quant/model"
 )
-
-// flipFileByte copies src to dst with the middle byte of tensor name
-// inverted, as a bad disk or a careless edit would leave it.
-func flipFileByte(t *testing.T, src, dst, name string) {
-	t.Helper()
-	f, err := safetensors.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, ok := f.Info(name)
-	hdr := f.HeaderSize()
-	f.Close()
-	if !ok {
-		t.Fatalf("%s: no tensor %s", src, name)
-	}
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[8+hdr+(info.Begin+info.End)/2] ^= 0xFF
-	if err := os.WriteFile(dst, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // TestIntegrityCommands: a quantized file with one packed byte flipped (in
 // qweight, wscales, lora_up, smooth or bias) fails check (exit 1, the layer
@@ -76,7 +51,12 @@ func TestIntegrityCommands(t *testing.T) {
 		{"transformer_blocks.0.qkv_proj", "bias"},
 	} {
 		bad := filepath.Join(dir, c.suffix+".safetensors")
-		flipFileByte(t, q, bad, c.layer+"."+c.suffix)
+		rewrite(t, q, bad, func(ts *safetensors.Tensor) bool { // the middle byte inverted
+			if ts.Name == c.layer+"."+c.suffix {
+				ts.Data[len(ts.Data)/2] ^= 0xFF
+			}
+			return true
+		})
 		want := c.layer + ": packed bytes differ from those recorded at quantize time: sha256 "
 
 		out, _ := mustRun(t, 1, append([]string{"check", "--model", bad, "--reference", m, "--calib", cal}, only...)...)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -119,12 +118,7 @@ func benchGPUAction(c *cli.Context) error {
 	rep := benchReport{Device: d.String(), PTX: d.PTX.File, NVCC: d.PTX.NVCC, BF16: note, Results: res,
 		Targets: benchTargets(res)}
 	if asJSON {
-		data, err := json.Marshal(rep)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(out, string(data))
-		return nil
+		return printJSON(out, rep)
 	}
 	fmt.Fprintln(out, note)
 	for _, t := range rep.Targets {
@@ -203,11 +197,9 @@ func gpuCheckAction(c *cli.Context) error {
 		return err
 	}
 	if asJSON {
-		data, err := json.Marshal(rep)
-		if err != nil {
+		if err := printJSON(out, rep); err != nil {
 			return err
 		}
-		fmt.Fprintln(out, string(data))
 	} else if len(rep.Mismatches) > 0 {
 		printMismatches(out, rep.Mismatches, len(rep.Layers), "nothing was run on the GPU")
 	} else {

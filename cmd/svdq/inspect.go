@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -40,11 +39,9 @@ func inspectAction(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		data, err := json.Marshal(in)
-		if err != nil {
+		if err := printJSON(c.App.Writer, in); err != nil {
 			return err
 		}
-		fmt.Fprintln(c.App.Writer, string(data))
 	} else {
 		printInspection(c.App.Writer, in)
 	}

@@ -261,11 +261,11 @@ func (c *checker) layer(i int) error {
 	switch lm.Kind {
 	case nunchaku.KindW4A16:
 		wo, err := c.in.f.unpackW4A16(lm)
+		if err == nil {
+			err = c.sameShape(lm, wo.N, wo.K)
+		}
 		if err != nil {
 			return err
-		}
-		if wo.N != lm.N || wo.K != lm.K {
-			return fmt.Errorf("%s: layer %s: stored [%d %d], reference [%d %d]", c.opt.Model, lm.Name, wo.N, wo.K, lm.N, lm.K)
 		}
 		wo.Forward(yq, x, s)
 		if err := c.lora.addW4A16(c.in.f, lm, yq, x, s); err != nil { // --lora: the fused branch
@@ -275,11 +275,11 @@ func (c *checker) layer(i int) error {
 		row.RelError[MethodW4A16] = weightOnlyError(quant.QuantizeWeightOnly(w, lm.N, lm.K, bias, dt), w, bias, cal, c.opt.MaxRows)
 	default:
 		ql, err := c.in.f.unpackW4A4(lm)
+		if err == nil {
+			err = c.sameShape(lm, ql.N, ql.K)
+		}
 		if err != nil {
 			return err
-		}
-		if ql.N != lm.N || ql.K != lm.K {
-			return fmt.Errorf("%s: layer %s: stored [%d %d], reference [%d %d]", c.opt.Model, lm.Name, ql.N, ql.K, lm.N, lm.K)
 		}
 		ql.Forward(yq, x, s)
 		row.Precision = ql.Precision.String()
@@ -322,6 +322,15 @@ func (c *checker) layer(i int) error {
 	c.done++
 	if c.opt.OnLayer != nil {
 		c.opt.OnLayer(row, c.done, len(c.in.layers))
+	}
+	return nil
+}
+
+// sameShape checks a stored layer's logical [n, k] against the
+// reference's.
+func (c *checker) sameShape(lm *nunchaku.LayerMeta, n, k int) error {
+	if n != lm.N || k != lm.K {
+		return fmt.Errorf("%s: layer %s: stored [%d %d], reference [%d %d]", c.opt.Model, lm.Name, n, k, lm.N, lm.K)
 	}
 	return nil
 }
