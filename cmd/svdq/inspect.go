@@ -3,7 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/svdq/svdq/formats/nunchaku"
@@ -63,22 +64,12 @@ func printInspection(w io.Writer, in *model.Inspection) {
 		fmt.Fprintf(w, "%-*s  %-7s  %-18s  %10.3f\n", width, t.Name, t.DType, shapeString(t.Shape), float64(t.Bytes)/(1<<20))
 	}
 	fmt.Fprintf(w, "\n%s: %d tensors, %d parameters, %s\n", in.Path, in.Count, in.Params, human(in.Bytes))
-	dts := make([]string, 0, len(in.ByDType))
-	for d := range in.ByDType {
-		dts = append(dts, d)
-	}
-	sort.Strings(dts)
-	for _, d := range dts {
+	for _, d := range slices.Sorted(maps.Keys(in.ByDType)) {
 		fmt.Fprintf(w, "  %-7s %s\n", d, human(in.ByDType[d]))
 	}
 	if len(in.Metadata) > 0 {
 		fmt.Fprintln(w, "metadata:")
-		keys := make([]string, 0, len(in.Metadata))
-		for k := range in.Metadata {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(in.Metadata)) {
 			v := in.Metadata[k]
 			if k == nunchaku.MetaSVDQ || k == model.MetaCalib || k == nunchaku.MetaSVDQLoras {
 				v = fmt.Sprintf("(%d bytes of JSON; see --json)", len(v))
