@@ -35,7 +35,7 @@ func (g *groupEval) refine(m *memberEval) int {
 				m.deq[lo+i] = w - m.deq[lo+i]
 			}
 		})
-		g.fit(m, m.deq, refinePower)
+		g.fit(m, m.deq, g.cfg.refinePower)
 		if m.st.err >= best.err {
 			break
 		}

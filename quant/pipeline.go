@@ -31,12 +31,15 @@ const (
 // and evaluates the fullRecheck best of them again on every row: the
 // choice is the reference's whenever its best candidate is among those.
 var (
-	fullRankRows  = 64
-	fullRecheck   = 4
-	refineRanked  = true
-	fastRankRows  = 64
-	fastIters     = 8
-	fastRefineTol = 1e-3
+	fullRankRows    = 64
+	fullRecheck     = 4
+	fullRefineTol   = 2e-4
+	refineRanked    = true
+	fastRankRows    = 64
+	fastIters       = 6
+	fastRefinePower = -1
+	fastOversample  = 8
+	fastRefineTol   = 1e-3
 )
 
 // Input is one linear layer y = x·Wᵀ + b to quantize.
@@ -178,14 +181,16 @@ func QuantizeGroup(ins []Input, shifted bool, c Calib, opt Options) ([]Result, e
 	cfg := pipeConfig{
 		prec: opt.Precision, dt: opt.DType, rank: opt.Rank, iters: opt.Iters,
 		gptq: opt.GPTQ, seed: opt.Seed, maxRows: opt.MaxRows, search: opt.Search,
+		refinePower: refinePower,
 	}
 	switch opt.Search {
 	case SearchOff:
 		cfg.fixed = &plainCandidate
 	case SearchFull:
-		cfg.rankRows, cfg.recheck = fullRankRows, fullRecheck
+		cfg.rankRows, cfg.recheck, cfg.refineTol = fullRankRows, fullRecheck, fullRefineTol
 	case SearchFast:
 		cfg.rankRows, cfg.refineRanked = fastRankRows, refineRanked
+		cfg.refinePower, cfg.oversample = fastRefinePower, fastOversample
 		cfg.iters = min(cfg.iters, fastIters)
 		cfg.refineTol = fastRefineTol
 	}
@@ -214,6 +219,11 @@ type pipeConfig struct {
 	// refineRanked makes the refinement judge its iterations on the
 	// rankRows rows too.
 	refineRanked bool
+	// oversample is the randomized SVDs' oversampling (0: svd's default).
+	oversample int
+	// refinePower is the power iterations of the refinement's warm SVDs
+	// (and of the fit at the chosen λ).
+	refinePower int
 	// refineTol, when positive, also stops the refinement at the first
 	// iteration improving the error by less than this fraction.
 	refineTol float64
@@ -301,30 +311,36 @@ func runPipeline(ins []Input, shifted bool, c Calib, cfg pipeConfig) ([]Result, 
 	if err := checkInputs(ins, c); err != nil {
 		return nil, err
 	}
+	if cfg.refinePower == 0 { // the baselines' configurations
+		cfg.refinePower = refinePower
+	}
 	g := newGroupEval(ins, shifted, c, cfg)
 
 	// Step 2: the smoothing search (each candidate runs steps 3–4).
 	best, evaluated := g.search()
+	// The fit at the chosen λ and the refinement read every row, or the
+	// ranking rows only (cfg.refineRanked).
+	if cfg.refineRanked && cfg.rankRows > 0 && cfg.rankRows < g.s {
+		g.rows = cfg.rankRows
+	}
 	g.setCandidate(best)
 
 	out := make([]Result, len(ins))
 	for i, m := range g.mem {
 		// Steps 3–5 at the chosen λ: one SVD, then the refinement.
 		m.basis = m.bestBasis
-		g.fit(m, m.what, refinePower)
-		searchErr := m.st.err
-		if cfg.refineRanked && cfg.rankRows > 0 && cfg.rankRows < g.s {
-			g.rows = cfg.rankRows
-			m.st.err = g.outputError(m)
-		}
+		g.fit(m, m.what, cfg.refinePower)
+		searchErr, searchNorm := m.st.err, g.refNorm(m)
 		iters := g.refine(m)
-		if g.rows != g.s {
-			g.rows = g.s
-			m.st.err = g.outputError(m)
-		}
-		// Step 6: GPTQ on the final residual, kept only where it wins.
+		// Step 6: GPTQ on the final residual, kept only where it wins on
+		// every row.
 		usedGPTQ := false
 		if cfg.gptq {
+			if g.rows != g.s {
+				g.rows = g.s
+				g.setCandidate(best)
+				m.st.err = g.outputError(m)
+			}
 			usedGPTQ = g.gptqResidual(m, c)
 		}
 		l := g.layer(m)
@@ -334,7 +350,7 @@ func runPipeline(ins []Input, shifted bool, c Calib, cfg pipeConfig) ([]Result, 
 		}
 		out[i] = Result{
 			Layer: l, Alpha: best.Alpha, Beta: best.Beta,
-			RelError: rel, SearchError: relFromSquared(searchErr, m.ynorm),
+			RelError: rel, SearchError: relFromSquared(searchErr, searchNorm),
 			Iters: iters, Evaluated: evaluated, GPTQ: usedGPTQ,
 		}
 		m.release()

@@ -285,7 +285,7 @@ func (g *groupEval) setCandidate(c SmoothCandidate) {
 func (g *groupEval) fit(m *memberEval, target []float32, power int) {
 	n, k := m.in.N, g.k
 	if m.r > 0 {
-		opt := svd.RandOptions{Seed: g.cfg.seed, Warm: m.basis}
+		opt := svd.RandOptions{Seed: g.cfg.seed, Warm: m.basis, Oversample: g.cfg.oversample}
 		if m.basis != nil {
 			opt.PowerIters = power
 		}
@@ -345,6 +345,18 @@ func (g *groupEval) residual(m *memberEval) {
 	svd.Gemm(false, false, n, k, r, -1, m.st.up, r, ld, k, 1, m.deq, k)
 }
 
+// refNorm returns ‖X·Wᵀ‖² of member m over the first g.rows rows.
+func (g *groupEval) refNorm(m *memberEval) float64 {
+	if g.rows == g.s {
+		return m.ynorm
+	}
+	var n2 float64
+	for _, v := range m.yref[:g.rows*m.in.N] {
+		n2 += v * v
+	}
+	return n2
+}
+
 // outputError returns Σ (Y_q − X·Wᵀ)² over the first g.rows rows, with the
 // dequantized residual in m.deq and the branch in m.st.
 func (g *groupEval) outputError(m *memberEval) float64 {
@@ -356,16 +368,21 @@ func (g *groupEval) outputError(m *memberEval) float64 {
 		svd.Gemm(false, true, rows, r, k, 1, g.x16, k, m.st.down, k, 0, m.xt, r)
 		svd.Gemm(false, true, n, rows, r, 1, m.st.up, r, m.xt, r, 1, m.yq, s)
 	}
-	var corr []float64
-	if g.shift != 0 {
-		corr = shiftCorrection(m.deq, n, k, g.lam, g.shift)
+	var corr []float32
+	if g.shift != 0 { // Ŵresq·(shift/λ), float32 through svd.Gemm: the objective only
+		sl := make([]float32, k)
+		for j, l := range g.lam {
+			sl[j] = g.shift / l
+		}
+		corr = make([]float32, n)
+		svd.Gemm(false, false, n, 1, k, 1, m.deq, k, sl, 1, 0, corr, 1)
 	}
 	var e float64
 	for j := 0; j < n; j++ {
 		yq, yr := m.yq[j*s:j*s+rows], m.yrefT[j*s:j*s+rows]
 		c := 0.0
 		if corr != nil {
-			c = corr[j]
+			c = float64(corr[j])
 		}
 		for i, v := range yq {
 			d := float64(v) - yr[i] - c

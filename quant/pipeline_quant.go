@@ -14,6 +14,15 @@ import "math"
 func quantizeDequantInt4(codes []int8, scales []float32, v []float32, rows, k int, dt Float16) {
 	g := (k + Int4Group - 1) / Int4Group
 	checkQuantArgs("quantizeDequantInt4", len(codes), len(scales), len(v), rows, k, g)
+	if quantizeDequantInt4Fast(codes, scales, v, rows, k, dt) {
+		return
+	}
+	quantizeDequantInt4Go(codes, scales, v, rows, k, dt)
+}
+
+// quantizeDequantInt4Go is quantizeDequantInt4 in Go, any k.
+func quantizeDequantInt4Go(codes []int8, scales []float32, v []float32, rows, k int, dt Float16) {
+	g := (k + Int4Group - 1) / Int4Group
 	for r := 0; r < rows; r++ {
 		row := v[r*k : (r+1)*k : (r+1)*k]
 		crow := codes[r*k : (r+1)*k : (r+1)*k]

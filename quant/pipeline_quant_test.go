@@ -40,15 +40,26 @@ func TestQuantizeDequantInt4(t *testing.T) {
 			deq := make([]float32, rows*k)
 			QuantizeInt4(codes, scales, v, rows, k, dt.Round)
 			DequantizeInt4(deq, codes, scales, rows, k)
-			fc, fs := make([]int8, rows*k), make([]float32, rows*g)
-			fv := append([]float32(nil), v...)
-			quantizeDequantInt4(fc, fs, fv, rows, k, dt)
-			if !reflect.DeepEqual(fc, codes) || !reflect.DeepEqual(fs, scales) {
-				t.Fatalf("%v k=%d: codes or scales differ from QuantizeInt4", dt, k)
+			impls := map[string]func([]int8, []float32, []float32, int, int, Float16){
+				"dispatch": quantizeDequantInt4, "go": quantizeDequantInt4Go}
+			if haveQuantAVX512 && k%64 == 0 {
+				impls["avx512"] = func(c []int8, s, v []float32, rows, k int, dt Float16) {
+					if !quantizeDequantInt4Fast(c, s, v, rows, k, dt) {
+						t.Fatal("AVX-512 kernel did not run")
+					}
+				}
 			}
-			for i := range deq {
-				if math.Float32bits(deq[i]) != math.Float32bits(fv[i]) && !(deq[i] == 0 && fv[i] == 0) {
-					t.Fatalf("%v k=%d: dequantized [%d] = %v, want %v", dt, k, i, fv[i], deq[i])
+			for name, f := range impls {
+				fc, fs := make([]int8, rows*k), make([]float32, rows*g)
+				fv := append([]float32(nil), v...)
+				f(fc, fs, fv, rows, k, dt)
+				if !reflect.DeepEqual(fc, codes) || !reflect.DeepEqual(fs, scales) {
+					t.Fatalf("%s %v k=%d: codes or scales differ from QuantizeInt4", name, dt, k)
+				}
+				for i := range deq {
+					if math.Float32bits(deq[i]) != math.Float32bits(fv[i]) && !(deq[i] == 0 && fv[i] == 0) {
+						t.Fatalf("%s %v k=%d: dequantized [%d] = %v, want %v", name, dt, k, i, fv[i], deq[i])
+					}
 				}
 			}
 		}

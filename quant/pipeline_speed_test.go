@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -122,7 +123,8 @@ func speedKnobs(t *testing.T) {
 		v   *int
 	}{{"SVDQ_SPEED_SEARCHPOWER", &searchPower}, {"SVDQ_SPEED_REFINEPOWER", &refinePower},
 		{"SVDQ_SPEED_RANKROWS", &fastRankRows}, {"SVDQ_SPEED_FASTITERS", &fastIters},
-		{"SVDQ_SPEED_FULLROWS", &fullRankRows}, {"SVDQ_SPEED_RECHECK", &fullRecheck}} {
+		{"SVDQ_SPEED_FULLROWS", &fullRankRows}, {"SVDQ_SPEED_RECHECK", &fullRecheck},
+		{"SVDQ_SPEED_FASTREFINEPOWER", &fastRefinePower}, {"SVDQ_SPEED_OVERSAMPLE", &fastOversample}} {
 		if s := os.Getenv(k.env); s != "" {
 			v, err := strconv.Atoi(s)
 			if err != nil {
@@ -133,19 +135,36 @@ func speedKnobs(t *testing.T) {
 			t.Cleanup(func() { *k.v = old })
 		}
 	}
+	if s := os.Getenv("SVDQ_SPEED_COARSE"); s != "" { // e.g. 5,10,15
+		old := fastCoarse
+		fastCoarse = nil
+		for _, f := range strings.Split(s, ",") {
+			v, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fastCoarse = append(fastCoarse, v)
+		}
+		t.Cleanup(func() { fastCoarse = old })
+	}
 	if os.Getenv("SVDQ_SPEED_REFINEALL") != "" {
 		refineRanked = false
 		t.Cleanup(func() { refineRanked = true })
 	}
-	if s := os.Getenv("SVDQ_SPEED_TOL"); s != "" {
-		v, err := strconv.ParseFloat(s, 64)
-		if err != nil {
-			t.Fatal(err)
+	for _, k := range []struct {
+		env string
+		v   *float64
+	}{{"SVDQ_SPEED_TOL", &fastRefineTol}, {"SVDQ_SPEED_FULLTOL", &fullRefineTol}} {
+		if s := os.Getenv(k.env); s != "" {
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := *k.v
+			*k.v = v
+			t.Cleanup(func() { *k.v = old })
 		}
-		old := fastRefineTol
-		fastRefineTol = v
-		t.Cleanup(func() { fastRefineTol = old })
 	}
-	t.Logf("refine on ranking rows %v; searchPower %d refinePower %d; full: rank rows %d, recheck %d; fast: rank rows %d, iters %d, tol %g",
-		refineRanked, searchPower, refinePower, fullRankRows, fullRecheck, fastRankRows, fastIters, fastRefineTol)
+	t.Logf("full tol %g; coarse %v; refine on ranking rows %v; searchPower %d refinePower %d; full: rank rows %d, recheck %d; fast: rank rows %d, iters %d, tol %g",
+		fullRefineTol, fastCoarse, refineRanked, searchPower, refinePower, fullRankRows, fullRecheck, fastRankRows, fastIters, fastRefineTol)
 }

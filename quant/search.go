@@ -41,6 +41,10 @@ func searchCandidates(mode SearchMode, eval func(SmoothCandidate) float64) (best
 	return grid[bestIdx], seen[bestIdx], len(seen)
 }
 
+// fastCoarse are the grid steps (α = step/20) of the fast search's coarse
+// pass in each family.
+var fastCoarse = []int{5, 10, 15}
+
 // fastFamilyMargin: the second family is walked when its best coarse
 // objective is within this fraction of the best.
 var fastFamilyMargin = 0.02
@@ -62,7 +66,7 @@ func fastSearch(try func(int) float64, bestIdx *int) {
 	var famErr [2]float64 // its objective
 	for f := 0; f < 2; f++ {
 		famErr[f] = math.Inf(1)
-		for i := 2; i < smoothGrid; i += 4 {
+		for _, i := range fastCoarse {
 			if e := try(gridIndex(f, i)); e < famErr[f] {
 				famBest[f], famErr[f] = i, e
 			}
