@@ -76,12 +76,9 @@ func Check(opt CheckOptions) (*CheckReport, *Spectrum, error) {
 		rep.finish(opt.MaxRelError)
 		return rep, nil, nil
 	}
-	c := &checker{opt: opt, in: in, lora: lc, rows: make([]CheckLayer, len(in.layers))}
+	c := &checker{opt: opt, in: in, lora: lc, ints: ints, rows: make([]CheckLayer, len(in.layers))}
 	if err := c.run(); err != nil {
 		return nil, nil, err
-	}
-	for i := range c.rows {
-		c.rows[i].Integrity = ints[i].Status
 	}
 	rep := &CheckReport{Layers: c.rows}
 	rep.finish(opt.MaxRelError)
@@ -222,7 +219,8 @@ func checkCalibRef(cf *calib.File, file string, l *fileLayer) (CalibRef, error) 
 type checker struct {
 	opt  CheckOptions
 	in   *checkInputs
-	lora *loraCheck // nil without --lora
+	lora *loraCheck       // nil without --lora
+	ints []LayerIntegrity // by layer
 
 	mu       sync.Mutex
 	done     int
@@ -256,7 +254,7 @@ func (c *checker) layer(i int) error {
 	yref := make([]float64, s*lm.N)
 	quant.RefOutput(yref, x, s, lm.K, w, lm.N, nil)
 	yq := make([]float32, s*lm.N)
-	row := CheckLayer{Name: lm.Name, RelError: map[string]float64{}}
+	row := CheckLayer{Name: lm.Name, RelError: map[string]float64{}, Integrity: c.ints[i].Status}
 	var spec *Spectrum
 	switch lm.Kind {
 	case nunchaku.KindW4A16:
