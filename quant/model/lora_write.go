@@ -76,7 +76,9 @@ func (fu *fusion) suffixName(layer, suffix, alias string) string {
 }
 
 // write builds the output's specs and metadata, then streams every tensor:
-// untouched ones copied byte for byte, touched branches rebuilt.
+// untouched ones copied byte for byte, touched branches rebuilt; last, the
+// svdq entry gets the rewritten layers' hashes (same length as the
+// input's, which sized the header).
 func (fu *fusion) write() error {
 	layers, err := fu.touchedLayers()
 	if err != nil {
