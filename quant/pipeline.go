@@ -61,11 +61,17 @@ type Calib struct {
 type SearchMode uint8
 
 const (
-	// SearchFull evaluates the reference's 39 candidates (SmoothCandidates).
+	// SearchFull evaluates the reference's 39 candidates (SmoothCandidates),
+	// ranked on a quarter of the objective's rows, and evaluates the best 4
+	// again on every row to choose; the refinement stops at the first
+	// iteration that is not better or gains less than 0.02%.
 	SearchFull SearchMode = iota
-	// SearchFast evaluates a coarse subset of the same grid (α step 0.2 in
-	// both families, plus (0, 0)), then walks the fine grid (step 0.05) from
-	// the best coarse point while the error improves: about 15 candidates.
+	// SearchFast evaluates a coarse subset of the same grid (α = 0.25, 0.5,
+	// 0.75 in both families, plus (0, 0)), then walks the fine grid (step
+	// 0.05) from the best coarse point while the error improves (and from
+	// the other family's best when it is within 2%): 9–12 candidates, ranked
+	// on a quarter of the rows. Its refinement is judged on those rows too
+	// and runs at most 6 iterations, stopping below a 0.1% gain.
 	SearchFast
 	// SearchOff uses the fixed (α, β) = (0.5, 0.5) of plain SVDQuant; the
 	// refinement of the low-rank branch still runs.
@@ -102,7 +108,7 @@ type Options struct {
 	Precision Precision  // INT4 or NVFP4; 0 means INT4
 	Rank      int        // low-rank branch rank; 0: DefaultRank; negative: no branch
 	Search    SearchMode // smoothing search
-	Iters     int        // refinement iterations at most; 0: DefaultIters; negative: none
+	Iters     int        // refinement iterations at most (SearchFast: at most 6 whatever this); 0: DefaultIters; negative: none
 	GPTQ      bool       // quantize the final residual with GPTQ (damp 0.01, block 128)
 	DType     Float16    // storage type of the 16-bit values
 	Seed      uint64     // seed of the randomized SVD
