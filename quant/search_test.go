@@ -62,3 +62,48 @@ func TestParseSearchMode(t *testing.T) {
 		t.Error("ParseSearchMode(grid) accepted")
 	}
 }
+
+// TestInsertTop keeps the best candidates sorted, ties in arrival order,
+// at most keep of them, each with a copy of the members' bases.
+func TestInsertTop(t *testing.T) {
+	g := &groupEval{mem: []*memberEval{{}, {}}}
+	var top []scoredCandidate
+	for i, e := range []float64{5, 3, 4, 3, 9, 1, math.NaN()} {
+		g.mem[0].basis = []float32{float32(i)}
+		g.mem[1].basis = []float32{float32(10 + i)}
+		top = g.insertTop(top, 3, SmoothCandidate{Alpha: float64(i)}, e)
+	}
+	want := []float64{5, 1, 3} // candidates (by α) with errors 1, 3, 3 (the earlier 3 first)
+	if len(top) != 3 {
+		t.Fatalf("kept %d", len(top))
+	}
+	for i, w := range want {
+		if top[i].c.Alpha != w || top[i].bases[0][0] != float32(w) || top[i].bases[1][0] != float32(10+w) {
+			t.Errorf("top[%d] = %v with bases %v, want candidate %v", i, top[i].c, top[i].bases, w)
+		}
+	}
+}
+
+// TestSpreadFirst: a permutation of the rows whose first ones are evenly
+// spread.
+func TestSpreadFirst(t *testing.T) {
+	const s, k, first = 10, 2, 4
+	x := make([]float32, s*k)
+	for i := range x {
+		x[i] = float32(i / k)
+	}
+	got := spreadFirst(x, s, k, first)
+	var order []float32
+	for i := 0; i < s; i++ {
+		if got[i*k] != got[i*k+1] {
+			t.Fatalf("row %d split", i)
+		}
+		order = append(order, got[i*k])
+	}
+	want := []float32{0, 2, 5, 7, 1, 3, 4, 6, 8, 9}
+	for i := range want {
+		if order[i] != want[i] {
+			t.Fatalf("row order %v, want %v", order, want)
+		}
+	}
+}
