@@ -93,4 +93,32 @@ func TestVerify(t *testing.T) {
 	if d := ok(off, []float32{3.0078125, 0}); d.OK() {
 		t.Errorf("3 ulps off accepted: %v", d)
 	}
+
+}
+
+// TestVerifyCancellation: the main path and the branch cancel. The
+// emulation rounds a₀ = 3.0078125 (a tie) down to 3 and its output
+// 3.015625 − 3 + 2⁻¹⁰·1.0625 = 136.5·2⁻¹³ to 136·2⁻¹³; the GPU rounds a₀
+// up to 3.015625 and its output is 1.0625·2⁻¹⁰, exactly. Correcting the
+// emulation's rounded output by (3.015625 − 3)·up would expect 2⁻¹⁰, 8 ulps
+// away (the emulation rounded at 16× the output's magnitude); Verify must
+// accept the GPU's value and reject the one that correction predicts.
+func TestVerifyCancellation(t *testing.T) {
+	l := &quant.Layer{Precision: quant.INT4, N: 1, K: 2, R: 2, DType: quant.BF16,
+		Codes: []int8{0, 0}, Scales: []float32{0.5}, Smooth: []float32{1, 1},
+		Down: []float32{2, 1, 0x1p-10, 0}, Up: []float32{-1, 1.0625}, Bias: []float32{3.015625}, TensorScale: 1}
+	x := []float32{1, 1.0078125}
+	emu := make([]float32, 1)
+	l.Forward(emu, x, 1)
+	if emu[0] != 136*0x1p-13 {
+		t.Fatalf("emulation gives %v, the test expects 136·2⁻¹³", emu[0])
+	}
+	lr := []float32{3.0078125 + 0x1p-22, 0x1p-10}
+	gpu := float32(1.0625 * 0x1p-10)
+	if d := Verify(l, x, 1, &Result{M: 1, Y: []float32{gpu}, LowRank: lr}); !d.OK() {
+		t.Errorf("GPU output %v rejected: %v", gpu, d)
+	}
+	if d := Verify(l, x, 1, &Result{M: 1, Y: []float32{0x1p-10}, LowRank: lr}); d.OK() {
+		t.Errorf("corrected emulation output 2⁻¹⁰ accepted: %v", d)
+	}
 }

@@ -215,6 +215,9 @@ func formatGPULayer(r model.GPULayer, i, n, width int) string {
 	verdict := "ok"
 	if !r.OK {
 		verdict = "MISMATCH"
+		if r.Worst != "" {
+			verdict += " (worst: " + r.Worst + ")"
+		}
 	}
 	lr := ""
 	if r.LowRankOff > 0 {

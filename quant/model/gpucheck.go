@@ -57,6 +57,9 @@ type GPULayer struct {
 	// OK: the bytes match their record (or none is recorded) and the GPU
 	// agrees with the emulation. A layer that was not run is not OK.
 	OK bool `json:"ok"`
+	// Worst names the element furthest outside the tolerance (mismatched
+	// layers only).
+	Worst string `json:"worst,omitempty"`
 }
 
 // GPUCheckReport is the result of GPUCheck; its JSON form is what `svdq
@@ -255,6 +258,9 @@ func (in *checkInputs) gpuLayer(d *kernels.Device, i, maxRows int, fl *flip) (GP
 	diff := kernels.Verify(ql, x, m, res)
 	row.MaxAbs, row.RelDiff, row.Outside, row.Elements, row.OK = diff.MaxAbs, diff.RelFro, diff.Mismatches, diff.N, diff.OK()
 	row.LowRankOff = diff.LowRankMismatches
+	if diff.Mismatches > 0 && diff.Worst >= 0 {
+		row.Worst = fmt.Sprintf("row %d column %d: GPU %.7g, emulation %.7g", diff.Worst/lm.N, diff.Worst%lm.N, diff.WorstGot, diff.WorstWant)
+	}
 	got := res.Y
 
 	w, bias, _, err := in.referenceWeight(lm)
