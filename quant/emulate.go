@@ -61,10 +61,33 @@ import (
 // too short for m.
 func (l *Layer) Forward(y, x []float32, m int) {
 	l.checkForward("Forward", y, x, m)
+	l.forward(y, x, m, nil, 0)
+}
+
+// ForwardLoRA is Forward with the float32 down-projection sums x·proj_down
+// supplied instead of computed: lora holds row i's sums at
+// lora[i*stride : i*stride+R] (unrounded; step 7 rounds them to l.DType).
+// The GPU runner's check uses it to follow a sum that the GPU, adding in
+// another order, rounded to the other 16-bit neighbour. It panics as
+// Forward does, and when lora is too short.
+func (l *Layer) ForwardLoRA(y, x []float32, m int, lora []float32, stride int) {
+	l.checkForward("ForwardLoRA", y, x, m)
+	if stride < l.R || m > 0 && len(lora) < (m-1)*stride+l.R {
+		panic(fmt.Sprintf("quant: Layer.ForwardLoRA: %d sums with stride %d for m=%d, R=%d", len(lora), stride, m, l.R))
+	}
+	l.forward(y, x, m, lora, stride)
+}
+
+// forward runs the rows in parallel; lora == nil: the down projection is
+// computed (step 2).
+func (l *Layer) forward(y, x []float32, m int, lora []float32, stride int) {
 	parallelRows(m, func(lo, hi int) {
 		s := l.newScratch()
 		for i := lo; i < hi; i++ {
-			l.forwardRow(y[i*l.N:(i+1)*l.N], x[i*l.K:(i+1)*l.K], s)
+			if lora != nil {
+				copy(s.lora, lora[i*stride:i*stride+l.R])
+			}
+			l.forwardRow(y[i*l.N:(i+1)*l.N], x[i*l.K:(i+1)*l.K], s, lora == nil)
 		}
 	})
 }
@@ -119,10 +142,14 @@ func (l *Layer) loraDown(s *rowScratch) {
 	}
 }
 
-func (l *Layer) forwardRow(y, x []float32, s *rowScratch) {
+// forwardRow emulates one row; down: compute s.lora (step 2), else s.lora
+// already holds the sums.
+func (l *Layer) forwardRow(y, x []float32, s *rowScratch, down bool) {
 	dt := l.DType
 	l.prepareRow(x, s)
-	l.loraDown(s)
+	if down {
+		l.loraDown(s)
+	}
 	for r, a := range s.lora {
 		s.lora[r] = dt.Round(a)
 	}

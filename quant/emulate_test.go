@@ -467,3 +467,43 @@ func BenchmarkForwardFastInt4M256N1024K1024(b *testing.B) {
 func BenchmarkForwardFastNVFP4M256N1024K1024(b *testing.B) {
 	benchmarkForward(b, NVFP4, 256, 1024, 1024, true)
 }
+
+// TestForwardLoRA: fed the emulation's own down-projection sums (stride
+// larger than R, as the GPU pads the rank), ForwardLoRA equals Forward bit
+// for bit; fed other sums, it follows them.
+func TestForwardLoRA(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	l := randLayer(rng, INT4, 8, 128, 16, BF16, false)
+	m, stride := 5, 32
+	x := make([]float32, m*l.K)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
+	}
+	want := make([]float32, m*l.N)
+	l.Forward(want, x, m)
+	lora := make([]float32, m*stride)
+	s := l.newScratch()
+	for i := 0; i < m; i++ {
+		l.prepareRow(x[i*l.K:(i+1)*l.K], s)
+		l.loraDown(s)
+		copy(lora[i*stride:], s.lora)
+	}
+	got := make([]float32, m*l.N)
+	l.ForwardLoRA(got, x, m, lora, stride)
+	for i := range want {
+		if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+			t.Fatalf("element %d: ForwardLoRA %v, Forward %v", i, got[i], want[i])
+		}
+	}
+	for i := range lora {
+		lora[i] = 0
+	}
+	l.ForwardLoRA(got, x, m, lora, stride)
+	l.R, l.Up, l.Down = 0, nil, nil
+	l.Forward(want, x, m)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("zero sums, element %d: %v, the layer without its branch gives %v", i, got[i], want[i])
+		}
+	}
+}
