@@ -123,7 +123,7 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 				wbf, ybf := bufs[0], bufs[1]
 				for _, m := range opt.Tokens {
 					w := *wmax
-					w.m, w.mpad = m, roundUp(m, 64)
+					w.m, w.mpad = m, l.padRows(m)
 					r := BenchResult{N: sh.N, K: sh.K, M: m}
 					run := func(v Variant) func() error { return func() error { return l.enqueue(&w, v) } }
 					for _, c := range []struct {

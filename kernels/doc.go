@@ -25,13 +25,19 @@
 //     and, fused in the same pass, computes the low-rank down projection
 //     x·proj_down on the 16-bit tensor cores;
 //   - the GEMM (cuda/gemm_w4a4.cuh) reads qweight and wscales as stored,
-//     in fragment order, one 16-byte load per lane per 16×64 tile. Hopper
-//     has no 4-bit tensor cores: on sm_90 each nibble is moved into the top
-//     half of a byte and two INT8 mma.m16n8k32 make one group (the same
-//     even/odd split on both operands, the scale absorbs the factor 256);
-//     sm_80..89 use the native mma.m16n8k64 s4. The bias and the low-rank
-//     up projection (16-bit tensor cores, FP32 accumulators) are fused into
+//     in fragment order, one 16-byte load per lane per 16×64 tile; sm_80..89
+//     use the native mma.m16n8k64 s4. The bias and the low-rank up
+//     projection (16-bit tensor cores, FP32 accumulators) are fused into
 //     the epilogue;
+//   - Hopper has no 4-bit tensor cores: on sm_90a the GEMM of INT4 layers
+//     is cuda/gemm_w4a4_sm90.cuh, INT8 wgmma computing yᵀ = W·xᵀ: the
+//     packed weight p-tiles are the register operand (nibbles sign-extended
+//     to bytes), the activations the shared-memory operand, written as INT8
+//     by the activation pass in the act8 layout (cuda/common.cuh) and
+//     streamed, with both scales and the weights, by the bulk-copy engine
+//     from a producer warp. SVDQ_GEMM=mma runs the sm_80 design there
+//     instead (each nibble moved into the top half of a byte, two INT8
+//     mma.m16n8k32 per group), to compare;
 //   - the unfused variant runs the down and up projections as separate
 //     passes; the reference GEMM (cuda/gemm_ref.cuh) is one thread per
 //     output with scalar loops, and the only path for NVFP4 layers.
@@ -43,7 +49,8 @@
 // a file through the Go twins so that CI, without a GPU, checks them
 // against formats/nunchaku's packer. Quantized activations use this
 // package's own layout: uint32 [M/16][K/64][32 lanes][4 words], the A
-// fragments of mma.m16n8k64.
+// fragments of mma.m16n8k64, or for the wgmma GEMM act8 (one byte per
+// code, 8-token × 16-byte core matrices; M padded to 128).
 //
 // # Checking
 //

@@ -96,18 +96,43 @@ type work struct {
 	x, act, ascale, lract, y uint64
 }
 
+// GemmEnv names an environment variable that, set to "mma", makes a Hopper
+// card run the mma.sync GEMM kernels (svdq_gemm_*, the 4-bit codes unpacked
+// to INT8 in registers) instead of the wgmma ones (svdq_wg_*), to compare.
+const GemmEnv = "SVDQ_GEMM"
+
+// wg reports whether the layer's GEMM runs on the Hopper wgmma kernels
+// (cuda/gemm_w4a4_sm90.cuh): INT4 layers on the sm_90a PTX.
+func (l *Layer) wg() bool {
+	return l.meta.Precision != quant.NVFP4 && l.d.PTX.Target == "sm90a" && os.Getenv(GemmEnv) != "mma"
+}
+
+// padRows returns m padded to the GEMM's token tiles: 64 rows, 128 for the
+// wgmma kernels.
+func (l *Layer) padRows(m int) int {
+	if l.wg() {
+		return roundUp(m, 128)
+	}
+	return roundUp(m, 64)
+}
+
 // workSizes returns the padded row count and the byte sizes of the work
-// buffers for m rows: x [mpad, KPad] 16-bit, act codes [mpad, KPad/2],
-// act scales (INT4 16-bit [KPad/64, mpad], NVFP4 float [KPad/16, mpad]),
-// lract float [mpad, R], y 16-bit [m, NPad]. M is padded to 64 rows.
+// buffers for m rows: x [mpad, KPad] 16-bit, act codes [mpad, KPad/2] (the
+// wgmma kernels' INT8 act8 layout: [mpad, KPad]), act scales (INT4 16-bit
+// [KPad/64, mpad], NVFP4 float [KPad/16, mpad]), lract float [mpad, R],
+// y 16-bit [m, NPad]. M is padded by padRows.
 func (l *Layer) workSizes(m int) (mpad, x, act, ascale, lract, y int) {
 	kpad, npad := l.meta.KPad(), l.meta.NPad()
-	mpad = roundUp(m, 64)
+	mpad = l.padRows(m)
 	ascale = kpad / 64 * mpad * 2
 	if l.meta.Precision == quant.NVFP4 {
 		ascale = kpad / 16 * mpad * 4
 	}
-	return mpad, mpad * kpad * 2, mpad * kpad / 2, ascale, mpad * l.meta.R * 4, m * npad * 2
+	act = mpad * kpad / 2
+	if l.wg() {
+		act = mpad * kpad
+	}
+	return mpad, mpad * kpad * 2, act, ascale, mpad * l.meta.R * 4, m * npad * 2
 }
 
 // newWork allocates the buffers (device goroutine); x is zeroed.
@@ -192,7 +217,12 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 	if fuseDown {
 		mode = "_qd" + rsuf
 	}
-	if err := act("svdq_act_"+prec+"_"+dt+mode, 0); err != nil {
+	wg := l.wg() && v != Reference // the reference kernel reads the packed act layout
+	actPfx := "svdq_act_"
+	if wg {
+		actPfx = "svdq_act8_"
+	}
+	if err := act(actPfx+prec+"_"+dt+mode, 0); err != nil {
 		return err
 	}
 	first := cover / 16 // rank tiles the first launch covered
@@ -215,13 +245,25 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 		return d.launch(name+"_"+tile.name, grid, blk, w.act, w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y,
 			int32(w.m), mpad, npad, kpad, r)
 	}
+	gemm4 := func(mode string) error { // the 4-bit GEMM (+ bias, + low-rank when fused)
+		if !wg {
+			return gemm("svdq_gemm_" + prec + "_" + dt + "_" + mode)
+		}
+		t := pickWGTile(w.mpad, int(npad), d.SMs)
+		if o, ok := wgTileOverride(); ok {
+			t = o
+		}
+		grid := [3]uint32{uint32(w.mpad / t.m), uint32(int(npad) / t.n), 1}
+		return d.launch("svdq_wg_"+prec+"_"+dt+"_"+mode+"_"+t.name, grid, [3]uint32{wgThreads, 1, 1}, w.act,
+			w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r)
+	}
 	switch v {
 	case Fused:
-		return gemm("svdq_gemm_" + prec + "_" + dt + "_fused")
+		return gemm4("fused")
 	case NoLowRank:
-		return gemm("svdq_gemm_" + prec + "_" + dt + "_nolora")
+		return gemm4("nolora")
 	case Unfused:
-		if err := gemm("svdq_gemm_" + prec + "_" + dt + "_nolora"); err != nil {
+		if err := gemm4("nolora"); err != nil {
 			return err
 		}
 		if p.R == 0 {
@@ -357,13 +399,35 @@ func pickTile(mpad, npad, sms int) gemmTile {
 	return gemmTiles[len(gemmTiles)-1]
 }
 
+// wgThreads is the block size of the wgmma kernels (WG_THREADS: one
+// consumer warpgroup and one producer warp).
+const wgThreads = 160
+
+// wgTiles are the wgmma kernels' tiles: m tokens × n channels.
+var wgTiles = []gemmTile{{"n128", 128, 64}, {"n64", 64, 64}}
+
+// pickWGTile returns n128 when it gives at least one block per
+// multiprocessor, else n64 (measured on an H200: n64 is faster only when
+// n128 leaves multiprocessors idle).
+func pickWGTile(mpad, npad, sms int) gemmTile {
+	if (mpad/128)*(npad/64) >= sms {
+		return wgTiles[0]
+	}
+	return wgTiles[1]
+}
+
 // TileEnv names an environment variable that forces the GEMM block tile
-// (t64x128, t32x128 or t32x64) instead of the automatic choice, for tuning.
+// (t64x128, t32x128 or t32x64 for the mma.sync kernels, n128 or n64 for the
+// wgmma ones) instead of the automatic choice, for tuning.
 const TileEnv = "SVDQ_GEMM_TILE"
 
-func tileOverride() (gemmTile, bool) {
+func tileOverride() (gemmTile, bool) { return findTile(gemmTiles) }
+
+func wgTileOverride() (gemmTile, bool) { return findTile(wgTiles) }
+
+func findTile(tiles []gemmTile) (gemmTile, bool) {
 	name := os.Getenv(TileEnv)
-	for _, t := range gemmTiles {
+	for _, t := range tiles {
 		if t.name == name {
 			return t, true
 		}
@@ -383,6 +447,11 @@ func kernelNames() []string {
 				for _, t := range gemmTiles {
 					names = append(names, "svdq_gemm_"+prec+"_"+dt+"_fused_"+t.name, "svdq_gemm_"+prec+"_"+dt+"_nolora_"+t.name)
 				}
+				for _, t := range wgTiles {
+					names = append(names, "svdq_wg_"+prec+"_"+dt+"_fused_"+t.name, "svdq_wg_"+prec+"_"+dt+"_nolora_"+t.name)
+				}
+				names = append(names, "svdq_act8_"+prec+"_"+dt+"_qd", "svdq_act8_"+prec+"_"+dt+"_qd32",
+					"svdq_act8_"+prec+"_"+dt+"_q")
 			}
 		}
 		names = append(names, "svdq_act_"+dt+"_d", "svdq_act_"+dt+"_d32")

@@ -199,4 +199,16 @@ func TestLaunchShapes(t *testing.T) {
 			t.Errorf("pickTile(%d, %d) = %s, want %s", c.mpad, c.npad, got.name, c.want)
 		}
 	}
+	// wgmma tiles: n128 while it gives a block per multiprocessor; every
+	// tile divides the padded sizes it is picked for (mpad a multiple of 128).
+	for _, c := range []struct {
+		mpad, npad int
+		want       string
+	}{{4096, 3072, "n128"}, {256, 3072, "n64"}, {256, 9216, "n128"}, {256, 12288, "n128"}, {128, 3072, "n64"},
+		{384, 3072, "n128"}, {128, 128, "n64"}} {
+		got := pickWGTile(c.mpad, c.npad, 132)
+		if got.name != c.want || c.mpad%got.m != 0 || c.npad%got.n != 0 {
+			t.Errorf("pickWGTile(%d, %d) = %+v, want %s", c.mpad, c.npad, got, c.want)
+		}
+	}
 }

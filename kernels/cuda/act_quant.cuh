@@ -28,7 +28,9 @@
 
 // RTN: rank tiles of 16 one launch covers (8: up to 128 columns; 2: a
 // lighter kernel for ranks up to 32, the common case).
-template <int PREC, bool UNS, bool BF, bool QUANT, bool DOWN, int RTN>
+// I8 (INT4 only): the codes are written as bytes in the act8 layout of
+// common.cuh (the Hopper GEMM's operand) instead of the packed fragments.
+template <int PREC, bool UNS, bool BF, bool QUANT, bool DOWN, int RTN, bool I8 = false>
 SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__restrict__ smooth,
                              const uint16_t *__restrict__ down, uint4 *__restrict__ act, float *__restrict__ ascale,
                              float *__restrict__ lract, int Mpad, int K, int R, int rt0, int ktpb) {
@@ -83,6 +85,7 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
         }
       }
       uint32_t words[2][2] = {{0, 0}, {0, 0}}; // [row][h]
+      uint32_t w8[2][2][2] = {};                // I8: [row][h][odd k]: bytes of k = 8c + 2j (+1)
       if (PREC == PREC_INT4) {
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -100,6 +103,7 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
             int q = p != p ? 0 : __float2int_rn(p);
             q = UNS ? min(max(q, 0), 15) : min(max(q, -8), 7);
             words[r][j >> 3] |= (uint32_t(q) & 15u) << (4 * (j & 7));
+            if (I8) w8[r][j >> 3][j & 1] |= (uint32_t(q) & 0xFFu) << (8 * ((j & 7) >> 1));
           }
         }
       } else { // NVFP4: group 16; lanes c and c^1 share a group.
@@ -124,7 +128,19 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
           }
         }
       }
-      act[((size_t)mt * KT + kt) * 32 + lane] = make_uint4(words[0][0], words[1][0], words[0][1], words[1][1]);
+      if (I8 && PREC == PREC_INT4) {
+        uint8_t *a8 = reinterpret_cast<uint8_t *>(act);
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+          for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int o = 0; o < 2; o++)
+              *reinterpret_cast<uint32_t *>(a8 + act8_pos(r ? row1 : row0, kt, 32 * h + 16 * o + 4 * c, Mpad)) =
+                  w8[r][h][o];
+      } else {
+        act[((size_t)mt * KT + kt) * 32 + lane] = make_uint4(words[0][0], words[1][0], words[0][1], words[1][1]);
+      }
     }
     if (DOWN) {
 #pragma unroll

@@ -4,18 +4,22 @@
 #include "common.cuh"
 #include "act_quant.cuh"
 #include "gemm_w4a4.cuh"
+#include "gemm_w4a4_sm90.cuh"
 #include "gemm_ref.cuh"
 
 // svdq_act_<prec><u?>_<dtype>_<mode>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb)
 //   grid (Mpad/16, ceil(K/64/ktpb)), block 128. mode: qd (quantize + down), q (quantize),
 //   d (down only); the down projection covers rank columns rt0*16 .. rt0*16+127 and,
 //   with more than one split, adds into lract atomically (zero it first).
-#define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D, RTN)                                                               \
+// svdq_act8_int4<u?>_<dtype>_<mode>: the same, the codes written as INT8 in
+//   the act8 layout (common.cuh) for the Hopper GEMM (svdq_wg_*).
+#define ACT_KERNEL8(NAME, PREC, UNS, BF, Q, D, RTN, I8)                                                          \
   extern "C" __global__ void __launch_bounds__(128)                                                           \
       NAME(const uint16_t *x, const uint16_t *smooth, const uint16_t *down, uint4 *act, float *ascale,          \
            float *lract, int Mpad, int K, int R, int rt0, int ktpb) {                                          \
-    act_quant_body<PREC, UNS, BF, Q, D, RTN>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb);     \
+    act_quant_body<PREC, UNS, BF, Q, D, RTN, I8>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb); \
   }
+#define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D, RTN) ACT_KERNEL8(NAME, PREC, UNS, BF, Q, D, RTN, false)
 // _qd and _d cover 128 rank columns per launch, _qd32 / _d32 32 (fewer registers).
 #define ACT_DTYPE(SUF, BF)                                                                                     \
   ACT_KERNEL(svdq_act_int4_##SUF##_qd, PREC_INT4, false, BF, true, true, 8)                                   \
@@ -31,6 +35,15 @@
   ACT_KERNEL(svdq_act_##SUF##_d32, PREC_INT4, false, BF, false, true, 2)
 ACT_DTYPE(bf16, true)
 ACT_DTYPE(f16, false)
+#define ACT8_DTYPE(SUF, BF)                                                                                    \
+  ACT_KERNEL8(svdq_act8_int4_##SUF##_qd, PREC_INT4, false, BF, true, true, 8, true)                           \
+  ACT_KERNEL8(svdq_act8_int4_##SUF##_qd32, PREC_INT4, false, BF, true, true, 2, true)                         \
+  ACT_KERNEL8(svdq_act8_int4_##SUF##_q, PREC_INT4, false, BF, true, false, 1, true)                           \
+  ACT_KERNEL8(svdq_act8_int4u_##SUF##_qd, PREC_INT4, true, BF, true, true, 8, true)                           \
+  ACT_KERNEL8(svdq_act8_int4u_##SUF##_qd32, PREC_INT4, true, BF, true, true, 2, true)                         \
+  ACT_KERNEL8(svdq_act8_int4u_##SUF##_q, PREC_INT4, true, BF, true, false, 1, true)
+ACT8_DTYPE(bf16, true)
+ACT8_DTYPE(f16, false)
 
 // svdq_gemm_int4<u?>_<dtype>_<mode>_<tile>(act, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R)
 //   block 128; tile t64x128 (grid Mpad/64, N/128), t32x128 (Mpad/32, N/128) or
@@ -57,6 +70,28 @@ GEMM_SIGN(svdq_gemm_int4u, true)
 // The second pass of the unfused variant does not depend on the signedness.
 GEMM_TILES(svdq_gemm_bf16_upadd, false, true, GEMM_MODE_UPADD)
 GEMM_TILES(svdq_gemm_f16_upadd, false, false, GEMM_MODE_UPADD)
+
+// svdq_wg_int4<u?>_<dtype>_<mode>_<tile>(act8, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R)
+//   Hopper only (sm_90a; elsewhere the body traps): block WG_THREADS (160), tile n128
+//   (grid Mpad/128, N/64) or n64 (grid Mpad/64, N/64); Mpad a multiple of the tile's
+//   tokens, K a multiple of 128. mode: fused (+bias +low-rank), nolora (+bias).
+#define WG_KERNEL(NAME, UNS, BF, MODE, TN, MINB)                                                                  \
+  extern "C" __global__ void __launch_bounds__(WG_THREADS, MINB)                                              \
+      NAME(const int8_t *act8, const uint16_t *ascale, const uint4 *qw, const uint16_t *wscales,               \
+           const float *lract, const uint4 *up, const uint16_t *bias, uint16_t *y, int M, int Mpad, int N,      \
+           int K, int R) {                                                                                     \
+    gemm_wg_body<UNS, BF, MODE, TN>(act8, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R);         \
+  }
+#define WG_TILES(PFX, UNS, BF, MODE)                                                                           \
+  WG_KERNEL(PFX##_n128, UNS, BF, MODE, 128, 3)                                                                \
+  WG_KERNEL(PFX##_n64, UNS, BF, MODE, 64, 4)
+#define WG_SIGN(PFX, UNS)                                                                                      \
+  WG_TILES(PFX##_bf16_fused, UNS, true, GEMM_MODE_FUSED)                                                      \
+  WG_TILES(PFX##_bf16_nolora, UNS, true, GEMM_MODE_NOLORA)                                                    \
+  WG_TILES(PFX##_f16_fused, UNS, false, GEMM_MODE_FUSED)                                                      \
+  WG_TILES(PFX##_f16_nolora, UNS, false, GEMM_MODE_NOLORA)
+WG_SIGN(svdq_wg_int4, false)
+WG_SIGN(svdq_wg_int4u, true)
 
 // svdq_ref_<prec><u?>_<dtype>(act, ascale, qweight, wscales, wtscale, lract, up, bias, y, M, Mpad, N, K, R)
 //   grid ceil(M*N/256), block 256; y [M, N] in the model dtype.

@@ -1,0 +1,324 @@
+// The W4A4 GEMM for Hopper (sm_90a) on the warpgroup tensor-core
+// instructions (wgmma, INT8), with the arithmetic of gemm_w4a4.cuh (that of
+// nunchaku's kernel, mirrored by quant.Layer.Forward):
+//
+//   per 64-group g, in order:  P = sum a_code * w_code          (exact int32)
+//                              acc = round16(round16(P) * round16(as*ws) + acc)
+//   acc = round16(acc + bias)
+//   y   = round16(float(acc) + sum_r round16(lract[r]) * up[n, r])  (FP32 sum)
+//
+// The product is computed transposed, y^T = W . x^T, so that the 4-bit
+// weights are wgmma's A operand (registers: each warp's 16 output channels
+// are exactly one packed p-tile, one 16-byte shared-memory load per lane
+// and group, the nibbles sign-extended to bytes) and the activations its B
+// operand in shared memory. The activations come as INT8 codes from the
+// activation pass (act_quant.cuh with I8: the layout "act8" below). Per
+// 64-group, the activation codes and scales of the tile and the packed
+// weights and scales of its channels are copied into shared memory by the
+// bulk-copy engine (cp.async.bulk), S stages ahead: a producer warp waits
+// for a stage to be released ("empty" mbarrier, one arrival per consumer
+// warp) and refills it ("full" mbarrier with the byte count).
+//
+//   act8 (int8): for token m, group kt, logical byte L = 32s + L' of the
+//        group (s the k32 step): byte ((kt*(Mpad/8) + m/8)*4 + L/16)*128
+//        + (m%8)*16 + L%16, where L' = 4c + j holds k = 32s + 8c + 2j and
+//        L' = 16 + 4c + j holds k = 32s + 8c + 2j + 1 (the order in which the
+//        weight nibbles are unpacked: low nibbles first). Each (8 tokens x
+//        16 bytes) is one "core matrix" of the wgmma K-major no-swizzle
+//        layout: LBO (next 16 k bytes) 128, SBO (next 8 tokens) 512.
+//
+// Block: one consumer warpgroup and one producer warp (WG_THREADS); tile
+// 64 channels x TN tokens (TN 128 or 64); grid (Mpad/TN, N/64). Per group:
+// wait for the stage, two wgmma m64nTNk32 (the first with scale-d 0: the
+// accumulator restarts at P of the group), wait, release the stage, then
+// the 16-bit epilogue of the group (I2FP, F2FP, HMUL2, HFMA2 per pair),
+// while other blocks on the multiprocessor use the tensor cores. Low-rank
+// up projection (mma.sync m16n8k16, up as A, the rounded lract as B) and
+// bias in the final epilogue, as in gemm_w4a4.cuh. Exact: the harness and
+// gpu-check compare it bit for bit with the mma.sync kernel / emulation.
+#pragma once
+#include "common.cuh"
+#include "gemm_w4a4.cuh"
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SVDQ_WGMMA 1
+#endif
+
+// sx_lo / sx_hi sign-extend the even / odd nibbles of a word into bytes
+// (byte j = nibble 2j, or 2j+1, as int8).
+SVDQ_DEV uint32_t sx_lo(uint32_t w) {
+  const uint32_t t = w & 0x0F0F0F0Fu;
+  return t + (t & 0x08080808u) * 0x1Eu;
+}
+SVDQ_DEV uint32_t sx_hi(uint32_t w) { return sx_lo(w >> 4); }
+
+#ifdef SVDQ_WGMMA
+SVDQ_DEV uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+SVDQ_DEV void mbar_init(uint64_t *bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+SVDQ_DEV void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+               : "memory");
+}
+SVDQ_DEV bool mbar_try(uint64_t *bar, uint32_t parity) {
+  uint32_t ok;
+  asm volatile("{\n.reg .pred P1;\nmbarrier.try_wait.parity.shared::cta.b64 P1, [%1], %2;\nselp.u32 %0, 1, 0, P1;\n}\n"
+               : "=r"(ok)
+               : "r"(smem_u32(bar)), "r"(parity)
+               : "memory");
+  return ok != 0;
+}
+SVDQ_DEV void mbar_wait(uint64_t *bar, uint32_t parity) {
+  while (!mbar_try(bar, parity)) {
+  }
+}
+// bulk_g2s copies bytes (a multiple of 16, both addresses 16-aligned) from
+// global to shared memory, completing on bar's transaction count.
+SVDQ_DEV void bulk_g2s(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+}
+SVDQ_DEV void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+SVDQ_DEV void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> SVDQ_DEV void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+SVDQ_DEV void mbar_arrive(uint64_t *bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+// wg_desc is the shared-memory matrix descriptor of a K-major operand
+// without swizzling: start address, LBO (bytes between core matrices along
+// K) and SBO (between core matrices along M/N), each >> 4.
+SVDQ_DEV uint64_t wg_desc(const void *p, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((smem_u32(p) & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
+}
+// wgmma_s8: d (TN/2 int32 per thread) = a . B (+ d when SCALED; without,
+// d is only written), A the 64x32 s8 weights in registers, B the 32xTN
+// activations (s8, or u8 for UNS) described by desc.
+template <bool UNS, int TN, int SCALED> SVDQ_DEV void wgmma_s8(int (&d)[TN / 2], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (TN == 128 && SCALED == 0 && !UNS) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]), "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]), "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]), "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31]), "=r"(d[32]), "=r"(d[33]), "=r"(d[34]), "=r"(d[35]), "=r"(d[36]), "=r"(d[37]), "=r"(d[38]), "=r"(d[39]), "=r"(d[40]), "=r"(d[41]), "=r"(d[42]), "=r"(d[43]), "=r"(d[44]), "=r"(d[45]), "=r"(d[46]), "=r"(d[47]), "=r"(d[48]), "=r"(d[49]), "=r"(d[50]), "=r"(d[51]), "=r"(d[52]), "=r"(d[53]), "=r"(d[54]), "=r"(d[55]), "=r"(d[56]), "=r"(d[57]), "=r"(d[58]), "=r"(d[59]), "=r"(d[60]), "=r"(d[61]), "=r"(d[62]), "=r"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+  if constexpr (TN == 128 && SCALED == 0 && UNS) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.u8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]), "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]), "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]), "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31]), "=r"(d[32]), "=r"(d[33]), "=r"(d[34]), "=r"(d[35]), "=r"(d[36]), "=r"(d[37]), "=r"(d[38]), "=r"(d[39]), "=r"(d[40]), "=r"(d[41]), "=r"(d[42]), "=r"(d[43]), "=r"(d[44]), "=r"(d[45]), "=r"(d[46]), "=r"(d[47]), "=r"(d[48]), "=r"(d[49]), "=r"(d[50]), "=r"(d[51]), "=r"(d[52]), "=r"(d[53]), "=r"(d[54]), "=r"(d[55]), "=r"(d[56]), "=r"(d[57]), "=r"(d[58]), "=r"(d[59]), "=r"(d[60]), "=r"(d[61]), "=r"(d[62]), "=r"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+  if constexpr (TN == 128 && SCALED == 1 && !UNS) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+  if constexpr (TN == 128 && SCALED == 1 && UNS) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.u8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+  if constexpr (TN == 64 && SCALED == 0 && !UNS) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]), "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]), "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]), "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+  if constexpr (TN == 64 && SCALED == 0 && UNS) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.u8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]), "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]), "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]), "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+  if constexpr (TN == 64 && SCALED == 1 && !UNS) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+  if constexpr (TN == 64 && SCALED == 1 && UNS) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.u8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+  }
+}
+// fence_regs pins an accumulator array in its registers at this point of
+// the program (CUTLASS's warpgroup_fence_operand).
+template <int N> SVDQ_DEV void fence_regs(int (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+// wg_issue waits for a stage and starts its group's two wgmma into d
+// (scale-d 0 first: d = P of the group).
+template <bool UNS, int TN>
+SVDQ_DEV void wg_issue(const uint8_t *act, const uint4 *w, uint64_t *full, uint32_t parity, int warp, int lane,
+                       int (&d)[TN / 2]) {
+  mbar_wait(full, parity);
+  const uint4 wf = w[warp * 32 + lane];
+  const uint32_t a0[4] = {sx_lo(wf.x), sx_lo(wf.z), sx_hi(wf.x), sx_hi(wf.z)};
+  const uint32_t a1[4] = {sx_lo(wf.y), sx_lo(wf.w), sx_hi(wf.y), sx_hi(wf.w)};
+  const uint64_t desc = wg_desc(act, 128, 512);
+  fence_regs(d);
+  wg_fence();
+  wgmma_s8<UNS, TN, 0>(d, a0, desc);
+  wgmma_s8<UNS, TN, 1>(d, a1, desc + (256 >> 4));
+  wg_commit();
+}
+// wg_finish reads a group's scales, releases its stage and runs the 16-bit
+// epilogue of the group on d (complete):
+//   acc16 = hfma2(round16(P), round16(as*ws), acc16).
+template <bool BF, int TN>
+SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint64_t *empty, int pos0, int pos1, int lane,
+                        const int (&d)[TN / 2], uint32_t (&acc16)[TN / 8][2]) {
+  const int c = lane & 3;
+  const uint32_t wsd0 = uint32_t(ws[pos0]) * 0x10001u, wsd1 = uint32_t(ws[pos1]) * 0x10001u;
+  uint32_t asp[TN / 8]; // scale pairs of tokens 8j + 2c, +1
+#pragma unroll
+  for (int j = 0; j < TN / 8; j++) asp[j] = *reinterpret_cast<const uint32_t *>(as + 8 * j + 2 * c);
+  __syncwarp();
+  if (lane == 0) mbar_arrive(empty);
+#pragma unroll
+  for (int j = 0; j < TN / 8; j++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const uint32_t p16 = pack2<BF>(__int2float_rn(d[4 * j + 2 * h]), __int2float_rn(d[4 * j + 2 * h + 1]));
+      const uint32_t s16 = hmul2<BF>(asp[j], h ? wsd1 : wsd0);
+      acc16[j][h] = hfma2<BF>(p16, s16, acc16[j][h]);
+    }
+}
+#endif
+
+// WG_THREADS: one consumer warpgroup and one producer warp.
+#define WG_THREADS 160
+
+template <bool UNS, bool BF, int MODE, int TN>
+SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__restrict__ ascale,
+                           const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
+                           const float *__restrict__ lract, const uint4 *__restrict__ up,
+                           const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N, int K,
+                           int R) {
+#ifdef SVDQ_WGMMA
+  constexpr int S = 4;            // stages
+  constexpr int ABYTES = TN * 64; // activation codes of one group
+  constexpr int NJ = TN / 8;      // n8 token tiles
+  constexpr int ND = TN / 2;      // accumulators per thread
+  struct Stage {
+    uint8_t act[ABYTES]; // act8 block of the group (core-matrix order)
+    uint4 w[128];        // the block's 4 packed p-tiles (64 channels) of the group
+    uint16_t as[TN];     // activation scales of the group
+    uint16_t ws[128];    // weight scales of the 128-channel chunk
+  };
+  __shared__ __align__(1024) Stage stg[S];
+  __shared__ __align__(8) uint64_t full[S], empty[S];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int tok0 = blockIdx.x * TN;
+  const int nt = blockIdx.y >> 1, half = blockIdx.y & 1;
+  const int KT = K >> 6;
+
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < S; s++) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 4);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (warp == 4) { // producer: one lane issues the bulk copies, S groups ahead
+    if (lane == 0) {
+      for (int kt = 0; kt < KT; kt++) {
+        const int s = kt % S;
+        if (kt >= S) mbar_wait(&empty[s], ((kt / S) - 1) & 1);
+        mbar_expect_tx(&full[s], ABYTES + TN * 2 + 2048 + 256);
+        bulk_g2s(stg[s].act, act8 + ((size_t)kt * (Mpad >> 3) + (tok0 >> 3)) * 512, ABYTES, &full[s]);
+        bulk_g2s(stg[s].w, qw + (((size_t)nt * KT + kt) * 8 + half * 4) * 32, 2048, &full[s]);
+        bulk_g2s(stg[s].as, ascale + (size_t)kt * Mpad + tok0, TN * 2, &full[s]);
+        bulk_g2s(stg[s].ws, wscales + ((size_t)nt * KT + kt) * 128, 256, &full[s]);
+      }
+    }
+    return; // no block-wide barrier follows
+  }
+
+  const int p = half * 4 + warp; // the warp's p-tile in the 128-channel chunk
+  const int pos0 = vec1d_pos(p * 16 + g), pos1 = vec1d_pos(p * 16 + 8 + g);
+  uint32_t acc16[NJ][2];
+#pragma unroll
+  for (int j = 0; j < NJ; j++) acc16[j][0] = acc16[j][1] = 0u;
+
+  // One accumulator set per warpgroup: the tensor cores run other blocks'
+  // groups while this one's epilogue runs (a second set, to overlap within
+  // the block, made ptxas serialize every wgmma: slower, measured).
+  int d[ND]; // each group's first wgmma only writes it
+  for (int kt = 0; kt < KT; kt++) {
+    const int s = kt % S;
+    wg_issue<UNS, TN>(stg[s].act, stg[s].w, &full[s], (kt / S) & 1, warp, lane, d);
+    wg_wait<0>();
+    fence_regs(d);
+    wg_finish<BF, TN>(stg[s].as, stg[s].ws, &empty[s], pos0, pos1, lane, d, acc16);
+  }
+
+  // Bias (16-bit add), before the low-rank branch.
+  const int ch0 = nt * 128 + p * 16 + g; // channels ch0 (h = 0) and ch0 + 8
+  {
+    const uint32_t b0 = uint32_t(bias[vec1d_pos(ch0)]) * 0x10001u;
+    const uint32_t b1 = uint32_t(bias[vec1d_pos(ch0 + 8)]) * 0x10001u;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      acc16[j][0] = hadd2<BF>(acc16[j][0], b0);
+      acc16[j][1] = hadd2<BF>(acc16[j][1], b1);
+    }
+  }
+  const int RT = R >> 4;
+  if (MODE == GEMM_MODE_FUSED && RT > 0) {
+    // Rank tiles outer, token tiles inner: one up fragment per rank tile,
+    // the 16 tiles' lract loads in flight together.
+    const uint4 *upp = up + (size_t)(nt * 8 + p) * RT * 32 + lane;
+    float acc[NJ][4];
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      const float2 v0 = unpack2<BF>(acc16[j][0]), v1 = unpack2<BF>(acc16[j][1]);
+      acc[j][0] = v0.x, acc[j][1] = v0.y, acc[j][2] = v1.x, acc[j][3] = v1.y;
+    }
+    const float *l = lract + (size_t)(tok0 + g) * R + 2 * c;
+    for (int rt = 0; rt < RT; rt++) {
+      const uint4 u = upp[rt * 32];
+#pragma unroll
+      for (int j = 0; j < NJ; j++) {
+        const float2 f0 = *reinterpret_cast<const float2 *>(l + (size_t)8 * j * R + rt * 16);
+        const float2 f1 = *reinterpret_cast<const float2 *>(l + (size_t)8 * j * R + rt * 16 + 8);
+        mma_f16<BF>(acc[j], u.x, u.z, u.y, u.w, pack2<BF>(f0.x, f0.y), pack2<BF>(f1.x, f1.y));
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      acc16[j][0] = pack2<BF>(out16<BF>(acc[j][0]), out16<BF>(acc[j][1]));
+      acc16[j][1] = pack2<BF>(out16<BF>(acc[j][2]), out16<BF>(acc[j][3]));
+    }
+  } else if (!BF) { // FP16 outputs are clamped to +-65504 on every path
+#pragma unroll
+    for (int j = 0; j < NJ; j++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const float2 v = unpack2<BF>(acc16[j][h]);
+        acc16[j][h] = pack2<BF>(out16<BF>(v.x), out16<BF>(v.y));
+      }
+  }
+#pragma unroll
+  for (int j = 0; j < NJ; j++)
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      const int tok = tok0 + 8 * j + 2 * c + e;
+      if (tok < M) {
+        y[(size_t)tok * N + ch0] = uint16_t(acc16[j][0] >> (16 * e));
+        y[(size_t)tok * N + ch0 + 8] = uint16_t(acc16[j][1] >> (16 * e));
+      }
+    }
+#else
+  __trap(); // only launched on sm_90a (the host checks)
+#endif
+}
