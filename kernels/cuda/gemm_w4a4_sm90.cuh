@@ -202,7 +202,7 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
                            const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N, int K,
                            int R) {
 #ifdef SVDQ_WGMMA
-  constexpr int S = 4;            // stages
+  constexpr int S = 3;            // stages (2, 3 and 4 measured as fast)
   constexpr int ABYTES = TN * 64; // activation codes of one group
   constexpr int NJ = TN / 8;      // n8 token tiles
   constexpr int ND = TN / 2;      // accumulators per thread
@@ -214,6 +214,11 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
   };
   __shared__ __align__(1024) Stage stg[S];
   __shared__ __align__(8) uint64_t full[S], empty[S];
+  // Fused, rank <= 32: the tile's lract rows rounded to 16 bits, in the
+  // B-fragment order of the up projection (one conflict-free 8-byte load
+  // per lane and tile), filled once at the start.
+  constexpr bool FUSED = MODE == GEMM_MODE_FUSED;
+  __shared__ __align__(16) uint2 slr[FUSED ? NJ * 2 * 32 : 1];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int tok0 = blockIdx.x * TN;
@@ -242,6 +247,29 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
       }
     }
     return; // no block-wide barrier follows
+  }
+
+  const int RT = R >> 4;
+  const bool lrs = FUSED && RT > 0 && RT <= 2;
+  if (lrs && tid < TN) { // token row tok0 + tid: j = tid / 8, g = tid % 8
+    const float4 *row = reinterpret_cast<const float4 *>(lract + (size_t)(tok0 + tid) * R);
+    float v[32];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+      if (q < RT * 4) {
+        const float4 t = row[q];
+        v[4 * q] = t.x, v[4 * q + 1] = t.y, v[4 * q + 2] = t.z, v[4 * q + 3] = t.w;
+      }
+    }
+#pragma unroll
+    for (int rt = 0; rt < 2; rt++)
+#pragma unroll
+      for (int cc = 0; cc < 4; cc++)
+        if (rt < RT) {
+          const int k0 = rt * 16 + 2 * cc;
+          slr[((tid >> 3) * 2 + rt) * 32 + (tid & 7) * 4 + cc] =
+              make_uint2(pack2<BF>(v[k0], v[k0 + 1]), pack2<BF>(v[k0 + 8], v[k0 + 9]));
+        }
   }
 
   const int p = half * 4 + warp; // the warp's p-tile in the 128-channel chunk
@@ -273,8 +301,7 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
       acc16[j][1] = hadd2<BF>(acc16[j][1], b1);
     }
   }
-  const int RT = R >> 4;
-  if (MODE == GEMM_MODE_FUSED && RT > 0) {
+  if (FUSED && RT > 0) {
     // Rank tiles outer, token tiles inner: one up fragment per rank tile,
     // the 16 tiles' lract loads in flight together.
     const uint4 *upp = up + (size_t)(nt * 8 + p) * RT * 32 + lane;
@@ -284,14 +311,26 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
       const float2 v0 = unpack2<BF>(acc16[j][0]), v1 = unpack2<BF>(acc16[j][1]);
       acc[j][0] = v0.x, acc[j][1] = v0.y, acc[j][2] = v1.x, acc[j][3] = v1.y;
     }
-    const float *l = lract + (size_t)(tok0 + g) * R + 2 * c;
-    for (int rt = 0; rt < RT; rt++) {
-      const uint4 u = upp[rt * 32];
+    if (lrs) {
+      asm volatile("bar.sync 1, 128;\n" ::: "memory"); // the consumers' slr stores
+      for (int rt = 0; rt < RT; rt++) {
+        const uint4 u = upp[rt * 32];
 #pragma unroll
-      for (int j = 0; j < NJ; j++) {
-        const float2 f0 = *reinterpret_cast<const float2 *>(l + (size_t)8 * j * R + rt * 16);
-        const float2 f1 = *reinterpret_cast<const float2 *>(l + (size_t)8 * j * R + rt * 16 + 8);
-        mma_f16<BF>(acc[j], u.x, u.z, u.y, u.w, pack2<BF>(f0.x, f0.y), pack2<BF>(f1.x, f1.y));
+        for (int j = 0; j < NJ; j++) {
+          const uint2 b = slr[(j * 2 + rt) * 32 + lane];
+          mma_f16<BF>(acc[j], u.x, u.z, u.y, u.w, b.x, b.y);
+        }
+      }
+    } else {
+      const float *l = lract + (size_t)(tok0 + g) * R + 2 * c;
+      for (int rt = 0; rt < RT; rt++) {
+        const uint4 u = upp[rt * 32];
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+          const float2 f0 = *reinterpret_cast<const float2 *>(l + (size_t)8 * j * R + rt * 16);
+          const float2 f1 = *reinterpret_cast<const float2 *>(l + (size_t)8 * j * R + rt * 16 + 8);
+          mma_f16<BF>(acc[j], u.x, u.z, u.y, u.w, pack2<BF>(f0.x, f0.y), pack2<BF>(f1.x, f1.y));
+        }
       }
     }
 #pragma unroll
