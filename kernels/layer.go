@@ -90,10 +90,59 @@ func (l *Layer) freeLocked() error {
 	return first
 }
 
-// work holds the per-call device buffers for m input rows.
+// work holds the per-call device buffers for m input rows. lract is the
+// low-rank buffer of the current call, one of lr's two (enqueue sets it).
 type work struct {
 	m, mpad                  int
 	x, act, ascale, lract, y uint64
+	lr                       *lowRankBufs // shared by copies of the work (the benchmark's)
+}
+
+// lowRankBufs are two buffers for the FP32 down-projection sums x·proj_down.
+// With more than one K split the activation blocks add into the buffer, so
+// it must start at zero: zeroing it is a separate memset, a kernel of its
+// own on the critical path of a small layer. The fused wgmma GEMM instead
+// zeroes the other buffer for the next call (after reading its own), so
+// calls alternate between the two and a memset is needed only when neither
+// is known to be zero. zero[i] counts the leading float32 of buffer i known
+// to be zero; used is the buffer the last call wrote.
+type lowRankBufs struct {
+	ptr  [2]uint64
+	zero [2]int
+	used int
+}
+
+// lowRankPlan is what one call does with the buffers: write buffer cur
+// (memset first when it must start at zero and is not known to be), and
+// have the GEMM zero buffer next (-1: none).
+type lowRankPlan struct {
+	cur    int
+	memset bool
+	next   int
+}
+
+// plan chooses the buffers for a call that needs n leading zero floats in
+// its buffer (0 when it overwrites them) and whose GEMM can zero the other
+// (gemmZeroes), and records the call's effect: the buffer written is no
+// longer zero; the other is zero over n floats once the GEMM zeroed it.
+func (b *lowRankBufs) plan(n int, gemmZeroes bool) lowRankPlan {
+	pl := lowRankPlan{cur: b.used ^ 1, next: -1}
+	if n > 0 {
+		switch {
+		case b.zero[pl.cur] >= n:
+		case b.zero[b.used] >= n:
+			pl.cur = b.used
+		default:
+			pl.memset = true
+		}
+	}
+	o := pl.cur ^ 1
+	if gemmZeroes && n > 0 && b.zero[o] < n {
+		pl.next = o
+		b.zero[o] = n
+	}
+	b.zero[pl.cur], b.used = 0, pl.cur
+	return pl
 }
 
 // GemmEnv names an environment variable that, set to "mma", makes a Hopper
@@ -135,14 +184,15 @@ func (l *Layer) workSizes(m int) (mpad, x, act, ascale, lract, y int) {
 	return mpad, mpad * kpad * 2, act, ascale, mpad * l.meta.R * 4, m * npad * 2
 }
 
-// newWork allocates the buffers (device goroutine); x is zeroed.
+// newWork allocates the buffers (device goroutine); x and both low-rank
+// buffers are zeroed.
 func (l *Layer) newWork(m int) (*work, error) {
 	mpad, xs, as, ss, ls, ys := l.workSizes(m)
-	w := &work{m: m, mpad: mpad}
+	w := &work{m: m, mpad: mpad, lr: &lowRankBufs{}}
 	for _, b := range []struct {
 		dst  *uint64
 		size int
-	}{{&w.x, xs}, {&w.act, as}, {&w.ascale, ss}, {&w.lract, ls}, {&w.y, ys}} {
+	}{{&w.x, xs}, {&w.act, as}, {&w.ascale, ss}, {&w.lr.ptr[0], ls}, {&w.lr.ptr[1], ls}, {&w.y, ys}} {
 		p, err := l.d.alloc(b.size)
 		if err != nil {
 			w.free(l.d)
@@ -150,18 +200,26 @@ func (l *Layer) newWork(m int) (*work, error) {
 		}
 		*b.dst = p
 	}
-	if err := l.d.memset(w.x, 0, xs); err != nil {
-		w.free(l.d)
-		return nil, err
+	w.lract = w.lr.ptr[0]
+	for _, b := range []struct {
+		p    uint64
+		size int
+	}{{w.x, xs}, {w.lr.ptr[0], ls}, {w.lr.ptr[1], ls}} {
+		if err := l.d.memset(b.p, 0, b.size); err != nil {
+			w.free(l.d)
+			return nil, err
+		}
 	}
+	w.lr.zero = [2]int{ls / 4, ls / 4}
 	return w, nil
 }
 
 func (w *work) free(d *Device) {
-	for _, p := range []*uint64{&w.x, &w.act, &w.ascale, &w.lract, &w.y} {
+	for _, p := range []*uint64{&w.x, &w.act, &w.ascale, &w.lr.ptr[0], &w.lr.ptr[1], &w.y} {
 		d.free(*p)
 		*p = 0
 	}
+	w.lract = 0
 }
 
 // kernelNames returns the names of the kernels a variant launches.
@@ -197,14 +255,25 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 	splits, ktpb := actSplits(w.mpad, int(kpad), d.SMs)
 	actGrid := [3]uint32{uint32(w.mpad / 16), uint32(splits), 1}
 	blk := [3]uint32{128, 1, 1}
+	wg := l.wg() && v != Reference // the reference kernel reads the packed act layout
+	need := 0                      // leading zero floats the low-rank buffer needs
+	if splits > 1 && v != NoLowRank && p.R > 0 {
+		need = w.mpad * p.R // the blocks add into it
+	}
+	lp := w.lr.plan(need, wg && v == Fused)
+	w.lract = w.lr.ptr[lp.cur]
+	var lzero uint64 // the buffer the fused wgmma GEMM zeroes for the next call
+	if lp.next >= 0 {
+		lzero = w.lr.ptr[lp.next]
+	}
+	if lp.memset {
+		if err := d.memset(w.lract, 0, need*4); err != nil {
+			return err
+		}
+	}
 	act := func(name string, rt0 int) error {
 		return d.launch(name, actGrid, blk, w.x, l.smooth, l.down, w.act, w.ascale, w.lract, mpad, kpad, r,
 			int32(rt0), int32(ktpb))
-	}
-	if splits > 1 && v != NoLowRank && p.R > 0 {
-		if err := d.memset(w.lract, 0, w.mpad*p.R*4); err != nil { // the blocks add into it
-			return err
-		}
 	}
 	// The activation pass, and the down projection fused into it or not.
 	// Ranks up to 32 use the lighter kernels covering 32 columns a launch.
@@ -217,7 +286,6 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 	if fuseDown {
 		mode = "_qd" + rsuf
 	}
-	wg := l.wg() && v != Reference // the reference kernel reads the packed act layout
 	actPfx := "svdq_act_"
 	if wg {
 		actPfx = "svdq_act8_"
@@ -255,7 +323,7 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 		}
 		grid := [3]uint32{uint32(w.mpad / t.m), uint32(int(npad) / t.n), 1}
 		return d.launch("svdq_wg_"+prec+"_"+dt+"_"+mode+"_"+t.name, grid, [3]uint32{wgThreads, 1, 1}, w.act,
-			w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r)
+			w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r, lzero)
 	}
 	switch v {
 	case Fused:

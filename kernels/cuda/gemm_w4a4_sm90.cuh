@@ -200,7 +200,7 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
                            const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
                            const float *__restrict__ lract, const uint4 *__restrict__ up,
                            const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N, int K,
-                           int R) {
+                           int R, float *__restrict__ lzero) {
 #ifdef SVDQ_WGMMA
   constexpr int S = 3;            // stages (2, 3 and 4 measured as fast)
   constexpr int ABYTES = TN * 64; // activation codes of one group
@@ -270,6 +270,15 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
           slr[((tid >> 3) * 2 + rt) * 32 + (tid & 7) * 4 + cc] =
               make_uint2(pack2<BF>(v[k0], v[k0 + 1]), pack2<BF>(v[k0 + 8], v[k0 + 9]));
         }
+  }
+
+  // Fused: the blocks of a token tile zero its rows of the other low-rank
+  // buffer, the next call's (lzero, when the host asks), a slice each.
+  if (FUSED && lzero != nullptr) {
+    const int n4 = TN * R / 4, per = (n4 + gridDim.y - 1) / gridDim.y;
+    float4 *z = reinterpret_cast<float4 *>(lzero + (size_t)tok0 * R);
+    for (int i = blockIdx.y * per + tid; i < min(n4, (int)(blockIdx.y + 1) * per); i += 128)
+      z[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
 
   const int p = half * 4 + warp; // the warp's p-tile in the 128-channel chunk

@@ -71,16 +71,18 @@ GEMM_SIGN(svdq_gemm_int4u, true)
 GEMM_TILES(svdq_gemm_bf16_upadd, false, true, GEMM_MODE_UPADD)
 GEMM_TILES(svdq_gemm_f16_upadd, false, false, GEMM_MODE_UPADD)
 
-// svdq_wg_int4<u?>_<dtype>_<mode>_<tile>(act8, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R)
+// svdq_wg_int4<u?>_<dtype>_<mode>_<tile>(act8, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R, lzero)
 //   Hopper only (sm_90a; elsewhere the body traps): block WG_THREADS (160), tile n128
 //   (grid Mpad/128, N/64) or n64 (grid Mpad/64, N/64); Mpad a multiple of the tile's
 //   tokens, K a multiple of 128. mode: fused (+bias +low-rank), nolora (+bias).
+//   lzero (fused; may be null): a [Mpad, R] float buffer the kernel zeroes (the next
+//   call's low-rank sums, so that no memset precedes its activation pass).
 #define WG_KERNEL(NAME, UNS, BF, MODE, TN, MINB)                                                                  \
   extern "C" __global__ void __launch_bounds__(WG_THREADS, MINB)                                              \
       NAME(const int8_t *act8, const uint16_t *ascale, const uint4 *qw, const uint16_t *wscales,               \
            const float *lract, const uint4 *up, const uint16_t *bias, uint16_t *y, int M, int Mpad, int N,      \
-           int K, int R) {                                                                                     \
-    gemm_wg_body<UNS, BF, MODE, TN>(act8, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R);         \
+           int K, int R, float *lzero) {                                                                       \
+    gemm_wg_body<UNS, BF, MODE, TN>(act8, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R, lzero);  \
   }
 #define WG_TILES(PFX, UNS, BF, MODE)                                                                           \
   WG_KERNEL(PFX##_n128, UNS, BF, MODE, 128, 3)                                                                \
