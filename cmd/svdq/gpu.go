@@ -49,7 +49,9 @@ func init() {
 			"tokens: the median time (CUDA events, L2 flushed before each run) of the fused W4A4 layer\n" +
 			"(activation pass with the low-rank down projection, GEMM with bias and up projection),\n" +
 			"the same without the low-rank branch, the unfused variant (separate low-rank passes) and\n" +
-			"cuBLAS BF16; TOPS (2·M·N·K) and the ratios. Random data; rank 32.",
+			"cuBLAS BF16; TOPS (2·M·N·K) and the ratios. Random data; rank 32.\n\n" +
+			"On Hopper (sm_90) the INT4 GEMM is the INT8 wgmma kernel; SVDQ_GEMM=mma times the\n" +
+			"mma.sync kernels instead, to compare.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of the table"},
 			&cli.IntFlag{Name: "iters", Value: 30, Usage: "timed runs per variant (the median is reported)"},
