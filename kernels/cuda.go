@@ -3,6 +3,7 @@ package kernels
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -203,9 +204,12 @@ type Device struct {
 	MemBytes     uint64
 	DriverVer    int // e.g. 13000 for CUDA 13.0
 	PTX          PTXInfo
-	fns          map[string]uintptr
-	cublas       *cublas
-	lastKernel   string
+	// WGMMA: the INT4 GEMM runs on the wgmma kernels (the sm90a PTX,
+	// unless GemmEnv said "mma" when Open ran).
+	WGMMA      bool
+	fns        map[string]uintptr
+	cublas     *cublas
+	lastKernel string
 }
 
 // Open initialises the driver, retains the primary context of GPU ordinal
@@ -284,6 +288,7 @@ func (d *Device) init() error {
 		return err
 	}
 	d.PTX = info
+	d.WGMMA = info.Target == "sm90a" && os.Getenv(GemmEnv) != "mma"
 	if err := dr.check("cuDevicePrimaryCtxRetain", dr.cuDevicePrimaryCtxRetain(&d.ctx, dev)); err != nil {
 		return err
 	}

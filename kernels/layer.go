@@ -90,13 +90,15 @@ func (l *Layer) freeLocked() error {
 	return first
 }
 
-// work holds the per-call device buffers for m input rows. lract is the
-// low-rank buffer of the current call, one of lr's two (enqueue sets it).
+// work holds the per-call device buffers for m input rows.
 type work struct {
-	m, mpad                  int
-	x, act, ascale, lract, y uint64
-	lr                       *lowRankBufs // shared by copies of the work (the benchmark's)
+	m, mpad           int
+	x, act, ascale, y uint64
+	lr                *lowRankBufs // shared by copies of the work (the benchmark's)
 }
+
+// lract is the low-rank buffer of the current (or last) call, one of lr's two.
+func (w *work) lract() uint64 { return w.lr.ptr[w.lr.used] }
 
 // lowRankBufs are two buffers for the FP32 down-projection sums x·proj_down.
 // With more than one K split the activation blocks add into the buffer, so
@@ -145,16 +147,15 @@ func (b *lowRankBufs) plan(n int, gemmZeroes bool) lowRankPlan {
 	return pl
 }
 
-// GemmEnv names an environment variable that, set to "mma", makes a Hopper
-// card run the mma.sync GEMM kernels (svdq_gemm_*, the 4-bit codes unpacked
-// to INT8 in registers) instead of the wgmma ones (svdq_wg_*), to compare.
+// GemmEnv names an environment variable that, set to "mma" when Open runs,
+// makes a Hopper card run the mma.sync GEMM kernels (svdq_gemm_*, the 4-bit
+// codes unpacked to INT8 in registers) instead of the wgmma ones
+// (svdq_wg_*), to compare.
 const GemmEnv = "SVDQ_GEMM"
 
 // wg reports whether the layer's GEMM runs on the Hopper wgmma kernels
-// (cuda/gemm_w4a4_sm90.cuh): INT4 layers on the sm_90a PTX.
-func (l *Layer) wg() bool {
-	return l.meta.Precision != quant.NVFP4 && l.d.PTX.Target == "sm90a" && os.Getenv(GemmEnv) != "mma"
-}
+// (cuda/gemm_w4a4_sm90.cuh): INT4 layers on a Device that uses them.
+func (l *Layer) wg() bool { return l.meta.Precision != quant.NVFP4 && l.d.WGMMA }
 
 // padRows returns m padded to the GEMM's token tiles: 64 rows, 128 for the
 // wgmma kernels.
@@ -200,7 +201,6 @@ func (l *Layer) newWork(m int) (*work, error) {
 		}
 		*b.dst = p
 	}
-	w.lract = w.lr.ptr[0]
 	for _, b := range []struct {
 		p    uint64
 		size int
@@ -219,7 +219,6 @@ func (w *work) free(d *Device) {
 		d.free(*p)
 		*p = 0
 	}
-	w.lract = 0
 }
 
 // kernelNames returns the names of the kernels a variant launches.
@@ -261,18 +260,18 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 		need = w.mpad * p.R // the blocks add into it
 	}
 	lp := w.lr.plan(need, wg && v == Fused)
-	w.lract = w.lr.ptr[lp.cur]
+	lract := w.lract()
 	var lzero uint64 // the buffer the fused wgmma GEMM zeroes for the next call
 	if lp.next >= 0 {
 		lzero = w.lr.ptr[lp.next]
 	}
 	if lp.memset {
-		if err := d.memset(w.lract, 0, need*4); err != nil {
+		if err := d.memset(lract, 0, need*4); err != nil {
 			return err
 		}
 	}
 	act := func(name string, rt0 int) error {
-		return d.launch(name, actGrid, blk, w.x, l.smooth, l.down, w.act, w.ascale, w.lract, mpad, kpad, r,
+		return d.launch(name, actGrid, blk, w.x, l.smooth, l.down, w.act, w.ascale, lract, mpad, kpad, r,
 			int32(rt0), int32(ktpb))
 	}
 	// The activation pass, and the down projection fused into it or not.
@@ -310,7 +309,7 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 	}
 	gemm := func(name string) error {
 		grid := [3]uint32{uint32(w.mpad / tile.m), uint32(int(npad) / tile.n), 1}
-		return d.launch(name+"_"+tile.name, grid, blk, w.act, w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y,
+		return d.launch(name+"_"+tile.name, grid, blk, w.act, w.ascale, l.qw, l.ws, lract, l.up, l.bias, w.y,
 			int32(w.m), mpad, npad, kpad, r)
 	}
 	gemm4 := func(mode string) error { // the 4-bit GEMM (+ bias, + low-rank when fused)
@@ -323,7 +322,7 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 		}
 		grid := [3]uint32{uint32(w.mpad / t.m), uint32(int(npad) / t.n), 1}
 		return d.launch("svdq_wg_"+prec+"_"+dt+"_"+mode+"_"+t.name, grid, [3]uint32{wgThreads, 1, 1}, w.act,
-			w.ascale, l.qw, l.ws, w.lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r, lzero)
+			w.ascale, l.qw, l.ws, lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r, lzero)
 	}
 	switch v {
 	case Fused:
@@ -342,7 +341,7 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 	total := w.m * int(npad)
 	grid := [3]uint32{uint32((total + 255) / 256), 1, 1}
 	return d.launch("svdq_ref_"+prec+"_"+dt, grid, [3]uint32{256, 1, 1}, w.act, w.ascale, l.qw, l.ws,
-		p.WTScale, w.lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r)
+		p.WTScale, lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r)
 }
 
 // Result is one GPU run of a layer on m rows.
@@ -395,7 +394,7 @@ func (l *Layer) Run(x []float32, m int, v Variant) (*Result, error) {
 		if err := l.d.download(yb, w.y); err != nil {
 			return err
 		}
-		return l.d.download(lb, w.lract)
+		return l.d.download(lb, w.lract())
 	})
 	if err != nil {
 		return nil, err
