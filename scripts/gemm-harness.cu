@@ -10,6 +10,7 @@
 //               numbers to report come from svdq bench-gpu)
 //   /tmp/h x    the timings only
 //   /tmp/h l    the low-rank branch's cost split into its parts
+//   /tmp/h p    one fused GEMM (9216x3072, M 4096), for ncu
 #include "common.cuh"
 #include "act_quant.cuh"
 #include "gemm_w4a4.cuh"
@@ -97,7 +98,9 @@ template <bool UNS> void check(int M, int N, int K) {
   {
     std::vector<uint16_t> a((size_t)K / 64 * p.Mpad), b(a.size());
     CK(cudaMemcpy(a.data(), p.as1, a.size() * 2, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(b.data(), p.as2, b.size() * 2, cudaMemcpyDeviceToHost));
-    printf("ascale equal: %d\n", (int)(a == b));
+    bool eq = true; // the act8 pass writes each row in as8_pos order
+    for (size_t i = 0; i < a.size(); i++) eq = eq && a[i] == b[i / p.Mpad * p.Mpad + (i % p.Mpad & ~(size_t)63) + (((i % p.Mpad) >> 1 & 3) << 4) + (((i % p.Mpad) >> 3 & 7) << 1) + (i & 1)];
+    printf("ascale equal: %d\n", (int)eq);
   }
   const char *u = UNS ? "uns" : "sgn";
   char buf[128];
@@ -139,6 +142,13 @@ void lrbreak() {
 }
 int main(int argc, char **argv) {
   if (argc > 1 && argv[1][0] == 'l') { lrbreak(); return 0; }
+  if (argc > 1 && argv[1][0] == 'p') { // one fused GEMM at 9216x3072, M 4096 (for a profiler)
+    Prob p = make(4096, 9216, 3072, 32, 128);
+    run_act<false>(p, true);
+    run_new<false, GEMM_MODE_FUSED, 128>(p);
+    CK(cudaDeviceSynchronize());
+    return 0;
+  }
   if (argc < 2) {
   check<false>(200, 256, 512);
   check<true>(200, 256, 512);

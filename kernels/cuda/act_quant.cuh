@@ -29,7 +29,8 @@
 // RTN: rank tiles of 16 one launch covers (8: up to 128 columns; 2: a
 // lighter kernel for ranks up to 32, the common case).
 // I8 (INT4 only): the codes are written as bytes in the act8 layout of
-// common.cuh (the Hopper GEMM's operand) instead of the packed fragments.
+// common.cuh (the Hopper GEMM's operand) instead of the packed fragments,
+// and the scales in as8_pos order.
 template <int PREC, bool UNS, bool BF, bool QUANT, bool DOWN, int RTN, bool I8 = false>
 SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__restrict__ smooth,
                              const uint16_t *__restrict__ down, uint4 *__restrict__ act, float *__restrict__ ascale,
@@ -95,7 +96,10 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
           amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
           amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
           const float sc = __fmul_rn(amax, UNS ? (1.f / 15.f) : (1.f / 7.f));
-          if (c == 0) reinterpret_cast<uint16_t *>(ascale)[(size_t)kt * Mpad + (r ? row1 : row0)] = f2h<BF>(sc);
+          if (c == 0) {
+            const int row = r ? row1 : row0;
+            reinterpret_cast<uint16_t *>(ascale)[(size_t)kt * Mpad + (I8 ? as8_pos(row) : row)] = f2h<BF>(sc);
+          }
           const float rc = kernel_rcp(sc);
 #pragma unroll
           for (int j = 0; j < 16; j++) {

@@ -23,8 +23,9 @@
 //            word 2: row g,   k = 32+8c..+7;    word 3: row g+8, k = 32+8c..+7;
 //            nibble e (k offset e) at bits 4e. These are exactly the A
 //            fragments of mma.m16n8k64 (4-bit), so a lane loads one uint4.
-//   ascale   INT4: 16-bit [K/64][M_pad] in the model dtype; NVFP4: float
-//            [K/16][M_pad] holding the E4M3 values.
+//   ascale   INT4: 16-bit [K/64][M_pad] in the model dtype (with act8, the
+//            tokens of each row in as8_pos order); NVFP4: float [K/16][M_pad]
+//            holding the E4M3 values.
 //   lract    float [M_pad][R], x . proj_down in FP32.
 #pragma once
 #include <stdint.h>
@@ -194,6 +195,11 @@ SVDQ_DEV uint32_t act_nibble(const uint32_t *act, int m, int k, int K) {
 SVDQ_DEV size_t act8_pos(int m, int kt, int L, int Mpad) {
   return (((size_t)kt * (Mpad >> 3) + (m >> 3)) * 4 + (L >> 4)) * 128 + (m & 7) * 16 + (L & 15);
 }
+// as8_pos is the place of token m's scale in its group's row of ascale
+// when the activation pass writes act8: within each 64 tokens, token
+// 8j + 2c + e at 16c + 2j + e, so that the GEMM lane with c = lane % 4 reads
+// its 16 scales (tokens 8j + 2c, +1, j < 8) as two 16-byte loads.
+SVDQ_DEV int as8_pos(int m) { return (m & ~63) | (((m >> 1) & 3) << 4) | (((m >> 3) & 7) << 1) | (m & 1); }
 
 // ---- tensor-core instructions ----
 // MAGIC: an int32 accumulator started at MAGIC_I holds float bits of

@@ -12,7 +12,8 @@
 // are exactly one packed p-tile, one 16-byte shared-memory load per lane
 // and group, the nibbles sign-extended to bytes) and the activations its B
 // operand in shared memory. The activations come as INT8 codes from the
-// activation pass (act_quant.cuh with I8: the layout "act8" below). Per
+// activation pass (act_quant.cuh with I8: the layout "act8" below; its
+// scales in the as8_pos order of common.cuh). Per
 // 64-group, the activation codes and scales of the tile and the packed
 // weights and scales of its channels are copied into shared memory by the
 // bulk-copy engine (cp.async.bulk), S stages ahead: a producer warp waits
@@ -31,8 +32,9 @@
 // 64 channels x TN tokens (TN 128 or 64); grid (Mpad/TN, N/64). Per group:
 // wait for the stage, two wgmma m64nTNk32 (the first with scale-d 0: the
 // accumulator restarts at P of the group), wait, release the stage, then
-// the 16-bit epilogue of the group (I2FP, F2FP, HMUL2, HFMA2 per pair),
-// while other blocks on the multiprocessor use the tensor cores. Low-rank
+// the 16-bit epilogue of the group (two conversions, F2FP, HMUL2, HFMA2
+// per pair; see wg_finish), while other blocks on the multiprocessor use
+// the tensor cores. The weights enter as 16 times their codes (hi16/lo16). Low-rank
 // up projection (mma.sync m16n8k16, up as A, the rounded lract as B) and
 // bias in the final epilogue, as in gemm_w4a4.cuh. Exact: the harness and
 // gpu-check compare it bit for bit with the mma.sync kernel / emulation.
@@ -44,13 +46,12 @@
 #define SVDQ_WGMMA 1
 #endif
 
-// sx_lo / sx_hi sign-extend the even / odd nibbles of a word into bytes
-// (byte j = nibble 2j, or 2j+1, as int8).
-SVDQ_DEV uint32_t sx_lo(uint32_t w) {
-  const uint32_t t = w & 0x0F0F0F0Fu;
-  return t + (t & 0x08080808u) * 0x1Eu;
-}
-SVDQ_DEV uint32_t sx_hi(uint32_t w) { return sx_lo(w >> 4); }
+// hi16 / lo16 turn the odd / even nibbles of a word into bytes holding 16
+// times the signed code (byte j = nibble 2j+1, or 2j, in its upper half):
+// one or two instructions instead of a sign extension. The GEMM's products
+// are then 16 P, taken back out exactly in wg_finish.
+SVDQ_DEV uint32_t hi16(uint32_t w) { return w & 0xF0F0F0F0u; }
+SVDQ_DEV uint32_t lo16(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }
 
 #ifdef SVDQ_WGMMA
 SVDQ_DEV uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -95,56 +96,28 @@ SVDQ_DEV uint64_t wg_desc(const void *p, uint32_t lbo, uint32_t sbo) {
 }
 // wgmma_s8: d (TN/2 int32 per thread) = a . B (+ d when SCALED; without,
 // d is only written), A the 64x32 s8 weights in registers, B the 32xTN
-// activations (s8, or u8 for UNS) described by desc.
+// activations (s8, or u8 for UNS) described by desc. One asm template
+// (WG_ASM); the register lists and operand lists are spelled out once.
+#define WG_D64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
+#define WG_D128 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+#define WG_OUT64(C) C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]), C(d[6]), C(d[7]), C(d[8]), C(d[9]), C(d[10]), C(d[11]), C(d[12]), C(d[13]), C(d[14]), C(d[15]), C(d[16]), C(d[17]), C(d[18]), C(d[19]), C(d[20]), C(d[21]), C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]), C(d[27]), C(d[28]), C(d[29]), C(d[30]), C(d[31])
+#define WG_OUT128(C) WG_OUT64(C), C(d[32]), C(d[33]), C(d[34]), C(d[35]), C(d[36]), C(d[37]), C(d[38]), C(d[39]), C(d[40]), C(d[41]), C(d[42]), C(d[43]), C(d[44]), C(d[45]), C(d[46]), C(d[47]), C(d[48]), C(d[49]), C(d[50]), C(d[51]), C(d[52]), C(d[53]), C(d[54]), C(d[55]), C(d[56]), C(d[57]), C(d[58]), C(d[59]), C(d[60]), C(d[61]), C(d[62]), C(d[63])
+#define WG_W(x) "=r"(x)
+#define WG_RW(x) "+r"(x)
+#define WG_ASM(SHAPE, BTYPE, DLIST, AREGS, SCALE, OUTS)                                                          \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " #SCALE ", 0;\n"                                               \
+               "wgmma.mma_async.sync.aligned." SHAPE ".s32.s8." BTYPE " " DLIST ", " AREGS ", p;\n}\n"             \
+               : OUTS                                                                                            \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
 template <bool UNS, int TN, int SCALED> SVDQ_DEV void wgmma_s8(int (&d)[TN / 2], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (TN == 128 && SCALED == 0 && !UNS) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]), "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]), "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]), "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31]), "=r"(d[32]), "=r"(d[33]), "=r"(d[34]), "=r"(d[35]), "=r"(d[36]), "=r"(d[37]), "=r"(d[38]), "=r"(d[39]), "=r"(d[40]), "=r"(d[41]), "=r"(d[42]), "=r"(d[43]), "=r"(d[44]), "=r"(d[45]), "=r"(d[46]), "=r"(d[47]), "=r"(d[48]), "=r"(d[49]), "=r"(d[50]), "=r"(d[51]), "=r"(d[52]), "=r"(d[53]), "=r"(d[54]), "=r"(d[55]), "=r"(d[56]), "=r"(d[57]), "=r"(d[58]), "=r"(d[59]), "=r"(d[60]), "=r"(d[61]), "=r"(d[62]), "=r"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-  }
-  if constexpr (TN == 128 && SCALED == 0 && UNS) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.u8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]), "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]), "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]), "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31]), "=r"(d[32]), "=r"(d[33]), "=r"(d[34]), "=r"(d[35]), "=r"(d[36]), "=r"(d[37]), "=r"(d[38]), "=r"(d[39]), "=r"(d[40]), "=r"(d[41]), "=r"(d[42]), "=r"(d[43]), "=r"(d[44]), "=r"(d[45]), "=r"(d[46]), "=r"(d[47]), "=r"(d[48]), "=r"(d[49]), "=r"(d[50]), "=r"(d[51]), "=r"(d[52]), "=r"(d[53]), "=r"(d[54]), "=r"(d[55]), "=r"(d[56]), "=r"(d[57]), "=r"(d[58]), "=r"(d[59]), "=r"(d[60]), "=r"(d[61]), "=r"(d[62]), "=r"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-  }
-  if constexpr (TN == 128 && SCALED == 1 && !UNS) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
-                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-  }
-  if constexpr (TN == 128 && SCALED == 1 && UNS) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.u8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
-                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-  }
-  if constexpr (TN == 64 && SCALED == 0 && !UNS) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]), "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]), "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]), "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-  }
-  if constexpr (TN == 64 && SCALED == 0 && UNS) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.u8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]), "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]), "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]), "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-  }
-  if constexpr (TN == 64 && SCALED == 1 && !UNS) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
-                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-  }
-  if constexpr (TN == 64 && SCALED == 1 && UNS) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.u8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
-                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-  }
+  if constexpr (TN == 128 && SCALED == 0 && !UNS) WG_ASM("m64n128k32", "s8", WG_D128, "{%64,%65,%66,%67}, %68", 0, WG_OUT128(WG_W));
+  if constexpr (TN == 128 && SCALED == 0 && UNS) WG_ASM("m64n128k32", "u8", WG_D128, "{%64,%65,%66,%67}, %68", 0, WG_OUT128(WG_W));
+  if constexpr (TN == 128 && SCALED == 1 && !UNS) WG_ASM("m64n128k32", "s8", WG_D128, "{%64,%65,%66,%67}, %68", 1, WG_OUT128(WG_RW));
+  if constexpr (TN == 128 && SCALED == 1 && UNS) WG_ASM("m64n128k32", "u8", WG_D128, "{%64,%65,%66,%67}, %68", 1, WG_OUT128(WG_RW));
+  if constexpr (TN == 64 && SCALED == 0 && !UNS) WG_ASM("m64n64k32", "s8", WG_D64, "{%32,%33,%34,%35}, %36", 0, WG_OUT64(WG_W));
+  if constexpr (TN == 64 && SCALED == 0 && UNS) WG_ASM("m64n64k32", "u8", WG_D64, "{%32,%33,%34,%35}, %36", 0, WG_OUT64(WG_W));
+  if constexpr (TN == 64 && SCALED == 1 && !UNS) WG_ASM("m64n64k32", "s8", WG_D64, "{%32,%33,%34,%35}, %36", 1, WG_OUT64(WG_RW));
+  if constexpr (TN == 64 && SCALED == 1 && UNS) WG_ASM("m64n64k32", "u8", WG_D64, "{%32,%33,%34,%35}, %36", 1, WG_OUT64(WG_RW));
 }
 // fence_regs pins an accumulator array in its registers at this point of
 // the program (CUTLASS's warpgroup_fence_operand).
@@ -153,14 +126,14 @@ template <int N> SVDQ_DEV void fence_regs(int (&d)[N]) {
   for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
 }
 // wg_issue waits for a stage and starts its group's two wgmma into d
-// (scale-d 0 first: d = P of the group).
+// (scale-d 0 first: d = 16 P of the group, the weights being 16x).
 template <bool UNS, int TN>
 SVDQ_DEV void wg_issue(const uint8_t *act, const uint4 *w, uint64_t *full, uint32_t parity, int warp, int lane,
                        int (&d)[TN / 2]) {
   mbar_wait(full, parity);
   const uint4 wf = w[warp * 32 + lane];
-  const uint32_t a0[4] = {sx_lo(wf.x), sx_lo(wf.z), sx_hi(wf.x), sx_hi(wf.z)};
-  const uint32_t a1[4] = {sx_lo(wf.y), sx_lo(wf.w), sx_hi(wf.y), sx_hi(wf.w)};
+  const uint32_t a0[4] = {lo16(wf.x), lo16(wf.z), hi16(wf.x), hi16(wf.z)};
+  const uint32_t a1[4] = {lo16(wf.y), lo16(wf.w), hi16(wf.y), hi16(wf.w)};
   const uint64_t desc = wg_desc(act, 128, 512);
   fence_regs(d);
   wg_fence();
@@ -169,23 +142,43 @@ SVDQ_DEV void wg_issue(const uint8_t *act, const uint4 *w, uint64_t *full, uint3
   wg_commit();
 }
 // wg_finish reads a group's scales, releases its stage and runs the 16-bit
-// epilogue of the group on d (complete):
+// epilogue of the group on d (complete, 16 P):
 //   acc16 = hfma2(round16(P), round16(as*ws), acc16).
+// BF16: the pairs are converted as 16 P, whose rounding is exactly 16
+// round16(P), and the factor 1/16 moves into ws: exact while ws/16 and
+// as*ws/16 are normal bfloat16 numbers (or zero) and as*ws is finite, i.e.
+// for every scale short of 2^-122 or 2^127 (there gpu-check would report
+// the difference). FP16 (16 P may overflow half, and its scales are often
+// subnormal): P itself through the magic number whose ulp is 1/16.
+// The act scales (as8_pos order) are four 16-byte loads per n128 tile.
 template <bool BF, int TN>
 SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint64_t *empty, int pos0, int pos1, int lane,
                         const int (&d)[TN / 2], uint32_t (&acc16)[TN / 8][2]) {
   const int c = lane & 3;
-  const uint32_t wsd0 = uint32_t(ws[pos0]) * 0x10001u, wsd1 = uint32_t(ws[pos1]) * 0x10001u;
+  uint32_t wsd0 = uint32_t(ws[pos0]) * 0x10001u, wsd1 = uint32_t(ws[pos1]) * 0x10001u;
+  if (BF) {
+    wsd0 = hmul2<BF>(wsd0, 0x3D803D80u); // x 2^-4
+    wsd1 = hmul2<BF>(wsd1, 0x3D803D80u);
+  }
   uint32_t asp[TN / 8]; // scale pairs of tokens 8j + 2c, +1
 #pragma unroll
-  for (int j = 0; j < TN / 8; j++) asp[j] = *reinterpret_cast<const uint32_t *>(as + 8 * j + 2 * c);
+  for (int q = 0; q < TN / 32; q++) {
+    const uint4 v = *reinterpret_cast<const uint4 *>(as + 64 * (q >> 1) + 16 * c + 8 * (q & 1));
+    asp[4 * q] = v.x, asp[4 * q + 1] = v.y, asp[4 * q + 2] = v.z, asp[4 * q + 3] = v.w;
+  }
   __syncwarp();
   if (lane == 0) mbar_arrive(empty);
 #pragma unroll
   for (int j = 0; j < TN / 8; j++)
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      const uint32_t p16 = pack2<BF>(__int2float_rn(d[4 * j + 2 * h]), __int2float_rn(d[4 * j + 2 * h + 1]));
+      float f[2];
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int v = d[4 * j + 2 * h + e];
+        f[e] = BF ? __int2float_rn(v) : __int_as_float(v + 0x49400000) - 786432.f; // 16 P, or P (1.5 * 2^19: ulp 1/16)
+      }
+      const uint32_t p16 = pack2<BF>(f[0], f[1]);
       const uint32_t s16 = hmul2<BF>(asp[j], h ? wsd1 : wsd0);
       acc16[j][h] = hfma2<BF>(p16, s16, acc16[j][h]);
     }
@@ -202,7 +195,7 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
                            const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N, int K,
                            int R, float *__restrict__ lzero) {
 #ifdef SVDQ_WGMMA
-  constexpr int S = 3;            // stages (2, 3 and 4 measured as fast)
+  constexpr int S = 4;            // stages (2, 3 and 4 measured as fast; 4: cheap indices)
   constexpr int ABYTES = TN * 64; // activation codes of one group
   constexpr int NJ = TN / 8;      // n8 token tiles
   constexpr int ND = TN / 2;      // accumulators per thread
@@ -237,8 +230,8 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
   if (warp == 4) { // producer: one lane issues the bulk copies, S groups ahead
     if (lane == 0) {
       for (int kt = 0; kt < KT; kt++) {
-        const int s = kt % S;
-        if (kt >= S) mbar_wait(&empty[s], ((kt / S) - 1) & 1);
+        const int s = kt & (S - 1);
+        if (kt >= S) mbar_wait(&empty[s], ((unsigned(kt) / S) - 1) & 1);
         mbar_expect_tx(&full[s], ABYTES + TN * 2 + 2048 + 256);
         bulk_g2s(stg[s].act, act8 + ((size_t)kt * (Mpad >> 3) + (tok0 >> 3)) * 512, ABYTES, &full[s]);
         bulk_g2s(stg[s].w, qw + (((size_t)nt * KT + kt) * 8 + half * 4) * 32, 2048, &full[s]);
@@ -292,8 +285,8 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
   // the block, made ptxas serialize every wgmma: slower, measured).
   int d[ND]; // each group's first wgmma only writes it
   for (int kt = 0; kt < KT; kt++) {
-    const int s = kt % S;
-    wg_issue<UNS, TN>(stg[s].act, stg[s].w, &full[s], (kt / S) & 1, warp, lane, d);
+    const int s = kt & (S - 1);
+    wg_issue<UNS, TN>(stg[s].act, stg[s].w, &full[s], (unsigned(kt) / S) & 1, warp, lane, d);
     wg_wait<0>();
     fence_regs(d);
     wg_finish<BF, TN>(stg[s].as, stg[s].ws, &empty[s], pos0, pos1, lane, d, acc16);

@@ -13,37 +13,28 @@
 //   with more than one split, adds into lract atomically (zero it first).
 // svdq_act8_int4<u?>_<dtype>_<mode>: the same, the codes written as INT8 in
 //   the act8 layout (common.cuh) for the Hopper GEMM (svdq_wg_*).
-#define ACT_KERNEL8(NAME, PREC, UNS, BF, Q, D, RTN, I8)                                                          \
+#define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D, RTN, I8)                                                          \
   extern "C" __global__ void __launch_bounds__(128)                                                           \
       NAME(const uint16_t *x, const uint16_t *smooth, const uint16_t *down, uint4 *act, float *ascale,          \
            float *lract, int Mpad, int K, int R, int rt0, int ktpb) {                                          \
     act_quant_body<PREC, UNS, BF, Q, D, RTN, I8>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb); \
   }
-#define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D, RTN) ACT_KERNEL8(NAME, PREC, UNS, BF, Q, D, RTN, false)
-// _qd and _d cover 128 rank columns per launch, _qd32 / _d32 32 (fewer registers).
+// ACT_MODES: the three INT4 modes of one signedness; _qd covers 128 rank
+// columns per launch, _qd32 32 (fewer registers), _q none.
+#define ACT_MODES(PFX, PREC, UNS, BF, I8)                                                                      \
+  ACT_KERNEL(PFX##_qd, PREC, UNS, BF, true, true, 8, I8)                                                     \
+  ACT_KERNEL(PFX##_qd32, PREC, UNS, BF, true, true, 2, I8)                                                   \
+  ACT_KERNEL(PFX##_q, PREC, UNS, BF, true, false, 1, I8)
 #define ACT_DTYPE(SUF, BF)                                                                                     \
-  ACT_KERNEL(svdq_act_int4_##SUF##_qd, PREC_INT4, false, BF, true, true, 8)                                   \
-  ACT_KERNEL(svdq_act_int4_##SUF##_qd32, PREC_INT4, false, BF, true, true, 2)                                 \
-  ACT_KERNEL(svdq_act_int4_##SUF##_q, PREC_INT4, false, BF, true, false, 1)                                   \
-  ACT_KERNEL(svdq_act_int4u_##SUF##_qd, PREC_INT4, true, BF, true, true, 8)                                   \
-  ACT_KERNEL(svdq_act_int4u_##SUF##_qd32, PREC_INT4, true, BF, true, true, 2)                                 \
-  ACT_KERNEL(svdq_act_int4u_##SUF##_q, PREC_INT4, true, BF, true, false, 1)                                   \
-  ACT_KERNEL(svdq_act_nvfp4_##SUF##_qd, PREC_NVFP4, false, BF, true, true, 8)                                 \
-  ACT_KERNEL(svdq_act_nvfp4_##SUF##_qd32, PREC_NVFP4, false, BF, true, true, 2)                               \
-  ACT_KERNEL(svdq_act_nvfp4_##SUF##_q, PREC_NVFP4, false, BF, true, false, 1)                                 \
-  ACT_KERNEL(svdq_act_##SUF##_d, PREC_INT4, false, BF, false, true, 8)                                        \
-  ACT_KERNEL(svdq_act_##SUF##_d32, PREC_INT4, false, BF, false, true, 2)
+  ACT_MODES(svdq_act_int4_##SUF, PREC_INT4, false, BF, false)                                                 \
+  ACT_MODES(svdq_act_int4u_##SUF, PREC_INT4, true, BF, false)                                                 \
+  ACT_MODES(svdq_act_nvfp4_##SUF, PREC_NVFP4, false, BF, false)                                               \
+  ACT_KERNEL(svdq_act_##SUF##_d, PREC_INT4, false, BF, false, true, 8, false)                                \
+  ACT_KERNEL(svdq_act_##SUF##_d32, PREC_INT4, false, BF, false, true, 2, false)                              \
+  ACT_MODES(svdq_act8_int4_##SUF, PREC_INT4, false, BF, true)                                                 \
+  ACT_MODES(svdq_act8_int4u_##SUF, PREC_INT4, true, BF, true)
 ACT_DTYPE(bf16, true)
 ACT_DTYPE(f16, false)
-#define ACT8_DTYPE(SUF, BF)                                                                                    \
-  ACT_KERNEL8(svdq_act8_int4_##SUF##_qd, PREC_INT4, false, BF, true, true, 8, true)                           \
-  ACT_KERNEL8(svdq_act8_int4_##SUF##_qd32, PREC_INT4, false, BF, true, true, 2, true)                         \
-  ACT_KERNEL8(svdq_act8_int4_##SUF##_q, PREC_INT4, false, BF, true, false, 1, true)                           \
-  ACT_KERNEL8(svdq_act8_int4u_##SUF##_qd, PREC_INT4, true, BF, true, true, 8, true)                           \
-  ACT_KERNEL8(svdq_act8_int4u_##SUF##_qd32, PREC_INT4, true, BF, true, true, 2, true)                         \
-  ACT_KERNEL8(svdq_act8_int4u_##SUF##_q, PREC_INT4, true, BF, true, false, 1, true)
-ACT8_DTYPE(bf16, true)
-ACT8_DTYPE(f16, false)
 
 // svdq_gemm_int4<u?>_<dtype>_<mode>_<tile>(act, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R)
 //   block 128; tile t64x128 (grid Mpad/64, N/128), t32x128 (Mpad/32, N/128) or
