@@ -30,12 +30,15 @@
 //     projection (16-bit tensor cores, FP32 accumulators) are fused into
 //     the epilogue;
 //   - Hopper has no 4-bit tensor cores: on sm_90a the GEMM of INT4 layers
-//     is cuda/gemm_w4a4_sm90.cuh, INT8 wgmma computing yᵀ = W·xᵀ: the
-//     packed weight p-tiles are the register operand (nibbles sign-extended
-//     to bytes), the activations the shared-memory operand, written as INT8
-//     by the activation pass in the act8 layout (cuda/common.cuh) and
-//     streamed, with both scales and the weights, by the bulk-copy engine
-//     from a producer warp. SVDQ_GEMM=mma runs the sm_80 design there
+//     is cuda/gemm_w4a4_sm90.cuh, wgmma computing yᵀ = W·xᵀ: the packed
+//     weight p-tiles are the register operand, the activations the
+//     shared-memory operand, written one byte per code by the activation
+//     pass in the act8 layout (cuda/common.cuh) and streamed, with both
+//     scales and the weights, by the bulk-copy engine from a producer warp.
+//     BF16 models use FP8 (E4M3) wgmma: every 4-bit code and every group's
+//     sum is exact there (the weights as n/512), and the FP32 accumulators
+//     need no int→float conversion; FP16 models use INT8 wgmma (each nibble
+//     the top half of a byte). SVDQ_GEMM=mma runs the sm_80 design there
 //     instead (each nibble moved into the top half of a byte, two INT8
 //     mma.m16n8k32 per group), to compare;
 //   - the unfused variant runs the down and up projections as separate

@@ -30,7 +30,8 @@
 // lighter kernel for ranks up to 32, the common case).
 // I8 (INT4 only): the codes are written as bytes in the act8 layout of
 // common.cuh (the Hopper GEMM's operand) instead of the packed fragments,
-// and the scales in as8_pos order.
+// and the scales in as8_pos order: E4M3 bytes for BF16 models (the FP8
+// wgmma), INT8 for FP16 ones.
 template <int PREC, bool UNS, bool BF, bool QUANT, bool DOWN, int RTN, bool I8 = false>
 SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__restrict__ smooth,
                              const uint16_t *__restrict__ down, uint4 *__restrict__ act, float *__restrict__ ascale,
@@ -107,7 +108,10 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
             int q = p != p ? 0 : __float2int_rn(p);
             q = UNS ? min(max(q, 0), 15) : min(max(q, -8), 7);
             words[r][j >> 3] |= (uint32_t(q) & 15u) << (4 * (j & 7));
-            if (I8) w8[r][j >> 3][j & 1] |= (uint32_t(q) & 0xFFu) << (8 * ((j & 7) >> 1));
+            if (I8) { // BF16: the code as E4M3 (exact: -8..15); FP16: as INT8
+              const uint32_t b = BF ? uint32_t(__nv_cvt_float_to_fp8(float(q), __NV_SATFINITE, __NV_E4M3)) : uint32_t(q) & 0xFFu;
+              w8[r][j >> 3][j & 1] |= b << (8 * ((j & 7) >> 1));
+            }
           }
         }
       } else { // NVFP4: group 16; lanes c and c^1 share a group.

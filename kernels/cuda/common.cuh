@@ -191,7 +191,8 @@ SVDQ_DEV uint32_t act_nibble(const uint32_t *act, int m, int k, int K) {
 }
 
 // act8_pos is the byte of (token m, logical byte L of group kt) in act8,
-// the INT8 activation layout of the Hopper GEMM (gemm_w4a4_sm90.cuh).
+// the byte-per-code activation layout of the Hopper GEMM (E4M3 codes for
+// BF16 models, INT8 for FP16; gemm_w4a4_sm90.cuh).
 SVDQ_DEV size_t act8_pos(int m, int kt, int L, int Mpad) {
   return (((size_t)kt * (Mpad >> 3) + (m >> 3)) * 4 + (L >> 4)) * 128 + (m & 7) * 16 + (L & 15);
 }

@@ -1,8 +1,8 @@
 // The W4A4 GEMM for Hopper (sm_90a) on the warpgroup tensor-core
-// instructions (wgmma, INT8), with the arithmetic of gemm_w4a4.cuh (that of
+// instructions (wgmma), with the arithmetic of gemm_w4a4.cuh (that of
 // nunchaku's kernel, mirrored by quant.Layer.Forward):
 //
-//   per 64-group g, in order:  P = sum a_code * w_code          (exact int32)
+//   per 64-group g, in order:  P = sum a_code * w_code          (exact integer)
 //                              acc = round16(round16(P) * round16(as*ws) + acc)
 //   acc = round16(acc + bias)
 //   y   = round16(float(acc) + sum_r round16(lract[r]) * up[n, r])  (FP32 sum)
@@ -10,34 +10,40 @@
 // The product is computed transposed, y^T = W . x^T, so that the 4-bit
 // weights are wgmma's A operand (registers: each warp's 16 output channels
 // are exactly one packed p-tile, one 16-byte shared-memory load per lane
-// and group, the nibbles sign-extended to bytes) and the activations its B
-// operand in shared memory. The activations come as INT8 codes from the
-// activation pass (act_quant.cuh with I8: the layout "act8" below; its
-// scales in the as8_pos order of common.cuh). Per
-// 64-group, the activation codes and scales of the tile and the packed
+// and group) and the activations its B operand in shared memory, as bytes
+// from the activation pass (act_quant.cuh with I8: the layout "act8" below;
+// its scales in the as8_pos order of common.cuh).
+//   BF16 models: E4M3 wgmma with FP32 accumulators. Every code is exact in
+// E4M3 (the weights as n / 512, e8lo/e8hi; the activations as themselves)
+// and so is the sum: d = P / 512 exactly (checked bit for bit, extremes
+// included, |P| up to 7680), so no int -> float conversion is needed.
+//   FP16 models: INT8 wgmma, the weights entering as 16 times their codes
+// (hi16/lo16), d = 16 P in INT32.
+// Per 64-group, the activation codes and scales of the tile and the packed
 // weights and scales of its channels are copied into shared memory by the
 // bulk-copy engine (cp.async.bulk), S stages ahead: a producer warp waits
 // for a stage to be released ("empty" mbarrier, one arrival per consumer
 // warp) and refills it ("full" mbarrier with the byte count).
 //
-//   act8 (int8): for token m, group kt, logical byte L = 32s + L' of the
-//        group (s the k32 step): byte ((kt*(Mpad/8) + m/8)*4 + L/16)*128
-//        + (m%8)*16 + L%16, where L' = 4c + j holds k = 32s + 8c + 2j and
-//        L' = 16 + 4c + j holds k = 32s + 8c + 2j + 1 (the order in which the
-//        weight nibbles are unpacked: low nibbles first). Each (8 tokens x
-//        16 bytes) is one "core matrix" of the wgmma K-major no-swizzle
-//        layout: LBO (next 16 k bytes) 128, SBO (next 8 tokens) 512.
+//   act8 (E4M3 or INT8 bytes): for token m, group kt, logical byte
+//        L = 32s + L' of the group (s the k32 step): byte
+//        ((kt*(Mpad/8) + m/8)*4 + L/16)*128 + (m%8)*16 + L%16, where
+//        L' = 4c + j holds k = 32s + 8c + 2j and L' = 16 + 4c + j holds
+//        k = 32s + 8c + 2j + 1 (the order in which the weight nibbles are
+//        unpacked: low nibbles first). Each (8 tokens x 16 bytes) is one
+//        "core matrix" of the wgmma K-major no-swizzle layout: LBO (next
+//        16 k bytes) 128, SBO (next 8 tokens) 512.
 //
 // Block: one consumer warpgroup and one producer warp (WG_THREADS); tile
 // 64 channels x TN tokens (TN 128 or 64); grid (Mpad/TN, N/64). Per group:
 // wait for the stage, two wgmma m64nTNk32 (the first with scale-d 0: the
-// accumulator restarts at P of the group), wait, release the stage, then
-// the 16-bit epilogue of the group (two conversions, F2FP, HMUL2, HFMA2
-// per pair; see wg_finish), while other blocks on the multiprocessor use
-// the tensor cores. The weights enter as 16 times their codes (hi16/lo16). Low-rank
-// up projection (mma.sync m16n8k16, up as A, the rounded lract as B) and
-// bias in the final epilogue, as in gemm_w4a4.cuh. Exact: the harness and
-// gpu-check compare it bit for bit with the mma.sync kernel / emulation.
+// accumulator restarts at the group's product), wait, release the stage,
+// then the 16-bit epilogue of the group (F2FP, HMUL2, HFMA2 per pair; see
+// wg_finish), while other blocks on the multiprocessor use the tensor
+// cores. Low-rank up projection (mma.sync m16n8k16, up as A, the rounded
+// lract as B) and bias in the final epilogue, as in gemm_w4a4.cuh. Exact:
+// the harness and gpu-check compare it bit for bit with the mma.sync
+// kernel / emulation.
 #pragma once
 #include "common.cuh"
 #include "gemm_w4a4.cuh"
@@ -58,35 +64,40 @@ SVDQ_DEV uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_s
 SVDQ_DEV void mbar_init(uint64_t *bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
 }
-SVDQ_DEV void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
-               : "memory");
+// The barrier and copy helpers take shared-memory addresses (smem_u32).
+SVDQ_DEV void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
-SVDQ_DEV bool mbar_try(uint64_t *bar, uint32_t parity) {
+SVDQ_DEV bool mbar_try(uint32_t bar, uint32_t parity) {
   uint32_t ok;
   asm volatile("{\n.reg .pred P1;\nmbarrier.try_wait.parity.shared::cta.b64 P1, [%1], %2;\nselp.u32 %0, 1, 0, P1;\n}\n"
                : "=r"(ok)
-               : "r"(smem_u32(bar)), "r"(parity)
+               : "r"(bar), "r"(parity)
                : "memory");
   return ok != 0;
 }
-SVDQ_DEV void mbar_wait(uint64_t *bar, uint32_t parity) {
+SVDQ_DEV void mbar_wait(uint32_t bar, uint32_t parity) {
   while (!mbar_try(bar, parity)) {
   }
 }
 // bulk_g2s copies bytes (a multiple of 16, both addresses 16-aligned) from
 // global to shared memory, completing on bar's transaction count.
-SVDQ_DEV void bulk_g2s(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   smem_u32(dst)),
-               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+SVDQ_DEV void bulk_g2s(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
                : "memory");
+}
+// elect_one is true in one lane of the (converged) warp.
+SVDQ_DEV bool elect_one() {
+  uint32_t p;
+  asm volatile("{\n.reg .b32 r;\n.reg .pred P;\nelect.sync r|P, 0xffffffff;\nselp.u32 %0, 1, 0, P;\n}\n" : "=r"(p));
+  return p != 0;
 }
 SVDQ_DEV void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 SVDQ_DEV void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> SVDQ_DEV void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-SVDQ_DEV void mbar_arrive(uint64_t *bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+SVDQ_DEV void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 // wg_desc is the shared-memory matrix descriptor of a K-major operand
 // without swizzling: start address, LBO (bytes between core matrices along
@@ -100,24 +111,35 @@ SVDQ_DEV uint64_t wg_desc(const void *p, uint32_t lbo, uint32_t sbo) {
 // (WG_ASM); the register lists and operand lists are spelled out once.
 #define WG_D64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
 #define WG_D128 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
-#define WG_OUT64(C) C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]), C(d[6]), C(d[7]), C(d[8]), C(d[9]), C(d[10]), C(d[11]), C(d[12]), C(d[13]), C(d[14]), C(d[15]), C(d[16]), C(d[17]), C(d[18]), C(d[19]), C(d[20]), C(d[21]), C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]), C(d[27]), C(d[28]), C(d[29]), C(d[30]), C(d[31])
+#define WG_OUT32(C) C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]), C(d[6]), C(d[7]), C(d[8]), C(d[9]), C(d[10]), C(d[11]), C(d[12]), C(d[13]), C(d[14]), C(d[15])
+#define WG_OUT64(C) WG_OUT32(C), C(d[16]), C(d[17]), C(d[18]), C(d[19]), C(d[20]), C(d[21]), C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]), C(d[27]), C(d[28]), C(d[29]), C(d[30]), C(d[31])
 #define WG_OUT128(C) WG_OUT64(C), C(d[32]), C(d[33]), C(d[34]), C(d[35]), C(d[36]), C(d[37]), C(d[38]), C(d[39]), C(d[40]), C(d[41]), C(d[42]), C(d[43]), C(d[44]), C(d[45]), C(d[46]), C(d[47]), C(d[48]), C(d[49]), C(d[50]), C(d[51]), C(d[52]), C(d[53]), C(d[54]), C(d[55]), C(d[56]), C(d[57]), C(d[58]), C(d[59]), C(d[60]), C(d[61]), C(d[62]), C(d[63])
 #define WG_W(x) "=r"(x)
 #define WG_RW(x) "+r"(x)
-#define WG_ASM(SHAPE, BTYPE, DLIST, AREGS, SCALE, OUTS)                                                          \
+#define WG_WF(x) "=f"(x)
+#define WG_RWF(x) "+f"(x)
+#define WG_ASM(SHAPE, TYPES, DLIST, AREGS, SCALE, TAIL, OUTS)                                                    \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " #SCALE ", 0;\n"                                               \
-               "wgmma.mma_async.sync.aligned." SHAPE ".s32.s8." BTYPE " " DLIST ", " AREGS ", p;\n}\n"             \
+               "wgmma.mma_async.sync.aligned." SHAPE "." TYPES " " DLIST ", " AREGS ", p" TAIL ";\n}\n"         \
                : OUTS                                                                                            \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
 template <bool UNS, int TN, int SCALED> SVDQ_DEV void wgmma_s8(int (&d)[TN / 2], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (TN == 128 && SCALED == 0 && !UNS) WG_ASM("m64n128k32", "s8", WG_D128, "{%64,%65,%66,%67}, %68", 0, WG_OUT128(WG_W));
-  if constexpr (TN == 128 && SCALED == 0 && UNS) WG_ASM("m64n128k32", "u8", WG_D128, "{%64,%65,%66,%67}, %68", 0, WG_OUT128(WG_W));
-  if constexpr (TN == 128 && SCALED == 1 && !UNS) WG_ASM("m64n128k32", "s8", WG_D128, "{%64,%65,%66,%67}, %68", 1, WG_OUT128(WG_RW));
-  if constexpr (TN == 128 && SCALED == 1 && UNS) WG_ASM("m64n128k32", "u8", WG_D128, "{%64,%65,%66,%67}, %68", 1, WG_OUT128(WG_RW));
-  if constexpr (TN == 64 && SCALED == 0 && !UNS) WG_ASM("m64n64k32", "s8", WG_D64, "{%32,%33,%34,%35}, %36", 0, WG_OUT64(WG_W));
-  if constexpr (TN == 64 && SCALED == 0 && UNS) WG_ASM("m64n64k32", "u8", WG_D64, "{%32,%33,%34,%35}, %36", 0, WG_OUT64(WG_W));
-  if constexpr (TN == 64 && SCALED == 1 && !UNS) WG_ASM("m64n64k32", "s8", WG_D64, "{%32,%33,%34,%35}, %36", 1, WG_OUT64(WG_RW));
-  if constexpr (TN == 64 && SCALED == 1 && UNS) WG_ASM("m64n64k32", "u8", WG_D64, "{%32,%33,%34,%35}, %36", 1, WG_OUT64(WG_RW));
+  if constexpr (TN == 128 && SCALED == 0 && !UNS) WG_ASM("m64n128k32", "s32.s8.s8", WG_D128, "{%64,%65,%66,%67}, %68", 0, "", WG_OUT128(WG_W));
+  if constexpr (TN == 128 && SCALED == 0 && UNS) WG_ASM("m64n128k32", "s32.s8.u8", WG_D128, "{%64,%65,%66,%67}, %68", 0, "", WG_OUT128(WG_W));
+  if constexpr (TN == 128 && SCALED == 1 && !UNS) WG_ASM("m64n128k32", "s32.s8.s8", WG_D128, "{%64,%65,%66,%67}, %68", 1, "", WG_OUT128(WG_RW));
+  if constexpr (TN == 128 && SCALED == 1 && UNS) WG_ASM("m64n128k32", "s32.s8.u8", WG_D128, "{%64,%65,%66,%67}, %68", 1, "", WG_OUT128(WG_RW));
+  if constexpr (TN == 64 && SCALED == 0 && !UNS) WG_ASM("m64n64k32", "s32.s8.s8", WG_D64, "{%32,%33,%34,%35}, %36", 0, "", WG_OUT64(WG_W));
+  if constexpr (TN == 64 && SCALED == 0 && UNS) WG_ASM("m64n64k32", "s32.s8.u8", WG_D64, "{%32,%33,%34,%35}, %36", 0, "", WG_OUT64(WG_W));
+  if constexpr (TN == 64 && SCALED == 1 && !UNS) WG_ASM("m64n64k32", "s32.s8.s8", WG_D64, "{%32,%33,%34,%35}, %36", 1, "", WG_OUT64(WG_RW));
+  if constexpr (TN == 64 && SCALED == 1 && UNS) WG_ASM("m64n64k32", "s32.s8.u8", WG_D64, "{%32,%33,%34,%35}, %36", 1, "", WG_OUT64(WG_RW));
+}
+// wgmma_e4m3: the same with E4M3 operands and FP32 accumulators (d =
+// a . B / 512 for the codes below: exact, checked bit for bit).
+template <int TN, int SCALED> SVDQ_DEV void wgmma_e4m3(float (&d)[TN / 2], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (TN == 128 && SCALED == 0) WG_ASM("m64n128k32", "f32.e4m3.e4m3", WG_D128, "{%64,%65,%66,%67}, %68", 0, ", 1, 1", WG_OUT128(WG_WF));
+  if constexpr (TN == 128 && SCALED == 1) WG_ASM("m64n128k32", "f32.e4m3.e4m3", WG_D128, "{%64,%65,%66,%67}, %68", 1, ", 1, 1", WG_OUT128(WG_RWF));
+  if constexpr (TN == 64 && SCALED == 0) WG_ASM("m64n64k32", "f32.e4m3.e4m3", WG_D64, "{%32,%33,%34,%35}, %36", 0, ", 1, 1", WG_OUT64(WG_WF));
+  if constexpr (TN == 64 && SCALED == 1) WG_ASM("m64n64k32", "f32.e4m3.e4m3", WG_D64, "{%32,%33,%34,%35}, %36", 1, ", 1, 1", WG_OUT64(WG_RWF));
 }
 // fence_regs pins an accumulator array in its registers at this point of
 // the program (CUTLASS's warpgroup_fence_operand).
@@ -125,40 +147,66 @@ template <int N> SVDQ_DEV void fence_regs(int (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
 }
-// wg_issue waits for a stage and starts its group's two wgmma into d
-// (scale-d 0 first: d = 16 P of the group, the weights being 16x).
-template <bool UNS, int TN>
-SVDQ_DEV void wg_issue(const uint8_t *act, const uint4 *w, uint64_t *full, uint32_t parity, int warp, int lane,
-                       int (&d)[TN / 2]) {
+template <int N> SVDQ_DEV void fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+// The accumulators: FP32 for the E4M3 wgmma (BF16 models), INT32 for the
+// INT8 one (FP16 models).
+template <bool BF> struct WgAcc { using T = int; };
+template <> struct WgAcc<true> { using T = float; };
+// e8lo / e8hi: the even / odd nibbles n of a word as E4M3 bytes holding
+// exactly n / 512: sign and magnitude, the magnitudes 0..8 being the
+// subnormals m / 512 and, for 8, the first normal number. Negative
+// nibbles t = n + 16: (t ^ 0x8F) + 1 = 0x80 | (16 - t).
+SVDQ_DEV uint32_t e8lo(uint32_t w) {
+  const uint32_t x = w & 0x0F0F0F0Fu, s1 = (w >> 3) & 0x01010101u;
+  return (x ^ (s1 * 0x8Fu)) + s1;
+}
+SVDQ_DEV uint32_t e8hi(uint32_t w) { return e8lo(w >> 4); }
+// wg_issue waits for a stage (full: its barrier) and starts its group's
+// wgmma into d; desc describes the stage's activation codes. BF16 (E4M3):
+// the weights as n / 512 (e8lo/e8hi), d = P / 512;
+// FP16 (INT8): the weights as 16x codes (hi16/lo16), d = 16 P. The first
+// wgmma uses scale-d 0 (d restarts at the group's product).
+template <bool UNS, bool BF, int TN>
+SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t parity, int warp, int lane,
+                       typename WgAcc<BF>::T (&d)[TN / 2]) {
   mbar_wait(full, parity);
   const uint4 wf = w[warp * 32 + lane];
-  const uint32_t a0[4] = {lo16(wf.x), lo16(wf.z), hi16(wf.x), hi16(wf.z)};
-  const uint32_t a1[4] = {lo16(wf.y), lo16(wf.w), hi16(wf.y), hi16(wf.w)};
-  const uint64_t desc = wg_desc(act, 128, 512);
   fence_regs(d);
   wg_fence();
-  wgmma_s8<UNS, TN, 0>(d, a0, desc);
-  wgmma_s8<UNS, TN, 1>(d, a1, desc + (256 >> 4));
+  if constexpr (BF) {
+    const uint32_t a0[4] = {e8lo(wf.x), e8lo(wf.z), e8hi(wf.x), e8hi(wf.z)};
+    const uint32_t a1[4] = {e8lo(wf.y), e8lo(wf.w), e8hi(wf.y), e8hi(wf.w)};
+    wgmma_e4m3<TN, 0>(d, a0, desc);
+    wgmma_e4m3<TN, 1>(d, a1, desc + (256 >> 4));
+  } else {
+    const uint32_t a0[4] = {lo16(wf.x), lo16(wf.z), hi16(wf.x), hi16(wf.z)};
+    const uint32_t a1[4] = {lo16(wf.y), lo16(wf.w), hi16(wf.y), hi16(wf.w)};
+    wgmma_s8<UNS, TN, 0>(d, a0, desc);
+    wgmma_s8<UNS, TN, 1>(d, a1, desc + (256 >> 4));
+  }
   wg_commit();
 }
 // wg_finish reads a group's scales, releases its stage and runs the 16-bit
-// epilogue of the group on d (complete, 16 P):
+// epilogue of the group on d (complete):
 //   acc16 = hfma2(round16(P), round16(as*ws), acc16).
-// BF16: the pairs are converted as 16 P, whose rounding is exactly 16
-// round16(P), and the factor 1/16 moves into ws: exact while ws/16 and
-// as*ws/16 are normal bfloat16 numbers (or zero) and as*ws is finite, i.e.
-// for every scale short of 2^-122 or 2^127 (there gpu-check would report
-// the difference). FP16 (16 P may overflow half, and its scales are often
-// subnormal): P itself through the magic number whose ulp is 1/16.
+// BF16: d = P / 512, whose rounding is exactly round16(P) / 512, and the
+// factor 512 moves into ws: exact while ws*512 and as*ws*512 are finite and
+// as*ws is a normal bfloat16 number (or zero), i.e. for every scale short
+// of 2^-126 or 2^118 (there gpu-check would report the difference).
+// FP16 (d = 16 P; its scales are often subnormal, and 16 P may overflow
+// half): P itself through the magic number whose ulp is 1/16.
 // The act scales (as8_pos order) are four 16-byte loads per n128 tile.
 template <bool BF, int TN>
-SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint64_t *empty, int pos0, int pos1, int lane,
-                        const int (&d)[TN / 2], uint32_t (&acc16)[TN / 8][2]) {
+SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, int pos0, int pos1, int lane,
+                        const typename WgAcc<BF>::T (&d)[TN / 2], uint32_t (&acc16)[TN / 8][2]) {
   const int c = lane & 3;
   uint32_t wsd0 = uint32_t(ws[pos0]) * 0x10001u, wsd1 = uint32_t(ws[pos1]) * 0x10001u;
   if (BF) {
-    wsd0 = hmul2<BF>(wsd0, 0x3D803D80u); // x 2^-4
-    wsd1 = hmul2<BF>(wsd1, 0x3D803D80u);
+    wsd0 = hmul2<BF>(wsd0, 0x44004400u); // x 2^9
+    wsd1 = hmul2<BF>(wsd1, 0x44004400u);
   }
   uint32_t asp[TN / 8]; // scale pairs of tokens 8j + 2c, +1
 #pragma unroll
@@ -175,8 +223,8 @@ SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint64_t *empty,
       float f[2];
 #pragma unroll
       for (int e = 0; e < 2; e++) {
-        const int v = d[4 * j + 2 * h + e];
-        f[e] = BF ? __int2float_rn(v) : __int_as_float(v + 0x49400000) - 786432.f; // 16 P, or P (1.5 * 2^19: ulp 1/16)
+        if constexpr (BF) f[e] = d[4 * j + 2 * h + e];
+        else f[e] = __int_as_float(d[4 * j + 2 * h + e] + 0x49400000) - 786432.f; // 1.5 * 2^19: ulp 1/16
       }
       const uint32_t p16 = pack2<BF>(f[0], f[1]);
       const uint32_t s16 = hmul2<BF>(asp[j], h ? wsd1 : wsd0);
@@ -227,17 +275,34 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
   __syncthreads();
-  if (warp == 4) { // producer: one lane issues the bulk copies, S groups ahead
-    if (lane == 0) {
-      for (int kt = 0; kt < KT; kt++) {
-        const int s = kt & (S - 1);
-        if (kt >= S) mbar_wait(&empty[s], ((unsigned(kt) / S) - 1) & 1);
-        mbar_expect_tx(&full[s], ABYTES + TN * 2 + 2048 + 256);
-        bulk_g2s(stg[s].act, act8 + ((size_t)kt * (Mpad >> 3) + (tok0 >> 3)) * 512, ABYTES, &full[s]);
-        bulk_g2s(stg[s].w, qw + (((size_t)nt * KT + kt) * 8 + half * 4) * 32, 2048, &full[s]);
-        bulk_g2s(stg[s].as, ascale + (size_t)kt * Mpad + tok0, TN * 2, &full[s]);
-        bulk_g2s(stg[s].ws, wscales + ((size_t)nt * KT + kt) * 128, 256, &full[s]);
+  // Shared-memory addresses: stage s at st0 + s * sizeof(Stage) (act codes,
+  // packed weights, act scales, weight scales); barriers 8 bytes apart.
+  constexpr uint32_t OFF_W = ABYTES, OFF_AS = ABYTES + 2048, OFF_WS = ABYTES + 2048 + TN * 2;
+  const uint32_t st0 = smem_u32(&stg[0]), full0 = smem_u32(&full[0]), empty0 = smem_u32(&empty[0]);
+  if (warp == 4) {
+    // Producer, S groups ahead. The whole warp runs the loop, so that the
+    // addresses stay warp-uniform (uniform registers: no per-copy loop
+    // around the bulk copies); one elected lane issues them. Its
+    // instructions share a scheduler with a consumer warp, whose warpgroup
+    // waits for its slowest warp: they are kept few.
+    const uint8_t *pa = reinterpret_cast<const uint8_t *>(act8) + (size_t)(tok0 >> 3) * 512;
+    const uint8_t *pw = reinterpret_cast<const uint8_t *>(qw) + ((size_t)nt * KT * 8 + half * 4) * 512;
+    const uint8_t *ps = reinterpret_cast<const uint8_t *>(ascale + tok0);
+    const uint8_t *pq = reinterpret_cast<const uint8_t *>(wscales + (size_t)nt * KT * 128);
+    const size_t da = (size_t)Mpad * 64, ds = (size_t)Mpad * 2;
+    for (int kt = 0; kt < KT; kt++) {
+      const uint32_t s = kt & (S - 1);
+      if (kt >= S) mbar_wait(empty0 + 8 * s, ((unsigned(kt) / S) - 1) & 1);
+      if (elect_one()) {
+        const uint32_t st = st0 + s * uint32_t(sizeof(Stage)), fb = full0 + 8 * s;
+        mbar_expect_tx(fb, ABYTES + TN * 2 + 2048 + 256);
+        bulk_g2s(st, pa, ABYTES, fb);
+        bulk_g2s(st + OFF_W, pw, 2048, fb);
+        bulk_g2s(st + OFF_AS, ps, TN * 2, fb);
+        bulk_g2s(st + OFF_WS, pq, 256, fb);
       }
+      __syncwarp();
+      pa += da, pw += 4096, ps += ds, pq += 256;
     }
     return; // no block-wide barrier follows
   }
@@ -283,13 +348,14 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
   // One accumulator set per warpgroup: the tensor cores run other blocks'
   // groups while this one's epilogue runs (a second set, to overlap within
   // the block, made ptxas serialize every wgmma: slower, measured).
-  int d[ND]; // each group's first wgmma only writes it
+  const uint64_t desc0 = wg_desc(stg[0].act, 128, 512); // stage s: + s * sizeof(Stage) / 16
+  typename WgAcc<BF>::T d[ND]; // each group's first wgmma only writes it
   for (int kt = 0; kt < KT; kt++) {
     const int s = kt & (S - 1);
-    wg_issue<UNS, TN>(stg[s].act, stg[s].w, &full[s], (unsigned(kt) / S) & 1, warp, lane, d);
+    wg_issue<UNS, BF, TN>(desc0 + s * (sizeof(Stage) >> 4), stg[s].w, full0 + 8 * s, (unsigned(kt) / S) & 1, warp, lane, d);
     wg_wait<0>();
     fence_regs(d);
-    wg_finish<BF, TN>(stg[s].as, stg[s].ws, &empty[s], pos0, pos1, lane, d, acc16);
+    wg_finish<BF, TN>(stg[s].as, stg[s].ws, empty0 + 8 * s, pos0, pos1, lane, d, acc16);
   }
 
   // Bias (16-bit add), before the low-rank branch.
