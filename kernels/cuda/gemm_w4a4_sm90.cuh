@@ -87,6 +87,11 @@ SVDQ_DEV void bulk_g2s(uint32_t dst, const void *src, uint32_t bytes, uint32_t b
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
 }
+// bulk_prefetch_l2 starts copying bytes (a multiple of 16, 16-aligned)
+// from global memory into L2.
+SVDQ_DEV void bulk_prefetch_l2(const void *src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+}
 // elect_one is true in one lane of the (converged) warp.
 SVDQ_DEV bool elect_one() {
   uint32_t p;
@@ -290,6 +295,10 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
     const uint8_t *ps = reinterpret_cast<const uint8_t *>(ascale + tok0);
     const uint8_t *pq = reinterpret_cast<const uint8_t *>(wscales + (size_t)nt * KT * 128);
     const size_t da = (size_t)Mpad * 64, ds = (size_t)Mpad * 2;
+    if (FUSED && R > 0 && elect_one()) { // what the final epilogue reads, into L2 meanwhile
+      bulk_prefetch_l2(bias + nt * 128, 256);
+      bulk_prefetch_l2(up + (size_t)(nt * 8 + half * 4) * (R >> 4) * 32, (R >> 4) * 2048);
+    }
     for (int kt = 0; kt < KT; kt++) {
       const uint32_t s = kt & (S - 1);
       if (kt >= S) mbar_wait(empty0 + 8 * s, ((unsigned(kt) / S) - 1) & 1);
