@@ -10,7 +10,7 @@
 //               numbers to report come from svdq bench-gpu)
 //   /tmp/h x    the timings only
 //   /tmp/h l    the low-rank branch's cost split into its parts
-//   /tmp/h p    one fused GEMM (9216x3072, M 4096), for ncu
+//   /tmp/h p    one fused GEMM (9216x3072, M 4096; pM: M tokens), for ncu
 #include "common.cuh"
 #include "act_quant.cuh"
 #include "gemm_w4a4.cuh"
@@ -80,7 +80,10 @@ template <bool UNS> void run_act(Prob &p, bool i8) {
 template <bool UNS, int MODE> void run_old(Prob &p) {
   k_old<UNS, MODE><<<dim3(p.Mpad / 64, p.N / 128), 128>>>(p.act, (uint16_t *)p.as1, (uint4 *)p.qw, p.ws, p.lr1, (uint4 *)p.upm, p.bias, p.y1, p.M, p.Mpad, p.N, p.K, p.R);
 }
-template <bool UNS, int MODE, int TN, int MINB = (TN == 128 ? 3 : 4)> void run_new(Prob &p) {
+#ifndef MINB64
+#define MINB64 4 // the n64 kernels' blocks per SM (svdq.cu's WG_TILES)
+#endif
+template <bool UNS, int MODE, int TN, int MINB = (TN == 128 ? 3 : MINB64)> void run_new(Prob &p) {
   k_new<UNS, MODE, TN, MINB><<<dim3(p.Mpad / TN, p.N / 64), WG_THREADS>>>(p.act8, (uint16_t *)p.as2, (uint4 *)p.qw, p.ws, p.lr2, (uint4 *)p.upm, p.bias, p.y2, p.M, p.Mpad, p.N, p.K, p.R);
 }
 int cmp(Prob &p, const char *what) {
@@ -147,8 +150,8 @@ void lrbreak() {
 }
 int main(int argc, char **argv) {
   if (argc > 1 && argv[1][0] == 'l') { lrbreak(); return 0; }
-  if (argc > 1 && argv[1][0] == 'p') { // one fused GEMM at 9216x3072, M 4096 (for a profiler)
-    Prob p = make(4096, 9216, 3072, 32, 128);
+  if (argc > 1 && argv[1][0] == 'p') { // one fused GEMM at 9216x3072, M 4096 (p256: M 256), for a profiler
+    Prob p = make(argv[1][1] ? atoi(argv[1] + 1) : 4096, 9216, 3072, 32, 128);
     run_act<false>(p, true);
     run_new<false, GEMM_MODE_FUSED, 128>(p);
     CK(cudaDeviceSynchronize());

@@ -205,10 +205,14 @@ SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t pa
 // half): P itself through the magic number whose ulp is 1/16.
 // The act scales (as8_pos order) are four 16-byte loads per n128 tile.
 template <bool BF, int TN>
-SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, int pos0, int pos1, int lane,
+SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, int wpos, uint32_t wsel, int lane,
                         const typename WgAcc<BF>::T (&d)[TN / 2], uint32_t (&acc16)[TN / 8][2]) {
   const int c = lane & 3;
-  uint32_t wsd0 = uint32_t(ws[pos0]) * 0x10001u, wsd1 = uint32_t(ws[pos1]) * 0x10001u;
+  // The lane's channels ch and ch + 8 sit at wpos + (g & 1) and + 2 of the
+  // packed vector (vec1d_pos): one 8-byte load, each scale replicated into
+  // both halves by wsel.
+  const uint2 wv = *reinterpret_cast<const uint2 *>(ws + wpos);
+  uint32_t wsd0 = __byte_perm(wv.x, 0, wsel), wsd1 = __byte_perm(wv.y, 0, wsel);
   if (BF) {
     wsd0 = hmul2<BF>(wsd0, 0x44004400u); // x 2^9
     wsd1 = hmul2<BF>(wsd1, 0x44004400u);
@@ -349,7 +353,8 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
   }
 
   const int p = half * 4 + warp; // the warp's p-tile in the 128-channel chunk
-  const int pos0 = vec1d_pos(p * 16 + g), pos1 = vec1d_pos(p * 16 + 8 + g);
+  const int wpos = vec1d_pos(p * 16 + g) & ~3; // the weight scales: see wg_finish
+  const uint32_t wsel = (g & 1) ? 0x3232u : 0x1010u;
   uint32_t acc16[NJ][2];
 #pragma unroll
   for (int j = 0; j < NJ; j++) acc16[j][0] = acc16[j][1] = 0u;
@@ -364,7 +369,7 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
     wg_issue<UNS, BF, TN>(desc0 + s * (sizeof(Stage) >> 4), stg[s].w, full0 + 8 * s, (unsigned(kt) / S) & 1, warp, lane, d);
     wg_wait<0>();
     fence_regs(d);
-    wg_finish<BF, TN>(stg[s].as, stg[s].ws, empty0 + 8 * s, pos0, pos1, lane, d, acc16);
+    wg_finish<BF, TN>(stg[s].as, stg[s].ws, empty0 + 8 * s, wpos, wsel, lane, d, acc16);
   }
 
   // Bias (16-bit add), before the low-rank branch.
