@@ -168,7 +168,7 @@ func (l *Layer) padRows(m int) int {
 
 // workSizes returns the padded row count and the byte sizes of the work
 // buffers for m rows: x [mpad, KPad] 16-bit, act codes [mpad, KPad/2] (the
-// wgmma kernels' INT8 act8 layout: [mpad, KPad]), act scales (INT4 16-bit
+// wgmma kernels' byte-per-code act8 layout: [mpad, KPad]), act scales (INT4 16-bit
 // [KPad/64, mpad], NVFP4 float [KPad/16, mpad]), lract float [mpad, R],
 // y 16-bit [m, NPad]. M is padded by padRows.
 func (l *Layer) workSizes(m int) (mpad, x, act, ascale, lract, y int) {

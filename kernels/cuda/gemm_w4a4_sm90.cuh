@@ -18,7 +18,7 @@
 // and so is the sum: d = P / 512 exactly (checked bit for bit, extremes
 // included, |P| up to 7680), so no int -> float conversion is needed.
 //   FP16 models: INT8 wgmma, the weights entering as 16 times their codes
-// (hi16/lo16), d = 16 P in INT32.
+// (nib_hi/nib_lo of common.cuh), d = 16 P in INT32.
 // Per 64-group, the activation codes and scales of the tile and the packed
 // weights and scales of its channels are copied into shared memory by the
 // bulk-copy engine (cp.async.bulk), S stages ahead: a producer warp waits
@@ -51,13 +51,6 @@
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define SVDQ_WGMMA 1
 #endif
-
-// hi16 / lo16 turn the odd / even nibbles of a word into bytes holding 16
-// times the signed code (byte j = nibble 2j+1, or 2j, in its upper half):
-// one or two instructions instead of a sign extension. The GEMM's products
-// are then 16 P, taken back out exactly in wg_finish.
-SVDQ_DEV uint32_t hi16(uint32_t w) { return w & 0xF0F0F0F0u; }
-SVDQ_DEV uint32_t lo16(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }
 
 #ifdef SVDQ_WGMMA
 SVDQ_DEV uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -172,7 +165,7 @@ SVDQ_DEV uint32_t e8hi(uint32_t w) { return e8lo(w >> 4); }
 // wg_issue waits for a stage (full: its barrier) and starts its group's
 // wgmma into d; desc describes the stage's activation codes. BF16 (E4M3):
 // the weights as n / 512 (e8lo/e8hi), d = P / 512;
-// FP16 (INT8): the weights as 16x codes (hi16/lo16), d = 16 P. The first
+// FP16 (INT8): the weights as 16x codes (nib_hi/nib_lo of common.cuh), d = 16 P. The first
 // wgmma uses scale-d 0 (d restarts at the group's product).
 template <bool UNS, bool BF, int TN>
 SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t parity, int warp, int lane,
@@ -187,8 +180,8 @@ SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t pa
     wgmma_e4m3<TN, 0>(d, a0, desc);
     wgmma_e4m3<TN, 1>(d, a1, desc + (256 >> 4));
   } else {
-    const uint32_t a0[4] = {lo16(wf.x), lo16(wf.z), hi16(wf.x), hi16(wf.z)};
-    const uint32_t a1[4] = {lo16(wf.y), lo16(wf.w), hi16(wf.y), hi16(wf.w)};
+    const uint32_t a0[4] = {nib_lo(wf.x), nib_lo(wf.z), nib_hi(wf.x), nib_hi(wf.z)};
+    const uint32_t a1[4] = {nib_lo(wf.y), nib_lo(wf.w), nib_hi(wf.y), nib_hi(wf.w)};
     wgmma_s8<UNS, TN, 0>(d, a0, desc);
     wgmma_s8<UNS, TN, 1>(d, a1, desc + (256 >> 4));
   }
@@ -202,7 +195,8 @@ SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t pa
 // as*ws is a normal bfloat16 number (or zero), i.e. for every scale short
 // of 2^-126 or 2^118 (there gpu-check would report the difference).
 // FP16 (d = 16 P; its scales are often subnormal, and 16 P may overflow
-// half): P itself through the magic number whose ulp is 1/16.
+// half): P itself, d moved to the magic number (common.cuh) and scaled back
+// by 1/16 in one FFMA, as gemm_w4a4.cuh does for its 256 P.
 // The act scales (as8_pos order) are four 16-byte loads per n128 tile.
 template <bool BF, int TN>
 SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, int wpos, uint32_t wsel, int lane,
@@ -233,7 +227,7 @@ SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, 
 #pragma unroll
       for (int e = 0; e < 2; e++) {
         if constexpr (BF) f[e] = d[4 * j + 2 * h + e];
-        else f[e] = __int_as_float(d[4 * j + 2 * h + e] + 0x49400000) - 786432.f; // 1.5 * 2^19: ulp 1/16
+        else f[e] = fmaf(__int_as_float(d[4 * j + 2 * h + e] + MAGIC_I), 1.f / 16, -MAGIC_F / 16); // P, exact
       }
       const uint32_t p16 = pack2<BF>(f[0], f[1]);
       const uint32_t s16 = hmul2<BF>(asp[j], h ? wsd1 : wsd0);

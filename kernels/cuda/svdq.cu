@@ -11,8 +11,9 @@
 //   grid (Mpad/16, ceil(K/64/ktpb)), block 128. mode: qd (quantize + down), q (quantize),
 //   d (down only); the down projection covers rank columns rt0*16 .. rt0*16+127 and,
 //   with more than one split, adds into lract atomically (zero it first).
-// svdq_act8_int4<u?>_<dtype>_<mode>: the same, the codes written as INT8 in
-//   the act8 layout (common.cuh) for the Hopper GEMM (svdq_wg_*).
+// svdq_act8_int4<u?>_<dtype>_<mode>: the same, the codes written one byte each
+//   (E4M3 for bf16, INT8 for f16) in the act8 layout (common.cuh) for the Hopper
+//   GEMM (svdq_wg_*), the scales in as8_pos order.
 #define ACT_KERNEL(NAME, PREC, UNS, BF, Q, D, RTN, I8)                                                          \
   extern "C" __global__ void __launch_bounds__(128)                                                           \
       NAME(const uint16_t *x, const uint16_t *smooth, const uint16_t *down, uint4 *act, float *ascale,          \
@@ -51,11 +52,14 @@ ACT_DTYPE(f16, false)
   GEMM_KERNEL(PFX##_t64x128, UNS, BF, MODE, 2, 4, 2)                                                           \
   GEMM_KERNEL(PFX##_t32x128, UNS, BF, MODE, 1, 4, 3)                                                           \
   GEMM_KERNEL(PFX##_t32x64, UNS, BF, MODE, 1, 2, 4)
-#define GEMM_SIGN(PFX, UNS)                                                                                    \
-  GEMM_TILES(PFX##_bf16_fused, UNS, true, GEMM_MODE_FUSED)                                                    \
-  GEMM_TILES(PFX##_bf16_nolora, UNS, true, GEMM_MODE_NOLORA)                                                  \
-  GEMM_TILES(PFX##_f16_fused, UNS, false, GEMM_MODE_FUSED)                                                    \
-  GEMM_TILES(PFX##_f16_nolora, UNS, false, GEMM_MODE_NOLORA)
+// DTYPE_MODES instantiates a tile family (TILES: GEMM_TILES or WG_TILES) for
+// both dtypes, fused and nolora.
+#define DTYPE_MODES(TILES, PFX, UNS)                                                                           \
+  TILES(PFX##_bf16_fused, UNS, true, GEMM_MODE_FUSED)                                                         \
+  TILES(PFX##_bf16_nolora, UNS, true, GEMM_MODE_NOLORA)                                                       \
+  TILES(PFX##_f16_fused, UNS, false, GEMM_MODE_FUSED)                                                         \
+  TILES(PFX##_f16_nolora, UNS, false, GEMM_MODE_NOLORA)
+#define GEMM_SIGN(PFX, UNS) DTYPE_MODES(GEMM_TILES, PFX, UNS)
 GEMM_SIGN(svdq_gemm_int4, false)
 GEMM_SIGN(svdq_gemm_int4u, true)
 // The second pass of the unfused variant does not depend on the signedness.
@@ -78,11 +82,7 @@ GEMM_TILES(svdq_gemm_f16_upadd, false, false, GEMM_MODE_UPADD)
 #define WG_TILES(PFX, UNS, BF, MODE)                                                                           \
   WG_KERNEL(PFX##_n128, UNS, BF, MODE, 128, 3)                                                                \
   WG_KERNEL(PFX##_n64, UNS, BF, MODE, 64, 4)
-#define WG_SIGN(PFX, UNS)                                                                                      \
-  WG_TILES(PFX##_bf16_fused, UNS, true, GEMM_MODE_FUSED)                                                      \
-  WG_TILES(PFX##_bf16_nolora, UNS, true, GEMM_MODE_NOLORA)                                                    \
-  WG_TILES(PFX##_f16_fused, UNS, false, GEMM_MODE_FUSED)                                                      \
-  WG_TILES(PFX##_f16_nolora, UNS, false, GEMM_MODE_NOLORA)
+#define WG_SIGN(PFX, UNS) DTYPE_MODES(WG_TILES, PFX, UNS)
 WG_SIGN(svdq_wg_int4, false)
 WG_SIGN(svdq_wg_int4u, true)
 
