@@ -112,7 +112,9 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 						d.free(b)
 					}
 				}()
-				wmax, err := l.newWork(maxM)
+				// Sized for 256-row padding, the most any token count below
+				// maxM gets (padRows depends on the tile picked for m).
+				wmax, err := l.newWork(roundUp(maxM, 256))
 				if err != nil {
 					return err
 				}

@@ -55,6 +55,7 @@ type driver struct {
 	cuMemcpyDtoH              func(dst unsafe.Pointer, src uint64, n uint64) cuResult
 	cuMemsetD8                func(dst uint64, v uint8, n uint64) cuResult
 	cuLaunchKernel            func(f uintptr, gx, gy, gz, bx, by, bz, shmem uint32, stream uintptr, params, extra unsafe.Pointer) cuResult
+	cuFuncSetAttribute        func(f uintptr, attr int32, v int32) cuResult
 	cuEventCreate             func(ev *uintptr, flags uint32) cuResult
 	cuEventRecord             func(ev, stream uintptr) cuResult
 	cuEventSynchronize        func(ev uintptr) cuResult
@@ -95,6 +96,7 @@ func (d *driver) symbols() []struct {
 		{&d.cuMemcpyDtoH, []string{"cuMemcpyDtoH_v2"}},
 		{&d.cuMemsetD8, []string{"cuMemsetD8_v2"}},
 		{&d.cuLaunchKernel, []string{"cuLaunchKernel"}},
+		{&d.cuFuncSetAttribute, []string{"cuFuncSetAttribute"}},
 		{&d.cuEventCreate, []string{"cuEventCreate"}},
 		{&d.cuEventRecord, []string{"cuEventRecord"}},
 		{&d.cuEventSynchronize, []string{"cuEventSynchronize"}},
@@ -183,6 +185,10 @@ const (
 	attrL2CacheSize         = 38
 )
 
+// funcAttrMaxDynamicSmem is CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES:
+// kernels that take more than 48 KiB of dynamic shared memory must raise it.
+const funcAttrMaxDynamicSmem = 8
+
 // Device is one GPU with its primary context and the svdq module loaded.
 // A CUDA context is current per OS thread, so every driver call runs on one
 // goroutine locked to its thread; the methods hand work to it and wait.
@@ -208,6 +214,7 @@ type Device struct {
 	// unless GemmEnv said "mma" when Open ran).
 	WGMMA      bool
 	fns        map[string]uintptr
+	smemLimit  map[uintptr]uint32 // dynamic shared memory limits raised so far
 	cublas     *cublas
 	lastKernel string
 }
@@ -221,7 +228,8 @@ func Open(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{drv: dr, calls: make(chan func()), ordinal: int32(ordinal), fns: map[string]uintptr{}}
+	d := &Device{drv: dr, calls: make(chan func()), ordinal: int32(ordinal), fns: map[string]uintptr{},
+		smemLimit: map[uintptr]uint32{}}
 	ready := make(chan error, 1)
 	go d.loop(ready)
 	if err := <-ready; err != nil {
@@ -395,9 +403,22 @@ func (d *Device) fn(name string) (uintptr, error) {
 // uint64 (device pointer or size_t), int32, uint32 or float32, passed by
 // address as cuLaunchKernel wants.
 func (d *Device) launch(name string, grid, block [3]uint32, args ...any) error {
+	return d.launchSmem(name, grid, block, 0, args...)
+}
+
+// launchSmem is launch with smem bytes of dynamic shared memory (the
+// kernel's limit raised first where it exceeds the default 48 KiB).
+func (d *Device) launchSmem(name string, grid, block [3]uint32, smem uint32, args ...any) error {
 	f, err := d.fn(name)
 	if err != nil {
 		return err
+	}
+	if smem > 48<<10 && d.smemLimit[f] < smem {
+		if err := d.drv.check("cuFuncSetAttribute("+name+", max dynamic shared memory)",
+			d.drv.cuFuncSetAttribute(f, funcAttrMaxDynamicSmem, int32(smem))); err != nil {
+			return err
+		}
+		d.smemLimit[f] = smem
 	}
 	vals := make([]uint64, len(args)) // one 8-byte slot per argument (little-endian)
 	ptrs := make([]unsafe.Pointer, len(args)+1)
@@ -416,7 +437,7 @@ func (d *Device) launch(name string, grid, block [3]uint32, args ...any) error {
 		}
 		ptrs[i] = unsafe.Pointer(&vals[i])
 	}
-	r := d.drv.cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], 0, 0, unsafe.Pointer(&ptrs[0]), nil)
+	r := d.drv.cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, 0, unsafe.Pointer(&ptrs[0]), nil)
 	runtime.KeepAlive(vals)
 	runtime.KeepAlive(ptrs)
 	d.lastKernel = name

@@ -157,13 +157,23 @@ const GemmEnv = "SVDQ_GEMM"
 // (cuda/gemm_w4a4_sm90.cuh): INT4 layers on a Device that uses them.
 func (l *Layer) wg() bool { return l.meta.Precision != quant.NVFP4 && l.d.WGMMA }
 
-// padRows returns m padded to the GEMM's token tiles: 64 rows, 128 for the
-// wgmma kernels.
+// padRows returns m padded to the GEMM's token tiles: 64 rows; for the
+// wgmma kernels 128, or 256 where the n256x2 tile runs.
 func (l *Layer) padRows(m int) int {
 	if l.wg() {
-		return roundUp(m, 128)
+		return roundUp(m, max(128, l.wgTile(m).m))
 	}
 	return roundUp(m, 64)
+}
+
+// wgTile is the wgmma GEMM's tile for m rows (TileEnv's choice when set
+// and valid for the layer).
+func (l *Layer) wgTile(m int) gemmTile {
+	npad := l.meta.NPad()
+	if o, ok := wgTileOverride(); ok && npad%o.n == 0 {
+		return o
+	}
+	return pickWGTile(m, npad, l.d.SMs)
 }
 
 // workSizes returns the padded row count and the byte sizes of the work
@@ -316,13 +326,14 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 		if !wg {
 			return gemm("svdq_gemm_" + prec + "_" + dt + "_" + mode)
 		}
-		t := pickWGTile(w.mpad, int(npad), d.SMs)
-		if o, ok := wgTileOverride(); ok {
-			t = o
+		t := l.wgTile(w.m)
+		if w.mpad%t.m != 0 { // work sized for another tile (cannot happen: padRows uses wgTile)
+			return fmt.Errorf("kernels: %d padded rows do not fit the %s tile", w.mpad, t.name)
 		}
 		grid := [3]uint32{uint32(w.mpad / t.m), uint32(int(npad) / t.n), 1}
-		return d.launch("svdq_wg_"+prec+"_"+dt+"_"+mode+"_"+t.name, grid, [3]uint32{wgThreads, 1, 1}, w.act,
-			w.ascale, l.qw, l.ws, lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r, lzero)
+		return d.launchSmem("svdq_wg_"+prec+"_"+dt+"_"+mode+"_"+t.name, grid, [3]uint32{uint32(t.threads), 1, 1},
+			uint32(t.smem), w.act, w.ascale, l.qw, l.ws, lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r,
+			lzero)
 	}
 	switch v {
 	case Fused:
@@ -449,10 +460,12 @@ func actSplits(mpad, kpad, sms int) (splits, ktpb int) {
 type gemmTile struct {
 	name string
 	m, n int
+	// wgmma kernels: block size and dynamic shared memory bytes.
+	threads, smem int
 }
 
 // gemmTiles are the compiled tiles, largest first (more reuse per load).
-var gemmTiles = []gemmTile{{"t64x128", 64, 128}, {"t32x128", 32, 128}, {"t32x64", 32, 64}}
+var gemmTiles = []gemmTile{{name: "t64x128", m: 64, n: 128}, {name: "t32x128", m: 32, n: 128}, {name: "t32x64", m: 32, n: 64}}
 
 // pickTile returns the largest tile that still gives at least 2 blocks per
 // multiprocessor (the smallest when none does): K is never split, so small
@@ -466,26 +479,38 @@ func pickTile(mpad, npad, sms int) gemmTile {
 	return gemmTiles[len(gemmTiles)-1]
 }
 
-// wgThreads is the block size of the wgmma kernels (WG_THREADS: one
-// consumer warpgroup and one producer warp).
-const wgThreads = 160
+// wgTiles are the wgmma kernels' tiles: m tokens × n channels. n128 and
+// n64: one consumer warpgroup and a producer warp (WG_THREADS), several
+// blocks per multiprocessor; n256x2: two consumer warpgroups sharing the
+// activation tile and a producer warpgroup, one block per multiprocessor
+// (WG2_THREADS, WG2_SMEM in cuda/gemm_w4a4_sm90.cuh).
+var wgTiles = []gemmTile{
+	{"n256x2", 256, 128, 384, 4 * (256*66 + 2*2304)},
+	{"n128", 128, 64, 160, 0},
+	{"n64", 64, 64, 160, 0},
+}
 
-// wgTiles are the wgmma kernels' tiles: m tokens × n channels.
-var wgTiles = []gemmTile{{"n128", 128, 64}, {"n64", 64, 64}}
-
-// pickWGTile returns n128 when it gives at least one block per
-// multiprocessor, else n64 (measured on an H200: n64 is faster only when
-// n128 leaves multiprocessors idle).
-func pickWGTile(mpad, npad, sms int) gemmTile {
-	if (mpad/128)*(npad/64) >= sms {
+// pickWGTile chooses the wgmma tile for m rows and npad channels on sms
+// multiprocessors: n256x2 when it makes at least two waves of blocks that
+// fill at least 85% of their slots (one block per multiprocessor runs all
+// of K, so a last partial wave costs a whole block's time); otherwise n128
+// when it gives a block per multiprocessor, else n64. Measured (bench-gpu,
+// H200, README): n256x2 is 1.00–1.10× n128 at M = 4096 and 1.04× at
+// 12288×3072, M = 1024; at 9216×3072, M = 1024 (2.2 waves) it was slower.
+func pickWGTile(m, npad, sms int) gemmTile {
+	b2 := (roundUp(m, 256) / 256) * (npad / 128)
+	if waves := (b2 + sms - 1) / sms; b2 >= 2*sms && float64(b2) >= 0.85*float64(waves*sms) {
 		return wgTiles[0]
 	}
-	return wgTiles[1]
+	if (roundUp(m, 128)/128)*(npad/64) >= sms {
+		return wgTiles[1]
+	}
+	return wgTiles[2]
 }
 
 // TileEnv names an environment variable that forces the GEMM block tile
-// (t64x128, t32x128 or t32x64 for the mma.sync kernels, n128 or n64 for the
-// wgmma ones) instead of the automatic choice, for tuning.
+// (t64x128, t32x128 or t32x64 for the mma.sync kernels; n256x2, n128 or
+// n64 for the wgmma ones) instead of the automatic choice, for tuning.
 const TileEnv = "SVDQ_GEMM_TILE"
 
 func tileOverride() (gemmTile, bool) { return findTile(gemmTiles) }

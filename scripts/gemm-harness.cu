@@ -10,7 +10,12 @@
 //               numbers to report come from svdq bench-gpu)
 //   /tmp/h x    the timings only
 //   /tmp/h l    the low-rank branch's cost split into its parts
-//   /tmp/h p    one fused GEMM (9216x3072, M 4096; pM: M tokens), for ncu
+//   /tmp/h p    one fused GEMM (9216x3072, M 4096; pM: M tokens), for ncu;
+//               q / r: the same with the multi-warpgroup kernel n256x2 / n128x3
+//   /tmp/h c    the bit-for-bit checks only (they include the multi-warpgroup
+//               kernels, gemm_wg2_body, n256x2 and n128x3)
+//   /tmp/h z    the signed fused n64 check 200 times (a race shows as a
+//               nonzero count); /tmp/h y: the multi-warpgroup kernels 100 times
 #include "common.cuh"
 #include "act_quant.cuh"
 #include "gemm_w4a4.cuh"
@@ -42,6 +47,13 @@ k_new(const int8_t *act, const uint16_t *ascale, const uint4 *qw, const uint16_t
   gemm_wg_body<UNS, true, MODE, TN>(act, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R, nullptr);
 }
 
+#ifdef WG2_THREADS
+template <bool UNS, int MODE, int TN, int NW> __global__ void __launch_bounds__(WG2_THREADS(NW), 1)
+k_new2(const int8_t *act, const uint16_t *ascale, const uint4 *qw, const uint16_t *wscales, const float *lract, const uint4 *up, const uint16_t *bias, uint16_t *y, int M, int Mpad, int N, int K, int R) {
+  gemm_wg2_body<UNS, true, MODE, TN, NW>(act, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R, nullptr);
+}
+
+#endif
 static uint32_t rng = 12345;
 static uint32_t nxt() { rng ^= rng << 13; rng ^= rng >> 17; rng ^= rng << 5; return rng; }
 static float uni(float lo, float hi) { return lo + (hi - lo) * (nxt() >> 8) * (1.f / 16777216.f); }
@@ -86,6 +98,14 @@ template <bool UNS, int MODE> void run_old(Prob &p) {
 template <bool UNS, int MODE, int TN, int MINB = (TN == 128 ? 3 : MINB64)> void run_new(Prob &p) {
   k_new<UNS, MODE, TN, MINB><<<dim3(p.Mpad / TN, p.N / 64), WG_THREADS>>>(p.act8, (uint16_t *)p.as2, (uint4 *)p.qw, p.ws, p.lr2, (uint4 *)p.upm, p.bias, p.y2, p.M, p.Mpad, p.N, p.K, p.R);
 }
+#ifdef WG2_THREADS
+template <bool UNS, int MODE, int TN, int NW> void run_new2(Prob &p) {
+  static bool set = false;
+  if (!set) { CK(cudaFuncSetAttribute(k_new2<UNS, MODE, TN, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG2_SMEM(TN, NW))); set = true; }
+  k_new2<UNS, MODE, TN, NW><<<dim3(p.Mpad / TN, p.N / (64 * NW)), WG2_THREADS(NW), WG2_SMEM(TN, NW)>>>(p.act8, (uint16_t *)p.as2, (uint4 *)p.qw, p.ws, p.lr2, (uint4 *)p.upm, p.bias, p.y2, p.M, p.Mpad, p.N, p.K, p.R);
+  CK(cudaGetLastError());
+}
+#endif
 int cmp(Prob &p, const char *what) {
   std::vector<uint16_t> a((size_t)p.M * p.N), b((size_t)p.M * p.N);
   CK(cudaDeviceSynchronize());
@@ -99,7 +119,7 @@ int cmp(Prob &p, const char *what) {
   return diff != 0;
 }
 template <bool UNS> void check(int M, int N, int K) {
-  Prob p = make(M, N, K, 32, 128);
+  Prob p = make(M, N, K, 32, 256);
   run_act<UNS>(p, false); run_act<UNS>(p, true);
   CK(cudaDeviceSynchronize());
   {
@@ -117,6 +137,19 @@ template <bool UNS> void check(int M, int N, int K) {
   run_old<UNS, GEMM_MODE_FUSED>(p); run_new<UNS, GEMM_MODE_FUSED, 128>(p); snprintf(buf, 128, "%s fused TN128", u); cmp(p, buf);
   CK(cudaMemset(p.y2, 0, (size_t)M * N * 2));
   run_new<UNS, GEMM_MODE_FUSED, 64>(p); snprintf(buf, 128, "%s fused TN64", u); cmp(p, buf);
+#ifdef WG2_THREADS
+  for (int mode = 0; mode < 2; mode++) for (int tn = 128; tn <= 256; tn *= 2) {
+    if (tn == 128 && N % 192) continue;
+    if (mode == 0) run_old<UNS, GEMM_MODE_FUSED>(p); else run_old<UNS, GEMM_MODE_NOLORA>(p);
+    CK(cudaMemset(p.y2, 0, (size_t)M * N * 2));
+    if (mode == 0 && tn == 128) run_new2<UNS, GEMM_MODE_FUSED, 128, 3>(p);
+    if (mode == 0 && tn == 256) run_new2<UNS, GEMM_MODE_FUSED, 256, 2>(p);
+    if (mode == 1 && tn == 128) run_new2<UNS, GEMM_MODE_NOLORA, 128, 3>(p);
+    if (mode == 1 && tn == 256) run_new2<UNS, GEMM_MODE_NOLORA, 256, 2>(p);
+    snprintf(buf, 128, "%s %s WG2 TN%d", u, mode ? "nolora" : "fused", tn); cmp(p, buf);
+  }
+#endif
+
 
 }
 
@@ -157,31 +190,80 @@ int main(int argc, char **argv) {
     CK(cudaDeviceSynchronize());
     return 0;
   }
-  if (argc < 2) {
+  if (argc > 1 && argv[1][0] == 'z') { // repeat the signed fused n64 check (M 1000, 3072 x 3072)
+    Prob p = make(1000, 3072, 3072, 32, 256);
+    run_act<false>(p, false); run_act<false>(p, true);
+    run_old<false, GEMM_MODE_FUSED>(p);
+    int bad = 0;
+    for (int i = 0; i < 200; i++) {
+      CK(cudaMemset(p.y2, 0, (size_t)p.M * p.N * 2));
+      run_new<false, GEMM_MODE_FUSED, 64>(p);
+      bad += cmp(p, "sgn fused TN64 (repeat)");
+    }
+    printf("TN64 fused: %d of 200 runs differ\n", bad);
+    return 0;
+  }
+#ifdef WG2_THREADS
+  if (argc > 1 && argv[1][0] == 'y') { // the same for the multi-warpgroup kernels (M 1000, 3072 x 3072)
+    Prob p = make(1000, 3072, 3072, 32, 256);
+    run_act<false>(p, false); run_act<false>(p, true);
+    run_old<false, GEMM_MODE_FUSED>(p);
+    int bad2 = 0, bad3 = 0;
+    for (int i = 0; i < 100; i++) {
+      CK(cudaMemset(p.y2, 0, (size_t)p.M * p.N * 2));
+      run_new2<false, GEMM_MODE_FUSED, 256, 2>(p);
+      bad2 += cmp(p, "sgn fused n256x2 (repeat)");
+      CK(cudaMemset(p.y2, 0, (size_t)p.M * p.N * 2));
+      run_new2<false, GEMM_MODE_FUSED, 128, 3>(p);
+      bad3 += cmp(p, "sgn fused n128x3 (repeat)");
+    }
+    printf("fused n256x2: %d, n128x3: %d of 100 runs differ\n", bad2, bad3);
+    return 0;
+  }
+#endif
+#ifdef WG2_THREADS
+  if (argc > 1 && (argv[1][0] == 'q' || argv[1][0] == 'r')) { // the same with the multi-warpgroup kernel: q n256 x 2, r n128 x 3
+    Prob p = make(argv[1][1] ? atoi(argv[1] + 1) : 4096, 9216, 3072, 32, 256);
+    run_act<false>(p, true);
+    if (argv[1][0] == 'q') run_new2<false, GEMM_MODE_FUSED, 256, 2>(p); else run_new2<false, GEMM_MODE_FUSED, 128, 3>(p);
+    CK(cudaDeviceSynchronize());
+    return 0;
+  }
+#endif
+  if (argc < 2 || argv[1][0] == 'c') {
   check<false>(200, 256, 512);
   check<true>(200, 256, 512);
   check<false>(1000, 3072, 3072);
   check<true>(333, 1024, 1024);
+  check<false>(77, 384, 640);
+  check<true>(500, 1536, 1024);
+  if (argc > 1) return 0;
   }
   cublasHandle_t h; cublasCreate(&h);
   int shapes[5][2] = {{9216, 3072}, {3072, 3072}, {12288, 3072}, {3072, 12288}, {3072, 15360}};
   int Ms[3] = {256, 1024, 4096};
-  printf("%-12s %5s %9s %9s %9s %9s %9s %9s %8s %8s\n", "NxK", "M", "old_us", "wg128_us", "wg64_us", "act_us", "act8_us", "bf16_us", "wg/bf16", "TOPS");
+  printf("%-12s %5s %9s %9s %9s %9s %9s %9s %9s %9s %8s %8s\n", "NxK", "M", "old_us", "wg128_us", "wg64_us", "w3_128", "w2_256", "act_us", "act8_us", "bf16_us", "wg/bf16", "TOPS");
   for (auto &s : shapes) for (int M : Ms) {
-    Prob p = make(M, s[0], s[1], 32, 128);
+    Prob p = make(M, s[0], s[1], 32, 256);
     uint16_t *wb, *xb, *yb; CK(cudaMalloc(&wb, (size_t)s[0] * s[1] * 2)); CK(cudaMalloc(&xb, (size_t)M * s[1] * 2)); CK(cudaMalloc(&yb, (size_t)M * s[0] * 2));
     CK(cudaMemset(wb, 0, (size_t)s[0] * s[1] * 2)); CK(cudaMemset(xb, 0, (size_t)M * s[1] * 2));
     run_act<false>(p, false); run_act<false>(p, true);
     float told = timeit([&] { run_old<false, GEMM_MODE_FUSED>(p); });
     float t128 = timeit([&] { run_new<false, GEMM_MODE_FUSED, 128>(p); });
     float t64 = timeit([&] { run_new<false, GEMM_MODE_FUSED, 64>(p); });
+#ifdef WG2_THREADS
+    float t2a = timeit([&] { run_new2<false, GEMM_MODE_FUSED, 128, 3>(p); });
+    float t2b = timeit([&] { run_new2<false, GEMM_MODE_FUSED, 256, 2>(p); });
+#else
+    float t2a = 1e9, t2b = 1e9;
+#endif
 
     float ta = timeit([&] { run_act<false>(p, false); });
     float ta8 = timeit([&] { run_act<false>(p, true); });
     float alpha = 1, beta = 0;
     float tb = timeit([&] { cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s[0], M, s[1], &alpha, wb, CUDA_R_16BF, s[1], xb, CUDA_R_16BF, s[1], &beta, yb, CUDA_R_16BF, s[0], CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); });
-    float best = std::min(t128, t64);
-    printf("%5dx%-6d %5d %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.2f %8.0f\n", s[0], s[1], M, told, t128, t64, ta, ta8, tb, tb / (best + ta8), 2.0 * M * s[0] * s[1] / (best * 1e-6) / 1e12);
+    float best = std::min(std::min(t128, t64), std::min(t2a, t2b));
+    printf("%5dx%-6d %5d %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.2f %8.0f\n", s[0], s[1], M, told, t128, t64, t2a, t2b, ta, ta8, tb, tb / (best + ta8), 2.0 * M * s[0] * s[1] / (best * 1e-6) / 1e12);
     cudaFree(wb); cudaFree(xb); cudaFree(yb);
   }
   CK(cudaDeviceSynchronize());

@@ -44,6 +44,9 @@
 // lract as B) and bias in the final epilogue, as in gemm_w4a4.cuh. Exact:
 // the harness and gpu-check compare it bit for bit with the mma.sync
 // kernel / emulation.
+//   The second body, gemm_wg2_body (tile n256x2: 128 channels x 256 tokens),
+// runs two consumer warpgroups on one activation stage with a producer
+// warpgroup that hands them its registers (setmaxnreg); same arithmetic.
 #pragma once
 #include "common.cuh"
 #include "gemm_w4a4.cuh"
@@ -112,6 +115,8 @@ SVDQ_DEV uint64_t wg_desc(const void *p, uint32_t lbo, uint32_t sbo) {
 #define WG_OUT32(C) C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]), C(d[6]), C(d[7]), C(d[8]), C(d[9]), C(d[10]), C(d[11]), C(d[12]), C(d[13]), C(d[14]), C(d[15])
 #define WG_OUT64(C) WG_OUT32(C), C(d[16]), C(d[17]), C(d[18]), C(d[19]), C(d[20]), C(d[21]), C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]), C(d[27]), C(d[28]), C(d[29]), C(d[30]), C(d[31])
 #define WG_OUT128(C) WG_OUT64(C), C(d[32]), C(d[33]), C(d[34]), C(d[35]), C(d[36]), C(d[37]), C(d[38]), C(d[39]), C(d[40]), C(d[41]), C(d[42]), C(d[43]), C(d[44]), C(d[45]), C(d[46]), C(d[47]), C(d[48]), C(d[49]), C(d[50]), C(d[51]), C(d[52]), C(d[53]), C(d[54]), C(d[55]), C(d[56]), C(d[57]), C(d[58]), C(d[59]), C(d[60]), C(d[61]), C(d[62]), C(d[63])
+#define WG_D256 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}"
+#define WG_OUT256(C) WG_OUT128(C), C(d[64]), C(d[65]), C(d[66]), C(d[67]), C(d[68]), C(d[69]), C(d[70]), C(d[71]), C(d[72]), C(d[73]), C(d[74]), C(d[75]), C(d[76]), C(d[77]), C(d[78]), C(d[79]), C(d[80]), C(d[81]), C(d[82]), C(d[83]), C(d[84]), C(d[85]), C(d[86]), C(d[87]), C(d[88]), C(d[89]), C(d[90]), C(d[91]), C(d[92]), C(d[93]), C(d[94]), C(d[95]), C(d[96]), C(d[97]), C(d[98]), C(d[99]), C(d[100]), C(d[101]), C(d[102]), C(d[103]), C(d[104]), C(d[105]), C(d[106]), C(d[107]), C(d[108]), C(d[109]), C(d[110]), C(d[111]), C(d[112]), C(d[113]), C(d[114]), C(d[115]), C(d[116]), C(d[117]), C(d[118]), C(d[119]), C(d[120]), C(d[121]), C(d[122]), C(d[123]), C(d[124]), C(d[125]), C(d[126]), C(d[127])
 #define WG_W(x) "=r"(x)
 #define WG_RW(x) "+r"(x)
 #define WG_WF(x) "=f"(x)
@@ -122,6 +127,10 @@ SVDQ_DEV uint64_t wg_desc(const void *p, uint32_t lbo, uint32_t sbo) {
                : OUTS                                                                                            \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
 template <bool UNS, int TN, int SCALED> SVDQ_DEV void wgmma_s8(int (&d)[TN / 2], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (TN == 256 && SCALED == 0 && !UNS) WG_ASM("m64n256k32", "s32.s8.s8", WG_D256, "{%128,%129,%130,%131}, %132", 0, "", WG_OUT256(WG_W));
+  if constexpr (TN == 256 && SCALED == 0 && UNS) WG_ASM("m64n256k32", "s32.s8.u8", WG_D256, "{%128,%129,%130,%131}, %132", 0, "", WG_OUT256(WG_W));
+  if constexpr (TN == 256 && SCALED == 1 && !UNS) WG_ASM("m64n256k32", "s32.s8.s8", WG_D256, "{%128,%129,%130,%131}, %132", 1, "", WG_OUT256(WG_RW));
+  if constexpr (TN == 256 && SCALED == 1 && UNS) WG_ASM("m64n256k32", "s32.s8.u8", WG_D256, "{%128,%129,%130,%131}, %132", 1, "", WG_OUT256(WG_RW));
   if constexpr (TN == 128 && SCALED == 0 && !UNS) WG_ASM("m64n128k32", "s32.s8.s8", WG_D128, "{%64,%65,%66,%67}, %68", 0, "", WG_OUT128(WG_W));
   if constexpr (TN == 128 && SCALED == 0 && UNS) WG_ASM("m64n128k32", "s32.s8.u8", WG_D128, "{%64,%65,%66,%67}, %68", 0, "", WG_OUT128(WG_W));
   if constexpr (TN == 128 && SCALED == 1 && !UNS) WG_ASM("m64n128k32", "s32.s8.s8", WG_D128, "{%64,%65,%66,%67}, %68", 1, "", WG_OUT128(WG_RW));
@@ -134,6 +143,8 @@ template <bool UNS, int TN, int SCALED> SVDQ_DEV void wgmma_s8(int (&d)[TN / 2],
 // wgmma_e4m3: the same with E4M3 operands and FP32 accumulators (d =
 // a . B / 512 for the codes below: exact, checked bit for bit).
 template <int TN, int SCALED> SVDQ_DEV void wgmma_e4m3(float (&d)[TN / 2], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (TN == 256 && SCALED == 0) WG_ASM("m64n256k32", "f32.e4m3.e4m3", WG_D256, "{%128,%129,%130,%131}, %132", 0, ", 1, 1", WG_OUT256(WG_WF));
+  if constexpr (TN == 256 && SCALED == 1) WG_ASM("m64n256k32", "f32.e4m3.e4m3", WG_D256, "{%128,%129,%130,%131}, %132", 1, ", 1, 1", WG_OUT256(WG_RWF));
   if constexpr (TN == 128 && SCALED == 0) WG_ASM("m64n128k32", "f32.e4m3.e4m3", WG_D128, "{%64,%65,%66,%67}, %68", 0, ", 1, 1", WG_OUT128(WG_WF));
   if constexpr (TN == 128 && SCALED == 1) WG_ASM("m64n128k32", "f32.e4m3.e4m3", WG_D128, "{%64,%65,%66,%67}, %68", 1, ", 1, 1", WG_OUT128(WG_RWF));
   if constexpr (TN == 64 && SCALED == 0) WG_ASM("m64n64k32", "f32.e4m3.e4m3", WG_D64, "{%32,%33,%34,%35}, %36", 0, ", 1, 1", WG_OUT64(WG_WF));
@@ -198,7 +209,7 @@ SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t pa
 // half): P itself, d moved to the magic number (common.cuh) and scaled back
 // by 1/16 in one FFMA, as gemm_w4a4.cuh does for its 256 P.
 // The act scales (as8_pos order) are four 16-byte loads per n128 tile.
-template <bool BF, int TN>
+template <bool BF, int TN, bool LATE = false>
 SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, int wpos, uint32_t wsel, int lane,
                         const typename WgAcc<BF>::T (&d)[TN / 2], uint32_t (&acc16)[TN / 8][2]) {
   const int c = lane & 3;
@@ -211,166 +222,89 @@ SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, 
     wsd0 = hmul2<BF>(wsd0, 0x44004400u); // x 2^9
     wsd1 = hmul2<BF>(wsd1, 0x44004400u);
   }
-  uint32_t asp[TN / 8]; // scale pairs of tokens 8j + 2c, +1
-#pragma unroll
-  for (int q = 0; q < TN / 32; q++) {
+  // asp[j]: the scale pair of tokens 8j + 2c, +1; four per 16-byte load.
+  // LATE (n256): each load just before its tokens, the stage released after
+  // the epilogue (all 32 pairs would not fit beside the accumulators).
+  uint32_t asp[TN / 8];
+  auto load_as = [&](int q) {
     const uint4 v = *reinterpret_cast<const uint4 *>(as + 64 * (q >> 1) + 16 * c + 8 * (q & 1));
     asp[4 * q] = v.x, asp[4 * q + 1] = v.y, asp[4 * q + 2] = v.z, asp[4 * q + 3] = v.w;
+  };
+  if constexpr (!LATE) {
+#pragma unroll
+    for (int q = 0; q < TN / 32; q++) load_as(q);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty);
   }
-  __syncwarp();
-  if (lane == 0) mbar_arrive(empty);
 #pragma unroll
-  for (int j = 0; j < TN / 8; j++)
+  for (int q = 0; q < TN / 32; q++) {
+    if constexpr (LATE) load_as(q);
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-      float f[2];
+    for (int j = 4 * q; j < 4 * q + 4; j++)
 #pragma unroll
-      for (int e = 0; e < 2; e++) {
-        if constexpr (BF) f[e] = d[4 * j + 2 * h + e];
-        else f[e] = fmaf(__int_as_float(d[4 * j + 2 * h + e] + MAGIC_I), 1.f / 16, -MAGIC_F / 16); // P, exact
+      for (int h = 0; h < 2; h++) {
+        float f[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          if constexpr (BF) f[e] = d[4 * j + 2 * h + e];
+          else f[e] = fmaf(__int_as_float(d[4 * j + 2 * h + e] + MAGIC_I), 1.f / 16, -MAGIC_F / 16); // P, exact
+        }
+        const uint32_t p16 = pack2<BF>(f[0], f[1]);
+        const uint32_t s16 = hmul2<BF>(asp[j], h ? wsd1 : wsd0);
+        acc16[j][h] = hfma2<BF>(p16, s16, acc16[j][h]);
       }
-      const uint32_t p16 = pack2<BF>(f[0], f[1]);
-      const uint32_t s16 = hmul2<BF>(asp[j], h ? wsd1 : wsd0);
-      acc16[j][h] = hfma2<BF>(p16, s16, acc16[j][h]);
-    }
+  }
+  if constexpr (LATE) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty);
+  }
 }
 #endif
 
-// WG_THREADS: one consumer warpgroup and one producer warp.
-#define WG_THREADS 160
-
-template <bool UNS, bool BF, int MODE, int TN>
-SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__restrict__ ascale,
-                           const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
-                           const float *__restrict__ lract, const uint4 *__restrict__ up,
-                           const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N, int K,
-                           int R, float *__restrict__ lzero) {
 #ifdef SVDQ_WGMMA
-  constexpr int S = 4;            // stages (2, 3 and 4 measured as fast; 4: cheap indices)
-  constexpr int ABYTES = TN * 64; // activation codes of one group
-  constexpr int NJ = TN / 8;      // n8 token tiles
-  constexpr int ND = TN / 2;      // accumulators per thread
-  struct Stage {
-    uint8_t act[ABYTES]; // act8 block of the group (core-matrix order)
-    uint4 w[128];        // the block's 4 packed p-tiles (64 channels) of the group
-    uint16_t as[TN];     // activation scales of the group
-    uint16_t ws[128];    // weight scales of the 128-channel chunk
-  };
-  __shared__ __align__(1024) Stage stg[S];
-  __shared__ __align__(8) uint64_t full[S], empty[S];
-  // Fused, rank <= 32: the tile's lract rows rounded to 16 bits, in the
-  // B-fragment order of the up projection (one conflict-free 8-byte load
-  // per lane and tile), filled once at the start.
+// Pieces shared by the two wgmma GEMM bodies below.
+// wg_slr_fill_by (fused, rank <= 32): the tile's lract rows rounded to 16
+// bits, in the B-fragment order of the up projection (one conflict-free
+// 8-byte load per lane and tile), filled by NT threads (h: this one's
+// index) that have nothing else to do, an 8-byte entry (two float2 loads)
+// at a time, consecutive threads on consecutive entries of a row.
+template <bool BF, int TN, int NT>
+SVDQ_DEV void wg_slr_fill_by(uint2 *slr, const float *__restrict__ lract, int tok0, int R, int h) {
+  const int RC = (R >> 4) * 4; // entries per token row
+#pragma unroll 4
+  for (int i = h; i < TN * RC; i += NT) {
+    const int t = i / RC, rc = i - t * RC, rt = rc >> 2, cc = rc & 3;
+    const float *row = lract + (size_t)(tok0 + t) * R + rt * 16 + 2 * cc;
+    const float2 a = *reinterpret_cast<const float2 *>(row), b = *reinterpret_cast<const float2 *>(row + 8);
+    slr[((t >> 3) * 2 + rt) * 32 + (t & 7) * 4 + cc] = make_uint2(pack2<BF>(a.x, a.y), pack2<BF>(b.x, b.y));
+  }
+}
+// wg_lzero: the blocks of a token tile zero its rows of the other low-rank
+// buffer, the next call's (lzero, when the host asks), a slice each.
+template <int TN, int NC> SVDQ_DEV void wg_lzero(float *lzero, int tok0, int R, int t) {
+  const int n4 = TN * R / 4, per = (n4 + gridDim.y - 1) / gridDim.y;
+  float4 *z = reinterpret_cast<float4 *>(lzero + (size_t)tok0 * R);
+  for (int i = blockIdx.y * per + t; i < min(n4, (int)(blockIdx.y + 1) * per); i += NC)
+    z[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+}
+// wg_final: bias (16-bit add, before the low-rank branch), the low-rank up
+// projection (fused; from slr when lrs, else from lract in global memory),
+// the FP16 clamp, and the stores of the warp's 16 channels (p-tile p of
+// the 128-channel chunk nt) x TN tokens. biasc: the chunk's packed bias;
+// upp: the warp's up fragments (rank tile rt at upp[32 rt], lane added).
+// NB: the threads that meet at barrier 1 before slr is read (the
+// consumers, and the fillers if others).
+template <bool BF, int MODE, int TN, int NB>
+SVDQ_DEV void wg_final(uint32_t (&acc16)[TN / 8][2], const uint16_t *biasc, const uint4 *upp,
+                       const float *__restrict__ lract, const uint2 *slr, bool lrs, uint16_t *__restrict__ y, int M,
+                       int N, int R, int tok0, int nt, int p, int lane) {
+  constexpr int NJ = TN / 8;
   constexpr bool FUSED = MODE == GEMM_MODE_FUSED;
-  __shared__ __align__(16) uint2 slr[FUSED ? NJ * 2 * 32 : 1];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, c = lane & 3;
-  const int tok0 = blockIdx.x * TN;
-  const int nt = blockIdx.y >> 1, half = blockIdx.y & 1;
-  const int KT = K >> 6;
-
-  if (tid == 0) {
-#pragma unroll
-    for (int s = 0; s < S; s++) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 4);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
-  }
-  __syncthreads();
-  // Shared-memory addresses: stage s at st0 + s * sizeof(Stage) (act codes,
-  // packed weights, act scales, weight scales); barriers 8 bytes apart.
-  constexpr uint32_t OFF_W = ABYTES, OFF_AS = ABYTES + 2048, OFF_WS = ABYTES + 2048 + TN * 2;
-  const uint32_t st0 = smem_u32(&stg[0]), full0 = smem_u32(&full[0]), empty0 = smem_u32(&empty[0]);
-  if (warp == 4) {
-    // Producer, S groups ahead. The whole warp runs the loop, so that the
-    // addresses stay warp-uniform (uniform registers: no per-copy loop
-    // around the bulk copies); one elected lane issues them. Its
-    // instructions share a scheduler with a consumer warp, whose warpgroup
-    // waits for its slowest warp: they are kept few.
-    const uint8_t *pa = reinterpret_cast<const uint8_t *>(act8) + (size_t)(tok0 >> 3) * 512;
-    const uint8_t *pw = reinterpret_cast<const uint8_t *>(qw) + ((size_t)nt * KT * 8 + half * 4) * 512;
-    const uint8_t *ps = reinterpret_cast<const uint8_t *>(ascale + tok0);
-    const uint8_t *pq = reinterpret_cast<const uint8_t *>(wscales + (size_t)nt * KT * 128);
-    const size_t da = (size_t)Mpad * 64, ds = (size_t)Mpad * 2;
-    if (FUSED && R > 0 && elect_one()) { // what the final epilogue reads, into L2 meanwhile
-      bulk_prefetch_l2(bias + nt * 128, 256);
-      bulk_prefetch_l2(up + (size_t)(nt * 8 + half * 4) * (R >> 4) * 32, (R >> 4) * 2048);
-    }
-    for (int kt = 0; kt < KT; kt++) {
-      const uint32_t s = kt & (S - 1);
-      if (kt >= S) mbar_wait(empty0 + 8 * s, ((unsigned(kt) / S) - 1) & 1);
-      if (elect_one()) {
-        const uint32_t st = st0 + s * uint32_t(sizeof(Stage)), fb = full0 + 8 * s;
-        mbar_expect_tx(fb, ABYTES + TN * 2 + 2048 + 256);
-        bulk_g2s(st, pa, ABYTES, fb);
-        bulk_g2s(st + OFF_W, pw, 2048, fb);
-        bulk_g2s(st + OFF_AS, ps, TN * 2, fb);
-        bulk_g2s(st + OFF_WS, pq, 256, fb);
-      }
-      __syncwarp();
-      pa += da, pw += 4096, ps += ds, pq += 256;
-    }
-    return; // no block-wide barrier follows
-  }
-
-  const int RT = R >> 4;
-  const bool lrs = FUSED && RT > 0 && RT <= 2;
-  if (lrs && tid < TN) { // token row tok0 + tid: j = tid / 8, g = tid % 8
-    const float4 *row = reinterpret_cast<const float4 *>(lract + (size_t)(tok0 + tid) * R);
-    float v[32];
-#pragma unroll
-    for (int q = 0; q < 8; q++) {
-      if (q < RT * 4) {
-        const float4 t = row[q];
-        v[4 * q] = t.x, v[4 * q + 1] = t.y, v[4 * q + 2] = t.z, v[4 * q + 3] = t.w;
-      }
-    }
-#pragma unroll
-    for (int rt = 0; rt < 2; rt++)
-#pragma unroll
-      for (int cc = 0; cc < 4; cc++)
-        if (rt < RT) {
-          const int k0 = rt * 16 + 2 * cc;
-          slr[((tid >> 3) * 2 + rt) * 32 + (tid & 7) * 4 + cc] =
-              make_uint2(pack2<BF>(v[k0], v[k0 + 1]), pack2<BF>(v[k0 + 8], v[k0 + 9]));
-        }
-  }
-
-  // Fused: the blocks of a token tile zero its rows of the other low-rank
-  // buffer, the next call's (lzero, when the host asks), a slice each.
-  if (FUSED && lzero != nullptr) {
-    const int n4 = TN * R / 4, per = (n4 + gridDim.y - 1) / gridDim.y;
-    float4 *z = reinterpret_cast<float4 *>(lzero + (size_t)tok0 * R);
-    for (int i = blockIdx.y * per + tid; i < min(n4, (int)(blockIdx.y + 1) * per); i += 128)
-      z[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-
-  const int p = half * 4 + warp; // the warp's p-tile in the 128-channel chunk
-  const int wpos = vec1d_pos(p * 16 + g) & ~3; // the weight scales: see wg_finish
-  const uint32_t wsel = (g & 1) ? 0x3232u : 0x1010u;
-  uint32_t acc16[NJ][2];
-#pragma unroll
-  for (int j = 0; j < NJ; j++) acc16[j][0] = acc16[j][1] = 0u;
-
-  // One accumulator set per warpgroup: the tensor cores run other blocks'
-  // groups while this one's epilogue runs (a second set, to overlap within
-  // the block, made ptxas serialize every wgmma: slower, measured).
-  const uint64_t desc0 = wg_desc(stg[0].act, 128, 512); // stage s: + s * sizeof(Stage) / 16
-  typename WgAcc<BF>::T d[ND]; // each group's first wgmma only writes it
-  for (int kt = 0; kt < KT; kt++) {
-    const int s = kt & (S - 1);
-    wg_issue<UNS, BF, TN>(desc0 + s * (sizeof(Stage) >> 4), stg[s].w, full0 + 8 * s, (unsigned(kt) / S) & 1, warp, lane, d);
-    wg_wait<0>();
-    fence_regs(d);
-    wg_finish<BF, TN>(stg[s].as, stg[s].ws, empty0 + 8 * s, wpos, wsel, lane, d, acc16);
-  }
-
-  // Bias (16-bit add), before the low-rank branch.
+  const int g = lane >> 2, c = lane & 3, RT = R >> 4;
   const int ch0 = nt * 128 + p * 16 + g; // channels ch0 (h = 0) and ch0 + 8
   {
-    const uint32_t b0 = uint32_t(bias[vec1d_pos(ch0)]) * 0x10001u;
-    const uint32_t b1 = uint32_t(bias[vec1d_pos(ch0 + 8)]) * 0x10001u;
+    const uint32_t b0 = uint32_t(biasc[vec1d_pos(p * 16 + g)]) * 0x10001u;
+    const uint32_t b1 = uint32_t(biasc[vec1d_pos(p * 16 + g + 8)]) * 0x10001u;
 #pragma unroll
     for (int j = 0; j < NJ; j++) {
       acc16[j][0] = hadd2<BF>(acc16[j][0], b0);
@@ -379,8 +313,7 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
   }
   if (FUSED && RT > 0) {
     // Rank tiles outer, token tiles inner: one up fragment per rank tile,
-    // the 16 tiles' lract loads in flight together.
-    const uint4 *upp = up + (size_t)(nt * 8 + p) * RT * 32 + lane;
+    // the token tiles' lract loads in flight together.
     float acc[NJ][4];
 #pragma unroll
     for (int j = 0; j < NJ; j++) {
@@ -388,7 +321,7 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
       acc[j][0] = v0.x, acc[j][1] = v0.y, acc[j][2] = v1.x, acc[j][3] = v1.y;
     }
     if (lrs) {
-      asm volatile("bar.sync 1, 128;\n" ::: "memory"); // the consumers' slr stores
+      asm volatile("bar.sync 1, %0;\n" ::"n"(NB) : "memory"); // slr complete (NB threads: fillers and readers)
       for (int rt = 0; rt < RT; rt++) {
         const uint4 u = upp[rt * 32];
 #pragma unroll
@@ -433,7 +366,262 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
         y[(size_t)tok * N + ch0 + 8] = uint16_t(acc16[j][1] >> (16 * e));
       }
     }
+}
+// wg_produce: the producer loop, S groups ahead. The whole warp runs it, so
+// that the addresses stay warp-uniform (uniform registers: no per-copy
+// loop around the bulk copies); one elected lane issues the copies. A
+// stage holds, per group: the activation codes of the TN tokens, NW times
+// the 2048 bytes of one consumer warpgroup's packed weights (64 channels),
+// the TN activation scales, and NW times the 256 bytes of weight scales of
+// that warpgroup's 128-channel chunk. pw0[w] / pq0[w] point at warpgroup w's
+// first group.
+template <int S, int TN, int NW>
+SVDQ_DEV void wg_produce(uint32_t st0, uint32_t stage_bytes, uint32_t full0, uint32_t empty0, const uint8_t *pa,
+                         const uint8_t *const (&pw0)[NW], const uint8_t *ps, const uint8_t *const (&pq0)[NW], size_t da,
+                         size_t ds, int KT) {
+  constexpr uint32_t OFF_W = TN * 64, OFF_AS = OFF_W + NW * 2048, OFF_WS = OFF_AS + TN * 2;
+  const uint8_t *pw[NW], *pq[NW]; // advanced each group (no multiplies in the loop)
+#pragma unroll
+  for (int w = 0; w < NW; w++) pw[w] = pw0[w], pq[w] = pq0[w];
+  for (int kt = 0; kt < KT; kt++) {
+    const uint32_t s = kt & (S - 1);
+    if (kt >= S) mbar_wait(empty0 + 8 * s, ((unsigned(kt) / S) - 1) & 1);
+    if (elect_one()) {
+      const uint32_t st = st0 + s * stage_bytes, fb = full0 + 8 * s;
+      mbar_expect_tx(fb, OFF_WS + NW * 256);
+      bulk_g2s(st, pa, TN * 64, fb);
+#pragma unroll
+      for (int w = 0; w < NW; w++) bulk_g2s(st + OFF_W + w * 2048, pw[w], 2048, fb);
+      bulk_g2s(st + OFF_AS, ps, TN * 2, fb);
+#pragma unroll
+      for (int w = 0; w < NW; w++) bulk_g2s(st + OFF_WS + w * 256, pq[w], 256, fb);
+    }
+    __syncwarp();
+    pa += da, ps += ds;
+#pragma unroll
+    for (int w = 0; w < NW; w++) pw[w] += 4096, pq[w] += 256;
+  }
+}
+SVDQ_DEV void wg_init_bars(uint64_t *full, uint64_t *empty, int S, uint32_t consumers) {
+  for (int s = 0; s < S; s++) {
+    mbar_init(&full[s], 1);
+    mbar_init(&empty[s], consumers);
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+}
+#endif
+
+// WG_THREADS: one consumer warpgroup and one producer warp.
+#define WG_THREADS 160
+
+template <bool UNS, bool BF, int MODE, int TN>
+SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__restrict__ ascale,
+                           const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
+                           const float *__restrict__ lract, const uint4 *__restrict__ up,
+                           const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N, int K,
+                           int R, float *__restrict__ lzero) {
+#ifdef SVDQ_WGMMA
+  constexpr int S = 4;            // stages (2, 3 and 4 measured as fast; 4: cheap indices)
+  constexpr int ABYTES = TN * 64; // activation codes of one group
+  constexpr int NJ = TN / 8;      // n8 token tiles
+  constexpr int ND = TN / 2;      // accumulators per thread
+  struct Stage {
+    uint8_t act[ABYTES]; // act8 block of the group (core-matrix order)
+    uint4 w[128];        // the block's 4 packed p-tiles (64 channels) of the group
+    uint16_t as[TN];     // activation scales of the group
+    uint16_t ws[128];    // weight scales of the 128-channel chunk
+  };
+  __shared__ __align__(1024) Stage stg[S];
+  __shared__ __align__(8) uint64_t full[S], empty[S];
+  constexpr bool FUSED = MODE == GEMM_MODE_FUSED;
+  __shared__ __align__(16) uint2 slr[FUSED ? NJ * 2 * 32 : 1];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2;
+  const int tok0 = blockIdx.x * TN;
+  const int nt = blockIdx.y >> 1, half = blockIdx.y & 1;
+  const int KT = K >> 6;
+
+  if (tid == 0) wg_init_bars(full, empty, S, 4);
+  __syncthreads();
+  const uint32_t st0 = smem_u32(&stg[0]), full0 = smem_u32(&full[0]), empty0 = smem_u32(&empty[0]);
+  if (warp == 4) {
+    // Producer. Its instructions share a scheduler with a consumer warp,
+    // whose warpgroup waits for its slowest warp: they are kept few.
+    if (FUSED && R > 0 && elect_one()) { // what the final epilogue reads, into L2 meanwhile
+      bulk_prefetch_l2(bias + nt * 128, 256);
+      bulk_prefetch_l2(up + (size_t)(nt * 8 + half * 4) * (R >> 4) * 32, (R >> 4) * 2048);
+    }
+    const uint8_t *const pw[1] = {reinterpret_cast<const uint8_t *>(qw) + ((size_t)nt * KT * 8 + half * 4) * 512};
+    const uint8_t *const pq[1] = {reinterpret_cast<const uint8_t *>(wscales + (size_t)nt * KT * 128)};
+    wg_produce<S, TN, 1>(st0, sizeof(Stage), full0, empty0,
+                         reinterpret_cast<const uint8_t *>(act8) + (size_t)(tok0 >> 3) * 512, pw,
+                         reinterpret_cast<const uint8_t *>(ascale + tok0), pq, (size_t)Mpad * 64, (size_t)Mpad * 2, KT);
+    return; // no block-wide barrier follows
+  }
+
+  const int RT = R >> 4;
+  const bool lrs = FUSED && RT > 0 && RT <= 2;
+  // Fused, rank <= 32: the tile's lract rows into slr (see wg_slr_fill_by),
+  // token row tok0 + tid per thread, at the start. (Kept inline: the same
+  // code as a function returning early for tid >= TN gave wrong rows 32-63
+  // in about 10% of the n64 runs (scripts/gemm-harness.cu z), unexplained.)
+  if (lrs && tid < TN) {
+    const float4 *row = reinterpret_cast<const float4 *>(lract + (size_t)(tok0 + tid) * R);
+    float v[32];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+      if (q < RT * 4) {
+        const float4 t = row[q];
+        v[4 * q] = t.x, v[4 * q + 1] = t.y, v[4 * q + 2] = t.z, v[4 * q + 3] = t.w;
+      }
+    }
+#pragma unroll
+    for (int rt = 0; rt < 2; rt++)
+#pragma unroll
+      for (int cc = 0; cc < 4; cc++)
+        if (rt < RT) {
+          const int k0 = rt * 16 + 2 * cc;
+          slr[((tid >> 3) * 2 + rt) * 32 + (tid & 7) * 4 + cc] =
+              make_uint2(pack2<BF>(v[k0], v[k0 + 1]), pack2<BF>(v[k0 + 8], v[k0 + 9]));
+        }
+  }
+  if (FUSED && lzero != nullptr) wg_lzero<TN, 128>(lzero, tok0, R, tid);
+
+  const int p = half * 4 + warp; // the warp's p-tile in the 128-channel chunk
+  const int wpos = vec1d_pos(p * 16 + g) & ~3; // the weight scales: see wg_finish
+  const uint32_t wsel = (g & 1) ? 0x3232u : 0x1010u;
+  uint32_t acc16[NJ][2];
+#pragma unroll
+  for (int j = 0; j < NJ; j++) acc16[j][0] = acc16[j][1] = 0u;
+
+  // One accumulator set per warpgroup: the tensor cores run other blocks'
+  // groups while this one's epilogue runs (a second set, to overlap within
+  // the block, made ptxas serialize every wgmma: slower, measured).
+  const uint64_t desc0 = wg_desc(stg[0].act, 128, 512); // stage s: + s * sizeof(Stage) / 16
+  typename WgAcc<BF>::T d[ND]; // each group's first wgmma only writes it
+  for (int kt = 0; kt < KT; kt++) {
+    const int s = kt & (S - 1);
+    wg_issue<UNS, BF, TN>(desc0 + s * (sizeof(Stage) >> 4), stg[s].w, full0 + 8 * s, (unsigned(kt) / S) & 1, warp, lane, d);
+    wg_wait<0>();
+    fence_regs(d);
+    wg_finish<BF, TN>(stg[s].as, stg[s].ws, empty0 + 8 * s, wpos, wsel, lane, d, acc16);
+  }
+  wg_final<BF, MODE, TN, 128>(acc16, bias + nt * 128, up + (size_t)(nt * 8 + p) * RT * 32 + lane, lract, slr, lrs, y,
+                              M, N, R, tok0, nt, p, lane);
 #else
   __trap(); // only launched on sm_90a (the host checks)
+#endif
+}
+
+// The multi-warpgroup variant: a producer warpgroup and NW consumer
+// warpgroups, consumer w on 64 channels (block channels 64w..64w+63) and
+// all TN tokens of the block, so that the NW consumers share each
+// activation stage. The producer gives its registers to the consumers
+// (setmaxnreg; WG2_PREGS / WG2_CREGS): NW = 2 with TN = 256, the variant
+// svdq.cu instantiates (accumulators 128 + 16-bit sums 64 registers a
+// thread); NW = 3 with TN = 128 is bit-exact too but measured no faster
+// than the one-warpgroup n128 kernel (NOTES). One block per
+// multiprocessor; its three idle producer warps fill the low-rank tile. Shared memory: the stages are dynamic (WG2_SMEM bytes at
+// launch), barriers and the low-rank tile static. The block's channels
+// are 64 NW consecutive ones (N a multiple of 64 NW).
+#define WG2_STAGES 4
+#define WG2_THREADS(NW) (128 * ((NW) + 1))
+#define WG2_STAGE_BYTES(TN, NW) ((TN) * 66 + (NW) * 2304)
+#define WG2_SMEM(TN, NW) (WG2_STAGES * WG2_STAGE_BYTES(TN, NW))
+// Producer / consumer registers: the whole register file, 65536, split.
+#define WG2_PREGS(NW) ((NW) == 2 ? 24 : 32)
+#define WG2_CREGS(NW) ((NW) == 2 ? 240 : 160)
+
+template <bool UNS, bool BF, int MODE, int TN, int NW>
+SVDQ_DEV void gemm_wg2_body(const int8_t *__restrict__ act8, const uint16_t *__restrict__ ascale,
+                            const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
+                            const float *__restrict__ lract, const uint4 *__restrict__ up,
+                            const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N,
+                            int K, int R, float *__restrict__ lzero) {
+#ifdef SVDQ_WGMMA
+  static_assert(128 * (WG2_PREGS(NW) + NW * WG2_CREGS(NW)) <= 65536, "register split");
+  constexpr int S = WG2_STAGES, NJ = TN / 8, ND = TN / 2, NC = 128 * NW;
+  constexpr uint32_t SB = WG2_STAGE_BYTES(TN, NW), OFF_W = TN * 64, OFF_AS = OFF_W + NW * 2048,
+                     OFF_WS = OFF_AS + TN * 2;
+  extern __shared__ __align__(128) uint8_t wg2_smem[];
+  __shared__ __align__(8) uint64_t full[S], empty[S];
+  constexpr bool FUSED = MODE == GEMM_MODE_FUSED;
+  __shared__ __align__(16) uint2 slr[FUSED ? NJ * 2 * 32 : 1];
+  // The final epilogue's bias and (fused, rank <= 32) up fragments of each
+  // consumer's 64 channels, copied in at the start (finbar): at one block
+  // per multiprocessor their load latency would otherwise show.
+  __shared__ __align__(16) uint16_t sbias[NW * 128];
+  __shared__ __align__(16) uint4 sup[FUSED ? NW * 4 * 2 * 32 : 1];
+  __shared__ __align__(8) uint64_t finbar;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tok0 = blockIdx.x * TN, ch_blk = blockIdx.y * 64 * NW;
+  const int KT = K >> 6;
+
+  if (tid == 0) {
+    mbar_init(&finbar, 1);
+    wg_init_bars(full, empty, S, 4 * NW);
+  }
+  __syncthreads();
+  const uint32_t st0 = smem_u32(wg2_smem), full0 = smem_u32(&full[0]), empty0 = smem_u32(&empty[0]);
+  const int RT = R >> 4;
+  const bool lrs = FUSED && RT > 0 && RT <= 2;
+  if (warp < 4) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(WG2_PREGS(NW)) : "memory");
+    if (warp != 0) {
+      // The producer's other three warps: the low-rank tile (slr) and the
+      // zeroing of the next call's low-rank rows, while the consumers run
+      // the groups (at one block per multiprocessor, these loads' latency
+      // would otherwise stall the whole multiprocessor at the start).
+      if (lrs) wg_slr_fill_by<BF, TN, 96>(slr, lract, tok0, R, tid - 32);
+      if (FUSED && lzero != nullptr) wg_lzero<TN, 96>(lzero, tok0, R, tid - 32);
+      if (lrs) asm volatile("bar.arrive 1, %0;\n" ::"n"(NC + 96) : "memory");
+      return;
+    }
+    const uint8_t *pw[NW], *pq[NW];
+    const uint32_t fin = smem_u32(&finbar);
+    if (elect_one()) mbar_expect_tx(fin, NW * (256 + (lrs ? RT * 2048 : 0)));
+#pragma unroll
+    for (int w = 0; w < NW; w++) {
+      const int cb = ch_blk + 64 * w, nt = cb >> 7, half = (cb >> 6) & 1;
+      pw[w] = reinterpret_cast<const uint8_t *>(qw) + ((size_t)nt * KT * 8 + half * 4) * 512;
+      pq[w] = reinterpret_cast<const uint8_t *>(wscales + (size_t)nt * KT * 128);
+      if (elect_one()) {
+        bulk_g2s(smem_u32(sbias + 128 * w), bias + nt * 128, 256, fin);
+        if (lrs) bulk_g2s(smem_u32(sup + w * RT * 128), up + (size_t)(nt * 8 + half * 4) * RT * 32, RT * 2048, fin);
+        else if (FUSED && R > 0) bulk_prefetch_l2(up + (size_t)(nt * 8 + half * 4) * RT * 32, RT * 2048);
+      }
+    }
+    wg_produce<S, TN, NW>(st0, SB, full0, empty0, reinterpret_cast<const uint8_t *>(act8) + (size_t)(tok0 >> 3) * 512,
+                          pw, reinterpret_cast<const uint8_t *>(ascale + tok0), pq, (size_t)Mpad * 64,
+                          (size_t)Mpad * 2, KT);
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(WG2_CREGS(NW)) : "memory");
+  const int wgi = (warp >> 2) - 1, g = lane >> 2;
+  const int cb = ch_blk + 64 * wgi, nt = cb >> 7, p = ((cb >> 6) & 1) * 4 + (warp & 3); // p-tile in chunk nt
+
+  const int wpos = 128 * wgi + (vec1d_pos(p * 16 + g) & ~3);
+  const uint32_t wsel = (g & 1) ? 0x3232u : 0x1010u;
+  uint32_t acc16[NJ][2];
+#pragma unroll
+  for (int j = 0; j < NJ; j++) acc16[j][0] = acc16[j][1] = 0u;
+  const uint64_t desc0 = wg_desc(wg2_smem, 128, 512);
+  typename WgAcc<BF>::T d[ND];
+  for (int kt = 0; kt < KT; kt++) {
+    const int s = kt & (S - 1);
+    const uint8_t *st = wg2_smem + s * SB;
+    wg_issue<UNS, BF, TN>(desc0 + s * (SB >> 4), reinterpret_cast<const uint4 *>(st + OFF_W + 2048 * wgi),
+                          full0 + 8 * s, (unsigned(kt) / S) & 1, warp & 3, lane, d);
+    wg_wait<0>();
+    fence_regs(d);
+    wg_finish<BF, TN, (TN > 128)>(reinterpret_cast<const uint16_t *>(st + OFF_AS),
+                                  reinterpret_cast<const uint16_t *>(st + OFF_WS), empty0 + 8 * s, wpos, wsel, lane, d,
+                                  acc16);
+  }
+  mbar_wait(smem_u32(&finbar), 0);
+  const uint4 *upp = lrs ? sup + (wgi * 4 + (warp & 3)) * RT * 32 + lane : up + (size_t)(nt * 8 + p) * RT * 32 + lane;
+  wg_final<BF, MODE, TN, NC + 96>(acc16, sbias + 128 * wgi, upp, lract, slr, lrs, y, M, N, R, tok0, nt, p, lane);
+#else
+  __trap();
 #endif
 }

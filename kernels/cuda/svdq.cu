@@ -69,7 +69,7 @@ GEMM_TILES(svdq_gemm_f16_upadd, false, false, GEMM_MODE_UPADD)
 // svdq_wg_int4<u?>_<dtype>_<mode>_<tile>(act8, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R, lzero)
 //   Hopper only (sm_90a; elsewhere the body traps): block WG_THREADS (160), tile n128
 //   (grid Mpad/128, N/64) or n64 (grid Mpad/64, N/64); Mpad a multiple of the tile's
-//   tokens, K a multiple of 128. mode: fused (+bias +low-rank), nolora (+bias).
+//   tokens, K a multiple of 128, N of the tile's channels. mode: fused (+bias +low-rank), nolora (+bias).
 //   lzero (fused; may be null): a [Mpad, R] float buffer the kernel zeroes (the next
 //   call's low-rank sums, so that no memset precedes its activation pass).
 #define WG_KERNEL(NAME, UNS, BF, MODE, TN, MINB)                                                                  \
@@ -79,9 +79,21 @@ GEMM_TILES(svdq_gemm_f16_upadd, false, false, GEMM_MODE_UPADD)
            int K, int R, float *lzero) {                                                                       \
     gemm_wg_body<UNS, BF, MODE, TN>(act8, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R, lzero);  \
   }
+// _n256x2: the multi-warpgroup kernel (gemm_wg2_body, two consumer warpgroups),
+//   block WG2_THREADS(2) (384), grid (Mpad/256, N/128), WG2_SMEM(256, 2) (86016)
+//   bytes of dynamic shared memory.
+#define WG2_KERNEL(NAME, UNS, BF, MODE, TN, NW)                                                                   \
+  extern "C" __global__ void __launch_bounds__(WG2_THREADS(NW), 1)                                            \
+      NAME(const int8_t *act8, const uint16_t *ascale, const uint4 *qw, const uint16_t *wscales,               \
+           const float *lract, const uint4 *up, const uint16_t *bias, uint16_t *y, int M, int Mpad, int N,      \
+           int K, int R, float *lzero) {                                                                       \
+    gemm_wg2_body<UNS, BF, MODE, TN, NW>(act8, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R,     \
+                                         lzero);                                                               \
+  }
 #define WG_TILES(PFX, UNS, BF, MODE)                                                                           \
   WG_KERNEL(PFX##_n128, UNS, BF, MODE, 128, 3)                                                                \
-  WG_KERNEL(PFX##_n64, UNS, BF, MODE, 64, 4)
+  WG_KERNEL(PFX##_n64, UNS, BF, MODE, 64, 4)                                                                  \
+  WG2_KERNEL(PFX##_n256x2, UNS, BF, MODE, 256, 2)
 #define WG_SIGN(PFX, UNS) DTYPE_MODES(WG_TILES, PFX, UNS)
 WG_SIGN(svdq_wg_int4, false)
 WG_SIGN(svdq_wg_int4u, true)
