@@ -494,9 +494,9 @@ var wgTiles = []gemmTile{
 // multiprocessors: n256x2 when it makes at least two waves of blocks that
 // fill at least 85% of their slots (one block per multiprocessor runs all
 // of K, so a last partial wave costs a whole block's time); otherwise n128
-// when it gives a block per multiprocessor, else n64. Measured (bench-gpu,
-// H200, README): n256x2 is 1.00–1.10× n128 at M = 4096 and 1.04× at
-// 12288×3072, M = 1024; at 9216×3072, M = 1024 (2.2 waves) it was slower.
+// when it gives a block per multiprocessor, else n64. Measured with
+// bench-gpu (README): where picked, n256x2 is 1.02–1.11× the n128 kernel
+// (H100); at 9216×3072, M = 1024 (2.2 waves) it was slower (H200).
 func pickWGTile(m, npad, sms int) gemmTile {
 	b2 := (roundUp(m, 256) / 256) * (npad / 128)
 	if waves := (b2 + sms - 1) / sms; b2 >= 2*sms && float64(b2) >= 0.85*float64(waves*sms) {

@@ -402,6 +402,9 @@ SVDQ_DEV void wg_produce(uint32_t st0, uint32_t stage_bytes, uint32_t full0, uin
     for (int w = 0; w < NW; w++) pw[w] += 4096, pq[w] += 256;
   }
 }
+// wg_init_bars (one thread, before a block-wide barrier): S "full"
+// barriers (one arrival, the producer's expect_tx, plus the copies' bytes)
+// and S "empty" ones (one arrival per consumer warp).
 SVDQ_DEV void wg_init_bars(uint64_t *full, uint64_t *empty, int S, uint32_t consumers) {
   for (int s = 0; s < S; s++) {
     mbar_init(&full[s], 1);
@@ -521,9 +524,11 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
 // svdq.cu instantiates (accumulators 128 + 16-bit sums 64 registers a
 // thread); NW = 3 with TN = 128 is bit-exact too but measured no faster
 // than the one-warpgroup n128 kernel (NOTES). One block per
-// multiprocessor; its three idle producer warps fill the low-rank tile. Shared memory: the stages are dynamic (WG2_SMEM bytes at
-// launch), barriers and the low-rank tile static. The block's channels
-// are 64 NW consecutive ones (N a multiple of 64 NW).
+// multiprocessor; the producer's three idle warps fill the low-rank tile.
+// Shared memory: the stages are dynamic (WG2_SMEM bytes at launch); the
+// barriers, the low-rank tile and the final epilogue's bias and up
+// fragments static. The block's channels are 64 NW consecutive ones (N a
+// multiple of 64 NW).
 #define WG2_STAGES 4
 #define WG2_THREADS(NW) (128 * ((NW) + 1))
 #define WG2_STAGE_BYTES(TN, NW) ((TN) * 66 + (NW) * 2304)
