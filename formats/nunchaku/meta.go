@@ -67,7 +67,9 @@ type LayerMeta struct {
 	// Chunks is the W4A16 output chunk count (6 or 3 for FLUX); absent for W4A4.
 	Chunks int `json:"chunks,omitempty"`
 	// Sources are the source-model tensors this layer was built from; their
-	// Rows tile [0, N) in the logical (checkpoint, un-interleaved) row order.
+	// Rows are disjoint ranges of [0, N) in the logical (checkpoint,
+	// un-interleaved) row order. Rows no source covers are zero padding
+	// inside a fused layer (SANA's q|k|v, each padded to a multiple of 128).
 	Sources []SourceMeta `json:"sources"`
 	// SHA256 is the integrity hash of the layer's packed tensors as written
 	// (LayerHash, meta_hash.go): HashLen lowercase hex digits, or "" (absent:
@@ -308,8 +310,8 @@ func (lm *LayerMeta) validate() error {
 		switch {
 		case s.Tensor == "":
 			return errors.New("source without a tensor name")
-		case s.Rows[0] != next || s.Rows[1] <= s.Rows[0]:
-			return fmt.Errorf("source %q rows %v: the sources must tile [0, %d) in order without gaps or overlap", s.Tensor, s.Rows, lm.N)
+		case s.Rows[0] < next || s.Rows[1] <= s.Rows[0]:
+			return fmt.Errorf("source %q rows %v: the sources' rows must be disjoint ranges in [0, %d)", s.Tensor, s.Rows, lm.N)
 		case s.SrcRows[0] < 0 || s.SrcRows[1]-s.SrcRows[0] != s.Rows[1]-s.Rows[0]:
 			return fmt.Errorf("source %q src_rows %v do not match rows %v", s.Tensor, s.SrcRows, s.Rows)
 		case s.SrcCols[0] < 0 || s.SrcCols[1]-s.SrcCols[0] != lm.K:
@@ -317,8 +319,8 @@ func (lm *LayerMeta) validate() error {
 		}
 		next = s.Rows[1]
 	}
-	if next != lm.N {
-		return fmt.Errorf("sources cover rows [0, %d), want [0, %d)", next, lm.N)
+	if next > lm.N {
+		return fmt.Errorf("sources reach row %d of a layer of %d rows", next, lm.N)
 	}
 	return nil
 }

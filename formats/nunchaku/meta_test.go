@@ -133,7 +133,8 @@ func TestParseMetaStrict(t *testing.T) {
 		{"alpha off grid", strings.Replace(good, `"alpha":0.45`, `"alpha":0.333`, 1), "0.333"},
 		{"beta above 1", strings.Replace(good, `"beta":0.55`, `"beta":1.5`, 1), "1.5"},
 		{"range of 3", strings.Replace(good, `"rows":[0,3072]`, `"rows":[0,3072,1]`, 1), "two elements"},
-		{"rows gap", strings.Replace(good, `"rows":[3072,6144]`, `"rows":[3073,6144]`, 1), "tile"},
+		{"rows overlap", strings.Replace(good, `"rows":[3072,6144],"src_rows":[0,3072]`, `"rows":[3071,6143],"src_rows":[0,3072]`, 1), "disjoint"},
+		{"rows past n", strings.Replace(good, `"name":"single_transformer_blocks.2.mlp_fc2","kind":"w4a4","n":3072`, `"name":"single_transformer_blocks.2.mlp_fc2","kind":"w4a4","n":3000`, 1), "reach row 3072"},
 		{"src rows", strings.Replace(good, `"rows":[3072,6144],"src_rows":[0,3072]`, `"rows":[3072,6144],"src_rows":[0,3071]`, 1), "do not match rows"},
 		{"src cols width", strings.Replace(good, `"src_cols":[3072,15360]`, `"src_cols":[3072,15000]`, 1), "wide"},
 		{"group", strings.Replace(good, `"k":12288,"r":32,"group":64`, `"k":12288,"r":32,"group":16`, 1), "group 16"},
@@ -252,4 +253,31 @@ func FuzzParseMeta(f *testing.F) {
 			t.Fatalf("marshal not stable: %q vs %q", out, out2)
 		}
 	})
+}
+
+// TestParseMetaPaddedParts: a fused layer whose parts are each padded (SANA's
+// q|k|v at D = 2240, each part in a 2304-row slot) has rows no source
+// covers; they are zero padding, and the metadata is valid.
+func TestParseMetaPaddedParts(t *testing.T) {
+	m := fluxMeta()
+	found := false
+	for i := range m.Layers {
+		if l := &m.Layers[i]; l.Name == "transformer_blocks.10.qkv_proj" {
+			l.N = 3 * 3200
+			for j := range l.Sources {
+				l.Sources[j].Rows = Range{j * 3200, j*3200 + 3072}
+			}
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("fluxMeta has no transformer_blocks.10.qkv_proj")
+	}
+	s, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseMeta(s); err != nil {
+		t.Fatalf("padded parts rejected: %v", err)
+	}
 }
