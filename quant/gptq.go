@@ -29,11 +29,15 @@ const (
 // gptqHessian returns H = Xsᵀ·Xs ([k, k], float64) for the smoothed input
 // rows xs = x/λ of every calibration row: the input the residual multiplies
 // (the shift of an unsigned input cancels against its bias correction).
+// lam nil: no smoothing (xs = x, a weight-only layer's input).
 func gptqHessian(x []float32, s, k int, lam []float32) []float64 {
-	xs := make([]float32, s*k)
-	for i := 0; i < s; i++ {
-		for j, l := range lam {
-			xs[i*k+j] = x[i*k+j] / l
+	xs := x[:s*k]
+	if lam != nil {
+		xs = make([]float32, s*k)
+		for i := 0; i < s; i++ {
+			for j, l := range lam {
+				xs[i*k+j] = x[i*k+j] / l
+			}
 		}
 	}
 	h32 := make([]float32, k*k)
@@ -45,24 +49,22 @@ func gptqHessian(x []float32, s, k int, lam []float32) []float64 {
 	return h
 }
 
-// gptqQuantize quantizes w ([n, k], row-major) with GPTQ under the Hessian h
-// ([k, k], destroyed) into codes [n, k] and scales [n, groups] in the
-// conventions of prec (INT4 scales rounded to dt; NVFP4 with the tensor
-// scale of the original w, returned). On return w holds the dequantized
-// values. It returns false, leaving w modified but codes meaningless, when
-// no damping up to 2^gptqTries·1% makes H positive definite. Memory: h
-// plus one [k, k] float32 copy of the factor.
-func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16, codes []int8, scales []float32) (ts float32, ok bool) {
-	if len(w) != n*k || len(h) != k*k || len(codes) != n*k {
-		panic(fmt.Sprintf("quant: gptqQuantize with %d weights, %d Hessian values, %d codes for [%d, %d]", len(w), len(h), len(codes), n, k))
-	}
-	g := prec.GroupSize()
-	ng := (k + g - 1) / g
-	ts = 1
-	if prec == NVFP4 {
-		ts = NVFP4TensorScale(w)
-	}
+// gptqGrid is the grid GPTQ rounds onto. group is called at the first
+// column j of each group with the group's current values grp [n, gw] (the
+// rows' values updated so far), to fix the group's parameters; round
+// rounds row i's value v of column j (recording its code) and returns the
+// dequantized value.
+type gptqGrid interface {
+	group(grp []float32, n, gw, j int)
+	round(i, j int, v float32) float32
+}
 
+// gptqRun runs GPTQ on w ([n, k], row-major) under the Hessian h ([k, k],
+// destroyed) with groups of g columns on grid. On return w holds the
+// dequantized values. It returns false, leaving w modified and the grid's
+// codes meaningless, when no damping up to 2^gptqTries·1% makes H positive
+// definite. Memory: h plus one [k, k] float32 copy of the factor.
+func gptqRun(w []float32, n, k int, h []float64, g int, grid gptqGrid) bool {
 	// Dead inputs: their columns do not reach the output on these rows.
 	var mean float64
 	for j := 0; j < k; j++ {
@@ -77,7 +79,7 @@ func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16
 	mean /= float64(k)
 	u, ok := gptqFactor(h, k, gptqDamp*mean)
 	if !ok {
-		return ts, false
+		return false
 	}
 
 	// Column by column, in blocks; blk holds the block's columns [n, bw],
@@ -85,9 +87,6 @@ func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16
 	blk := make([]float32, n*gptqBlock)
 	errs := make([]float32, n*gptqBlock)
 	grp := make([]float32, n*g)
-	gcodes := make([]int8, n*g)
-	gscales := make([]float32, n)
-	colScale := make([]float32, n)
 	for b0 := 0; b0 < k; b0 += gptqBlock {
 		bw := min(gptqBlock, k-b0)
 		for i := 0; i < n; i++ {
@@ -95,26 +94,17 @@ func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16
 		}
 		for c := 0; c < bw; c++ {
 			j := b0 + c
-			if j%g == 0 { // a new group: its scales from the values so far
+			if j%g == 0 { // a new group: its parameters from the values so far
 				gw := min(g, k-j)
 				for i := 0; i < n; i++ {
 					copy(grp[i*gw:(i+1)*gw], blk[i*bw+c:i*bw+c+gw])
 				}
-				if prec == NVFP4 {
-					QuantizeNVFP4(gcodes[:n*gw], gscales, grp[:n*gw], n, gw, ts)
-				} else {
-					QuantizeInt4(gcodes[:n*gw], gscales, grp[:n*gw], n, gw, dt.Round)
-				}
-				for i := 0; i < n; i++ {
-					scales[i*ng+j/g] = gscales[i]
-					colScale[i] = gscales[i]
-				}
+				grid.group(grp[:n*gw], n, gw, j)
 			}
 			d := u[j*k+j]
 			for i := 0; i < n; i++ {
 				v := blk[i*bw+c]
-				code, q := quantizeScalar(v, colScale[i], ts, prec)
-				codes[i*k+j] = code
+				q := grid.round(i, j, v)
 				blk[i*bw+c] = q
 				e := (v - q) / d
 				errs[i*bw+c] = e
@@ -132,7 +122,57 @@ func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16
 			svd.Gemm(false, false, n, rest, bw, -1, errs, bw, u[b0*k+b0+bw:], k, 1, w[b0+bw:], k)
 		}
 	}
-	return ts, true
+	return true
+}
+
+// w4a4Grid is the INT4 / NVFP4 grid of a W4A4 residual: group scales in
+// exactly QuantizeInt4's / QuantizeNVFP4's conventions.
+type w4a4Grid struct {
+	prec     Precision
+	dt       Float16
+	ts       float32 // NVFP4 tensor scale (1 for INT4)
+	k, ng, g int
+	codes    []int8    // [n, k] out
+	scales   []float32 // [n, ng] out
+	gcodes   []int8    // scratch: one group's codes
+	gscales  []float32 // the current group's scale of each row
+}
+
+// gptqQuantize quantizes w ([n, k], row-major) with GPTQ under the Hessian h
+// ([k, k], destroyed) into codes [n, k] and scales [n, groups] in the
+// conventions of prec (INT4 scales rounded to dt; NVFP4 with the tensor
+// scale of the original w, returned). On return w holds the dequantized
+// values. It returns false, leaving w modified but codes meaningless, when
+// no damping up to 2^gptqTries·1% makes H positive definite.
+func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16, codes []int8, scales []float32) (ts float32, ok bool) {
+	if len(w) != n*k || len(h) != k*k || len(codes) != n*k {
+		panic(fmt.Sprintf("quant: gptqQuantize with %d weights, %d Hessian values, %d codes for [%d, %d]", len(w), len(h), len(codes), n, k))
+	}
+	ts = 1
+	if prec == NVFP4 {
+		ts = NVFP4TensorScale(w)
+	}
+	g := prec.GroupSize()
+	grid := &w4a4Grid{prec: prec, dt: dt, ts: ts, k: k, ng: (k + g - 1) / g, g: g, codes: codes, scales: scales,
+		gcodes: make([]int8, n*g), gscales: make([]float32, n)}
+	return ts, gptqRun(w, n, k, h, g, grid)
+}
+
+func (q *w4a4Grid) group(grp []float32, n, gw, j int) {
+	if q.prec == NVFP4 {
+		QuantizeNVFP4(q.gcodes[:n*gw], q.gscales, grp, n, gw, q.ts)
+	} else {
+		QuantizeInt4(q.gcodes[:n*gw], q.gscales, grp, n, gw, q.dt.Round)
+	}
+	for i := 0; i < n; i++ {
+		q.scales[i*q.ng+j/q.g] = q.gscales[i]
+	}
+}
+
+func (q *w4a4Grid) round(i, j int, v float32) float32 {
+	code, d := quantizeScalar(v, q.gscales[i], q.ts, q.prec)
+	q.codes[i*q.k+j] = code
+	return d
 }
 
 // gptqFactor returns, as float32 [k, k], the upper Cholesky factor U of

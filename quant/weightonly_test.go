@@ -155,3 +155,122 @@ func TestWeightOnlyPanics(t *testing.T) {
 	wo.Zeros = wo.Zeros[:1]
 	mustPanic(t, "quant: WeightOnly.Forward", func() { wo.Forward(make([]float32, 4), make([]float32, 128), 2) })
 }
+
+// woInputs returns s rows of k inputs shaped like a modulation layer's
+// (adaLN: SiLU of a time/text embedding): a few latent factors, noise, and
+// three outlier channels ×20. With lowRank false: white noise.
+func woInputs(rng *rand.Rand, s, k int, lowRank bool) []float32 {
+	const f = 12
+	basis := make([]float64, f*k)
+	for i := range basis {
+		basis[i] = rng.NormFloat64()
+	}
+	x := make([]float32, s*k)
+	for i := 0; i < s; i++ {
+		var z [f]float64
+		for a := range z {
+			z[a] = rng.NormFloat64()
+		}
+		for j := 0; j < k; j++ {
+			v := 0.1 * rng.NormFloat64()
+			if lowRank {
+				for a := range z {
+					v += z[a] * basis[a*k+j] / math.Sqrt(f)
+				}
+			} else {
+				v = rng.NormFloat64()
+			}
+			if j%97 == 5 {
+				v *= 20
+			}
+			x[i*k+j] = float32(v)
+		}
+	}
+	return x
+}
+
+// TestGPTQWeightOnly: the result is a valid W4A16 layer (codes 0..15,
+// dtype scales and zeros, the rounded bias) and deterministic. On held-out
+// rows of low-rank inputs its error is far below round-to-nearest's; on
+// white noise with fewer rows than inputs it fits the calibration rows and
+// loses on the others — which WeightOnlyBest's held-out choice catches.
+func TestGPTQWeightOnly(t *testing.T) {
+	const n, k, s = 96, 384, 256
+	for _, lowRank := range []bool{true, false} {
+		rng := rand.New(rand.NewPCG(41, 42))
+		w := testMatrix(rng, n, k, 64, false, false)
+		bias := make([]float32, n)
+		for i := range bias {
+			bias[i] = float32(rng.NormFloat64())
+		}
+		x := woInputs(rng, 2*s, k, lowRank)
+		fit, held := x[:s*k], x[s*k:]
+		rtn := QuantizeWeightOnly(w, n, k, bias, BF16)
+		gq, ok := GPTQWeightOnly(w, n, k, bias, BF16, fit, s)
+		if !ok {
+			t.Fatal("GPTQWeightOnly failed")
+		}
+		again, _ := GPTQWeightOnly(w, n, k, bias, BF16, fit, s)
+		for i := range gq.Codes {
+			if gq.Codes[i] > 15 || gq.Codes[i] != again.Codes[i] {
+				t.Fatalf("code %d = %d (again %d)", i, gq.Codes[i], again.Codes[i])
+			}
+		}
+		for i := range gq.Scales {
+			if gq.Scales[i] != BF16.Round(gq.Scales[i]) || gq.Zeros[i] != BF16.Round(gq.Zeros[i]) || gq.Scales[i] < 0 {
+				t.Fatalf("group %d: scale %v zero %v", i, gq.Scales[i], gq.Zeros[i])
+			}
+		}
+		for i := range bias {
+			if gq.Bias[i] != BF16.Round(bias[i]) {
+				t.Fatalf("bias %d = %v", i, gq.Bias[i])
+			}
+		}
+		er, eg := woError(rtn, w, held, s), woError(gq, w, held, s)
+		t.Logf("low-rank inputs %v: held-out error RTN %.4f, GPTQ %.4f (fit rows: %.4f, %.4f)", lowRank, er, eg,
+			woError(rtn, w, fit, s), woError(gq, w, fit, s))
+		if lowRank && eg >= 0.5*er {
+			t.Errorf("GPTQ held-out error %.4f not below half of round-to-nearest's %.4f", eg, er)
+		}
+		best, used := WeightOnlyBest(w, n, k, bias, BF16, x, 2*s)
+		t.Logf("WeightOnlyBest on all %d rows: GPTQ kept %v", 2*s, used)
+		if used != lowRank {
+			t.Errorf("WeightOnlyBest kept GPTQ = %v on low-rank = %v inputs", used, lowRank)
+		}
+		if !used && !equalWO(best, rtn) {
+			t.Error("WeightOnlyBest without GPTQ differs from QuantizeWeightOnly")
+		}
+	}
+}
+
+// woError is wo's relative output error against W on the s rows of x.
+func woError(wo *WeightOnly, w, x []float32, s int) float64 {
+	n, k := wo.N, wo.K
+	yref := make([]float64, s*n)
+	RefOutput32(yref, x, s, k, w, n)
+	y := make([]float32, s*n)
+	wo.Forward(y, x, s)
+	for i := 0; i < s; i++ {
+		for j := 0; j < n; j++ {
+			y[i*n+j] -= wo.Bias[j]
+		}
+	}
+	return RelError(y, yref)
+}
+
+func equalWO(a, b *WeightOnly) bool {
+	if len(a.Codes) != len(b.Codes) || len(a.Scales) != len(b.Scales) {
+		return false
+	}
+	for i := range a.Codes {
+		if a.Codes[i] != b.Codes[i] {
+			return false
+		}
+	}
+	for i := range a.Scales {
+		if a.Scales[i] != b.Scales[i] || a.Zeros[i] != b.Zeros[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -36,7 +36,7 @@ func init() {
 			&cli.IntFlag{Name: "workers", Value: model.DefaultWorkers(), Usage: "layers quantized at once"},
 			&cli.StringFlag{Name: "smooth-search", Value: "full", Usage: "smoothing search: full (39 candidates), fast (~15) or off (α = β = 0.5)"},
 			&cli.IntFlag{Name: "iters", Value: quant.DefaultIters, Usage: "low-rank refinement iterations at most (0: none)"},
-			&cli.BoolFlag{Name: "gptq", Usage: "quantize the residual with GPTQ where it beats round-to-nearest"},
+			&cli.BoolFlag{Name: "gptq", Usage: "GPTQ on the W4A4 residual where it beats round-to-nearest, and on W4A16 (adaLN) weights where it wins on held-out calibration rows"},
 			&cli.StringSliceFlag{Name: "include", Usage: "generic family: quantize only weights matching `REGEX` (repeatable)"},
 			&cli.StringSliceFlag{Name: "exclude", Usage: "generic family: never quantize weights matching `REGEX` (repeatable)"},
 			&cli.BoolFlag{Name: "pass-unknown", Usage: "keep tensors the preset does not know 16-bit instead of failing"},

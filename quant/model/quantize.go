@@ -25,7 +25,7 @@ type QuantizeOptions struct {
 
 	Search  quant.SearchMode
 	Iters   int  // refinement iterations at most; 0: default; negative: none
-	GPTQ    bool // GPTQ on the final residual
+	GPTQ    bool // GPTQ on the final W4A4 residual and on W4A16 weights, where it wins
 	MaxRows int  // calibration rows per objective; 0: quant.DefaultMaxRows
 
 	// Workers quantize that many units (a layer, or the layers sharing one
@@ -62,6 +62,7 @@ type LayerReport struct {
 	OutBytes  int64   `json:"out_bytes"`
 	Iters     int     `json:"iters"`     // refinement iterations run
 	Evaluated int     `json:"evaluated"` // smoothing candidates evaluated
+	GPTQ      bool    `json:"gptq"`      // GPTQ kept (W4A4 residual, or W4A16 weights; --gptq)
 }
 
 // QuantizeReport is the outcome of Quantize (and, as JSON, the --report

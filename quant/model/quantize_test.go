@@ -247,3 +247,35 @@ func indexOf(ls []UnpackedLayer, name string) int {
 	}
 	return -1
 }
+
+// TestQuantizeGPTQ: with GPTQ on, the file is complete and no layer's error
+// is above the round-to-nearest run's (W4A4: GPTQ is kept only where it
+// beats round-to-nearest on the objective; W4A16: only where it wins on
+// held-out calibration rows, so where it is kept it is no worse).
+func TestQuantizeGPTQ(t *testing.T) {
+	model, cal := tinyModel(t)
+	dir := t.TempDir()
+	base, err := Quantize(fastOptions(model, cal, filepath.Join(dir, "rtn.safetensors")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := fastOptions(model, cal, filepath.Join(dir, "gptq.safetensors"))
+	opt.GPTQ = true
+	rep, err := Quantize(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Layers) != len(base.Layers) {
+		t.Fatalf("%d layers, %d without GPTQ", len(rep.Layers), len(base.Layers))
+	}
+	kept := 0
+	for i, l := range rep.Layers {
+		if l.GPTQ {
+			kept++
+		}
+		if b := base.Layers[i]; l.Name != b.Name || l.RelError > b.RelError*1.0001 {
+			t.Errorf("%s (%s): error %.5f with GPTQ (kept %v), %.5f without", l.Name, l.Precision, l.RelError, l.GPTQ, b.RelError)
+		}
+	}
+	t.Logf("GPTQ kept on %d of %d layers", kept, len(rep.Layers))
+}

@@ -64,7 +64,7 @@ func (q *quantizer) unit(u unit) error {
 			Name: pl.Name, Shape: [2]int{pl.N, pl.K}, Precision: pl.Precision, Rank: res[i].Layer.R,
 			Alpha: float64(meta.Smooth.Alpha), Beta: float64(meta.Smooth.Beta), RelError: res[i].RelError,
 			Seconds: secs, DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes,
-			Iters: res[i].Iters, Evaluated: res[i].Evaluated})
+			Iters: res[i].Iters, Evaluated: res[i].Evaluated, GPTQ: res[i].GPTQ})
 	}
 	return nil
 }
@@ -78,7 +78,13 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 		return err
 	}
 	q.release(srcs)
-	wo := quant.QuantizeWeightOnly(w, pl.N, pl.K, b, dt)
+	var wo *quant.WeightOnly
+	gptq := false
+	if q.opt.GPTQ { // fitted on half the rows, kept where it wins on the other half
+		wo, gptq = quant.WeightOnlyBest(w, pl.N, pl.K, b, dt, c.X, c.S)
+	} else {
+		wo = quant.QuantizeWeightOnly(w, pl.N, pl.K, b, dt)
+	}
 	rel := weightOnlyError(wo, w, b, c, q.opt.MaxRows)
 	ts, err := nunchaku.PackW4A16(wo, max(pl.Chunks, 1))
 	if err != nil {
@@ -92,7 +98,8 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 	meta.SHA256 = sum
 	q.finish(li, meta, LayerReport{
 		Name: pl.Name, Shape: [2]int{pl.N, pl.K}, Precision: pl.Precision, RelError: rel,
-		Seconds: time.Since(start).Seconds(), DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes})
+		Seconds: time.Since(start).Seconds(), DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes,
+		GPTQ: gptq})
 	return nil
 }
 
