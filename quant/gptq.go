@@ -59,28 +59,48 @@ type gptqGrid interface {
 	round(i, j int, v float32) float32
 }
 
-// gptqRun runs GPTQ on w ([n, k], row-major) under the Hessian h ([k, k],
-// destroyed) with groups of g columns on grid. On return w holds the
-// dequantized values. It returns false, leaving w modified and the grid's
-// codes meaningless, when no damping up to 2^gptqTries·1% makes H positive
-// definite. Memory: h plus one [k, k] float32 copy of the factor.
-func gptqRun(w []float32, n, k int, h []float64, g int, grid gptqGrid) bool {
-	// Dead inputs: their columns do not reach the output on these rows.
+// gptqFactored is what GPTQ needs from a Hessian: the upper Cholesky
+// factor U of (H + damp·I)⁻¹ ([k, k], float32) and the dead input columns
+// (zero diagonal: they do not reach the output on the calibration rows).
+// It is read-only once built, so layers with the same input may share it.
+type gptqFactored struct {
+	k    int
+	u    []float32
+	dead []int
+}
+
+// gptqPrepare factors the Hessian h ([k, k], destroyed) with damping 1% of
+// its mean diagonal (doubled until positive definite); false when no
+// damping up to 2^gptqTries·1% works. Memory: h plus the [k, k] factor.
+func gptqPrepare(h []float64, k int) (*gptqFactored, bool) {
+	f := &gptqFactored{k: k}
 	var mean float64
 	for j := 0; j < k; j++ {
 		if h[j*k+j] == 0 {
 			h[j*k+j] = 1
-			for i := 0; i < n; i++ {
-				w[i*k+j] = 0
-			}
+			f.dead = append(f.dead, j)
 		}
 		mean += h[j*k+j]
 	}
 	mean /= float64(k)
-	u, ok := gptqFactor(h, k, gptqDamp*mean)
-	if !ok {
-		return false
+	var ok bool
+	f.u, ok = gptqFactor(h, k, gptqDamp*mean)
+	return f, ok
+}
+
+// gptqRun runs GPTQ on w ([n, k], row-major) with the factored Hessian f
+// and groups of g columns on grid. On return w holds the dequantized
+// values (dead columns zero).
+func gptqRun(w []float32, n, k int, f *gptqFactored, g int, grid gptqGrid) {
+	if f.k != k {
+		panic(fmt.Sprintf("quant: gptqRun: a factor for %d columns on a [%d, %d] weight", f.k, n, k))
 	}
+	for _, j := range f.dead {
+		for i := 0; i < n; i++ {
+			w[i*k+j] = 0
+		}
+	}
+	u := f.u
 
 	// Column by column, in blocks; blk holds the block's columns [n, bw],
 	// errs their scaled rounding errors.
@@ -122,7 +142,6 @@ func gptqRun(w []float32, n, k int, h []float64, g int, grid gptqGrid) bool {
 			svd.Gemm(false, false, n, rest, bw, -1, errs, bw, u[b0*k+b0+bw:], k, 1, w[b0+bw:], k)
 		}
 	}
-	return true
 }
 
 // w4a4Grid is the INT4 / NVFP4 grid of a W4A4 residual: group scales in
@@ -142,8 +161,8 @@ type w4a4Grid struct {
 // ([k, k], destroyed) into codes [n, k] and scales [n, groups] in the
 // conventions of prec (INT4 scales rounded to dt; NVFP4 with the tensor
 // scale of the original w, returned). On return w holds the dequantized
-// values. It returns false, leaving w modified but codes meaningless, when
-// no damping up to 2^gptqTries·1% makes H positive definite.
+// values. It returns false, leaving w and codes untouched, when no damping
+// up to 2^gptqTries·1% makes H positive definite.
 func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16, codes []int8, scales []float32) (ts float32, ok bool) {
 	if len(w) != n*k || len(h) != k*k || len(codes) != n*k {
 		panic(fmt.Sprintf("quant: gptqQuantize with %d weights, %d Hessian values, %d codes for [%d, %d]", len(w), len(h), len(codes), n, k))
@@ -152,10 +171,15 @@ func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16
 	if prec == NVFP4 {
 		ts = NVFP4TensorScale(w)
 	}
+	f, ok := gptqPrepare(h, k)
+	if !ok {
+		return ts, false
+	}
 	g := prec.GroupSize()
 	grid := &w4a4Grid{prec: prec, dt: dt, ts: ts, k: k, ng: (k + g - 1) / g, g: g, codes: codes, scales: scales,
 		gcodes: make([]int8, n*g), gscales: make([]float32, n)}
-	return ts, gptqRun(w, n, k, h, g, grid)
+	gptqRun(w, n, k, f, g, grid)
+	return ts, true
 }
 
 func (q *w4a4Grid) group(grp []float32, n, gw, j int) {

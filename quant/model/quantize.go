@@ -323,6 +323,12 @@ type quantizer struct {
 	mu      sync.Mutex
 	done    int
 	reports []LayerReport // by plan index
+
+	// --gptq on W4A16 layers: the factored calibration of recent inputs,
+	// by a hash of their rows (FLUX's adaLN layers all read one input).
+	woMu    sync.Mutex
+	woCalib map[[32]byte]*woCalibEntry
+	woOrder [][32]byte // oldest first; at most woCalibKeep entries
 }
 
 // run quantizes every unit; the first error stops the dispatch of new

@@ -3,13 +3,16 @@ package model
 import (
 	"bytes"
 	"math"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/svdq/svdq/calib"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/safetensors"
+	"github.com/svdq/svdq/quant"
 )
 
 func TestQuantizeTiny(t *testing.T) {
@@ -278,4 +281,47 @@ func TestQuantizeGPTQ(t *testing.T) {
 		}
 	}
 	t.Logf("GPTQ kept on %d of %d layers", kept, len(rep.Layers))
+}
+
+// TestWeightOnlyCalibShared: layers with the same calibration rows share
+// one factorisation (also when asked concurrently), different rows get
+// their own, and only the woCalibKeep most recent are kept.
+func TestWeightOnlyCalibShared(t *testing.T) {
+	const s, k = 16, 64
+	rows := func(seed uint64) quant.Calib {
+		rng := rand.New(rand.NewPCG(seed, 1))
+		x := make([]float32, s*k)
+		for i := range x {
+			x[i] = float32(rng.NormFloat64())
+		}
+		return quant.Calib{X: x, S: s}
+	}
+	q := &quantizer{}
+	c1 := rows(1)
+	var wg sync.WaitGroup
+	got := make([]*quant.WeightOnlyCalib, 8)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i] = q.weightOnlyCalib(quant.Calib{X: append([]float32(nil), c1.X...), S: s}, k)
+		}()
+	}
+	wg.Wait()
+	for i, c := range got {
+		if c == nil || c != got[0] {
+			t.Fatalf("call %d: %p, call 0: %p", i, c, got[0])
+		}
+	}
+	if c := q.weightOnlyCalib(rows(2), k); c == nil || c == got[0] {
+		t.Fatal("different rows share a factorisation")
+	}
+	if q.weightOnlyCalib(c1, k) != got[0] {
+		t.Fatal("the first rows were evicted while still among the most recent")
+	}
+	q.weightOnlyCalib(rows(3), k)
+	q.weightOnlyCalib(rows(4), k)
+	if len(q.woCalib) != woCalibKeep || q.weightOnlyCalib(c1, k) == got[0] {
+		t.Fatalf("%d entries kept, or the oldest rows not rebuilt", len(q.woCalib))
+	}
 }

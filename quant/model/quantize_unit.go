@@ -1,7 +1,11 @@
 package model
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"math"
+	"sync"
 	"time"
 
 	"github.com/svdq/svdq/formats/nunchaku"
@@ -81,7 +85,7 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 	var wo *quant.WeightOnly
 	gptq := false
 	if q.opt.GPTQ { // fitted on half the rows, kept where it wins on the other half
-		wo, gptq = quant.WeightOnlyBest(w, pl.N, pl.K, b, dt, c.X, c.S)
+		wo, gptq = q.weightOnlyCalib(c, pl.K).Best(w, pl.N, pl.K, b, dt)
 	} else {
 		wo = quant.QuantizeWeightOnly(w, pl.N, pl.K, b, dt)
 	}
@@ -101,6 +105,46 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 		Seconds: time.Since(start).Seconds(), DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes,
 		GPTQ: gptq})
 	return nil
+}
+
+// woCalibKeep is how many factored W4A16 calibrations weightOnlyCalib
+// keeps (each k² float32: 36 MiB at k = 3072).
+const woCalibKeep = 2
+
+type woCalibEntry struct {
+	once sync.Once
+	c    *quant.WeightOnlyCalib
+}
+
+// weightOnlyCalib returns the factored calibration of the rows of c (k
+// columns), built once per distinct rows while it stays among the
+// woCalibKeep most recent: layers reading the same input share one
+// factorisation, whichever worker gets there first builds it.
+func (q *quantizer) weightOnlyCalib(c quant.Calib, k int) *quant.WeightOnlyCalib {
+	buf := make([]byte, 0, 16+4*c.S*k)
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(c.S))
+	buf = binary.LittleEndian.AppendUint64(buf, uint64(k))
+	for _, v := range c.X[:c.S*k] {
+		buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
+	}
+	key := sha256.Sum256(buf)
+	q.woMu.Lock()
+	if q.woCalib == nil {
+		q.woCalib = map[[32]byte]*woCalibEntry{}
+	}
+	e := q.woCalib[key]
+	if e == nil {
+		e = &woCalibEntry{}
+		q.woCalib[key] = e
+		q.woOrder = append(q.woOrder, key)
+		if len(q.woOrder) > woCalibKeep {
+			delete(q.woCalib, q.woOrder[0])
+			q.woOrder = q.woOrder[1:]
+		}
+	}
+	q.woMu.Unlock()
+	e.once.Do(func() { e.c = quant.NewWeightOnlyCalib(c.X, c.S, k) })
+	return e.c
 }
 
 // weightOnlyError is the relative output error of a W4A16 layer on at most
