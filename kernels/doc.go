@@ -53,7 +53,8 @@
 // against formats/nunchaku's packer. Quantized activations use this
 // package's own layout: uint32 [M/16][K/64][32 lanes][4 words], the A
 // fragments of mma.m16n8k64, or for the wgmma GEMM act8 (one byte per
-// code, 8-token × 16-byte core matrices; M padded to 128).
+// code, 8-token × 16-byte core matrices; M padded to 128, or 256 for the
+// n256x2 tile).
 //
 // # Checking
 //

@@ -187,18 +187,20 @@ func GPTQWeightOnly(w []float32, n, k int, bias []float32, dt Float16, x []float
 	if s <= 0 || len(x) < s*k {
 		panic(fmt.Sprintf("quant: GPTQWeightOnly: %d calibration values for s=%d k=%d", len(x), s, k))
 	}
+	rtn := QuantizeWeightOnly(w, n, k, bias, dt)
 	f, ok := gptqPrepare(gptqHessian(x, s, k, nil), k)
 	if !ok {
-		return QuantizeWeightOnly(w, n, k, bias, dt), false
+		return rtn, false
 	}
-	return gptqWeightOnly(w, n, k, bias, dt, f), true
+	return gptqWeightOnly(w, rtn, f), true
 }
 
-// gptqWeightOnly runs GPTQ with the factored Hessian f on the W4A16 grid.
-func gptqWeightOnly(w []float32, n, k int, bias []float32, dt Float16, f *gptqFactored) *WeightOnly {
-	rtn := QuantizeWeightOnly(w, n, k, bias, dt) // validates w and bias
+// gptqWeightOnly runs GPTQ with the factored Hessian f on the W4A16 grid;
+// rtn is QuantizeWeightOnly's result for w (validated; its bias is kept).
+func gptqWeightOnly(w []float32, rtn *WeightOnly, f *gptqFactored) *WeightOnly {
+	n, k := rtn.N, rtn.K
 	g := (k + Int4Group - 1) / Int4Group
-	wo := &WeightOnly{N: n, K: k, DType: dt, Codes: make([]uint8, n*k), Scales: make([]float32, n*g),
+	wo := &WeightOnly{N: n, K: k, DType: rtn.DType, Codes: make([]uint8, n*k), Scales: make([]float32, n*g),
 		Zeros: make([]float32, n*g), Bias: rtn.Bias}
 	wq := append([]float32(nil), w[:n*k]...)
 	gptqRun(wq, n, k, f, Int4Group, &w4a16Grid{wo: wo, ng: g})
@@ -279,24 +281,26 @@ func (c *WeightOnlyCalib) Best(w []float32, n, k int, bias []float32, dt Float16
 	if k != c.k {
 		panic(fmt.Sprintf("quant: WeightOnlyCalib for %d columns used on k=%d", c.k, k))
 	}
-	gq := gptqWeightOnly(w, n, k, bias, dt, c.f)
-	m := c.m
-	yref := make([]float64, m*n)
-	RefOutput32(yref, c.held, m, k, w, n)
-	heldErr := func(wo *WeightOnly) float64 {
-		y := make([]float32, m*n)
-		wo.Forward(y, c.held, m)
-		for i := 0; i < m; i++ {
-			for j, b := range wo.Bias {
-				y[i*n+j] -= b
-			}
-		}
-		return RelError(y, yref)
-	}
-	if heldErr(gq) < 0.98*heldErr(rtn) {
+	gq := gptqWeightOnly(w, rtn, c.f)
+	yref := make([]float64, c.m*n)
+	RefOutput32(yref, c.held, c.m, k, w, n)
+	if gq.outputError(c.held, c.m, yref) < 0.98*rtn.outputError(c.held, c.m, yref) {
 		return gq, true
 	}
 	return rtn, false
+}
+
+// outputError is the relative error ‖x·Ŵᵀ − yref‖_F / ‖yref‖_F of w's
+// output without its bias on the s rows of x, yref = x·Wᵀ [s, N].
+func (w *WeightOnly) outputError(x []float32, s int, yref []float64) float64 {
+	y := make([]float32, s*w.N)
+	w.Forward(y, x, s)
+	for i := 0; i < s; i++ {
+		for j, b := range w.Bias {
+			y[i*w.N+j] -= b
+		}
+	}
+	return RelError(y, yref)
 }
 
 // WeightOnlyBest is NewWeightOnlyCalib(x, s, k).Best(w, n, k, bias, dt).

@@ -245,17 +245,9 @@ func TestGPTQWeightOnly(t *testing.T) {
 
 // woError is wo's relative output error against W on the s rows of x.
 func woError(wo *WeightOnly, w, x []float32, s int) float64 {
-	n, k := wo.N, wo.K
-	yref := make([]float64, s*n)
-	RefOutput32(yref, x, s, k, w, n)
-	y := make([]float32, s*n)
-	wo.Forward(y, x, s)
-	for i := 0; i < s; i++ {
-		for j := 0; j < n; j++ {
-			y[i*n+j] -= wo.Bias[j]
-		}
-	}
-	return RelError(y, yref)
+	yref := make([]float64, s*wo.N)
+	RefOutput32(yref, x, s, wo.K, w, wo.N)
+	return wo.outputError(x, s, yref)
 }
 
 func equalWO(a, b *WeightOnly) bool {

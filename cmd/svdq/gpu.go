@@ -50,8 +50,8 @@ func init() {
 			"(activation pass with the low-rank down projection, GEMM with bias and up projection),\n" +
 			"the same without the low-rank branch, the unfused variant (separate low-rank passes) and\n" +
 			"cuBLAS BF16; TOPS (2·M·N·K) and the ratios. Random data; rank 32.\n\n" +
-			"On Hopper (sm_90) the INT4 GEMM is the INT8 wgmma kernel; SVDQ_GEMM=mma times the\n" +
-			"mma.sync kernels instead, to compare.",
+			"On Hopper (sm_90) the INT4 GEMM is the wgmma kernel (FP8 for BF16 models, INT8 for FP16);\n" +
+			"SVDQ_GEMM=mma times the mma.sync kernels instead, to compare.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of the table"},
 			&cli.IntFlag{Name: "iters", Value: 30, Usage: "timed runs per variant (the median is reported)"},

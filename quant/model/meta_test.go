@@ -5,6 +5,7 @@ import (
 
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
+	"github.com/svdq/svdq/quant"
 )
 
 // TestPlannedMetaValid: every layer the presets plan, at real widths too
@@ -30,17 +31,12 @@ func TestPlannedMetaValid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		plan := &Plan{Precision: quant.INT4, Rank: 32}
 		m := &nunchaku.Meta{Version: nunchaku.MetaVersion, Tool: "test", Family: c.family, Precision: "int4", Rank: 32}
 		gaps := 0
 		for i := range p.Layers {
-			l := &p.Layers[i]
-			lm := nunchaku.LayerMeta{Name: l.Name, N: l.N, K: l.K, DType: "BF16", Sources: sourceMetas(l),
-				SHA256: nunchaku.PlaceholderHash, Group: 64, Precision: "int4"}
-			if l.Role == preset.W4A16 {
-				lm.Kind, lm.Chunks = nunchaku.KindW4A16, max(l.Chunks, 1)
-			} else {
-				lm.Kind, lm.R, lm.Smooth, lm.Shifted = nunchaku.KindW4A4, 32, &nunchaku.Smoothing{Alpha: 0.5, Beta: 0.5}, l.Shifted
-			}
+			l := p.Layers[i]
+			m.Layers = append(m.Layers, plan.layerMeta(&PlannedLayer{Layer: l, R: 32, DType: "BF16"}, 0.5, 0.5))
 			covered := 0
 			for _, s := range l.Sources {
 				covered += s.Rows.Hi - s.Rows.Lo
@@ -48,7 +44,6 @@ func TestPlannedMetaValid(t *testing.T) {
 			if covered < l.N {
 				gaps++
 			}
-			m.Layers = append(m.Layers, lm)
 		}
 		s, err := m.Marshal()
 		if err == nil {
