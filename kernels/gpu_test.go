@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"errors"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -124,4 +125,82 @@ func TestGPUBenchSmall(t *testing.T) {
 		t.Fatalf("bench results %+v", res)
 	}
 	t.Logf("%+v", res[0])
+}
+
+// TestGPURepeatable runs the fused layer 20 times with each block tile the
+// device has and wants every run's bytes equal to the first (which must
+// match the emulation). A race in a kernel shows here as a run that
+// differs: development variants of the wgmma kernel's low-rank tile fill
+// gave wrong rows in up to 90% of runs (NOTES) while one-off comparisons
+// passed. The activation pass sums the down projection with atomics when
+// it splits K, in no fixed order (Verify allows for that); so the layer
+// gets enough rows (64 per multiprocessor) for one block per 16-row tile
+// to take all of K, and the runs must then agree bit for bit.
+func TestGPURepeatable(t *testing.T) {
+	d := gpu(t)
+	tiles := gemmTiles
+	if d.WGMMA {
+		tiles = wgTiles
+	}
+	m := 64 * d.SMs
+	for _, c := range []layerCase{
+		{"int4-bf16", quant.INT4, quant.BF16, false, 1024, 1536, 32},
+		{"int4-unsigned-f16", quant.INT4, quant.F16, true, 1024, 1536, 32},
+	} {
+		rng := rand.New(rand.NewPCG(11, uint64(c.n)))
+		l := randLayer(rng, c)
+		p, _ := pack(t, l)
+		gl, err := d.Upload(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := randInput(rng, m, c.k, c.unsigned)
+		for _, tile := range tiles {
+			t.Run(c.name+"/"+tile.name, func(t *testing.T) {
+				t.Setenv(TileEnv, tile.name)
+				if s, _ := actSplits(gl.padRows(m), gl.meta.KPad(), d.SMs); s != 1 {
+					t.Fatalf("the activation pass splits K %d ways: its sums would not repeat", s)
+				}
+				first, err := gl.Run(x, m, Fused)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := Verify(l, x, m, first); !diff.OK() {
+					t.Fatalf("first run: %v", diff)
+				}
+				bad := 0
+				for run := 1; run < 20; run++ {
+					res, err := gl.Run(x, m, Fused)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if n, i := countDiff(res.Y, first.Y); n > 0 {
+						bad++
+						nl, _ := countDiff(res.LowRank, first.LowRank)
+						t.Logf("run %d: %d outputs differ, the first at token %d channel %d (%g, was %g); %d low-rank sums differ",
+							run, n, i/c.n, i%c.n, res.Y[i], first.Y[i], nl)
+					}
+				}
+				if bad > 0 {
+					t.Errorf("%d of 19 repeated runs differ from the first", bad)
+				}
+			})
+		}
+		gl.Free()
+	}
+}
+
+// countDiff returns how many elements of a and b differ in their bits, and
+// the index of the first.
+func countDiff(a, b []float32) (n, first int) {
+	first = -1
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			if n == 0 {
+				first = i
+			}
+			n++
+		}
+	}
+	return n, first
 }

@@ -15,7 +15,8 @@
 //   /tmp/h c    the bit-for-bit checks only (they include the multi-warpgroup
 //               kernels, gemm_wg2_body, n256x2 and n128x3)
 //   /tmp/h z    the signed fused n64 check 200 times (a race shows as a
-//               nonzero count); /tmp/h y: the multi-warpgroup kernels 100 times
+//               nonzero count); w: the same with n128; y: the multi-
+//               warpgroup kernels 100 times
 #include "common.cuh"
 #include "act_quant.cuh"
 #include "gemm_w4a4.cuh"
@@ -190,17 +191,19 @@ int main(int argc, char **argv) {
     CK(cudaDeviceSynchronize());
     return 0;
   }
-  if (argc > 1 && argv[1][0] == 'z') { // repeat the signed fused n64 check (M 1000, 3072 x 3072)
+  if (argc > 1 && (argv[1][0] == 'z' || argv[1][0] == 'w')) { // repeat the signed fused n64 (z) / n128 (w) check (M 1000, 3072 x 3072)
     Prob p = make(1000, 3072, 3072, 32, 256);
     run_act<false>(p, false); run_act<false>(p, true);
     run_old<false, GEMM_MODE_FUSED>(p);
+    const bool n128 = argv[1][0] == 'w';
     int bad = 0;
     for (int i = 0; i < 200; i++) {
       CK(cudaMemset(p.y2, 0, (size_t)p.M * p.N * 2));
-      run_new<false, GEMM_MODE_FUSED, 64>(p);
-      bad += cmp(p, "sgn fused TN64 (repeat)");
+      if (n128) run_new<false, GEMM_MODE_FUSED, 128>(p);
+      else run_new<false, GEMM_MODE_FUSED, 64>(p);
+      bad += cmp(p, n128 ? "sgn fused TN128 (repeat)" : "sgn fused TN64 (repeat)");
     }
-    printf("TN64 fused: %d of 200 runs differ\n", bad);
+    printf("%s fused: %d of 200 runs differ\n", n128 ? "TN128" : "TN64", bad);
     return 0;
   }
 #ifdef WG2_THREADS

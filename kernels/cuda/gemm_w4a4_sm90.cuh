@@ -126,29 +126,34 @@ SVDQ_DEV uint64_t wg_desc(const void *p, uint32_t lbo, uint32_t sbo) {
                "wgmma.mma_async.sync.aligned." SHAPE "." TYPES " " DLIST ", " AREGS ", p" TAIL ";\n}\n"         \
                : OUTS                                                                                            \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
+// WG_SHAPE_<TN>: an m64nTNk32 wgmma's shape, accumulator list, A and
+// descriptor operands, and output-constraint list; WG_CALL expands one
+// into WG_ASM with the given types, scale-d (0 or 1) and constraint.
+#define WG_SHAPE_256 "m64n256k32", WG_D256, "{%128,%129,%130,%131}, %132", WG_OUT256
+#define WG_SHAPE_128 "m64n128k32", WG_D128, "{%64,%65,%66,%67}, %68", WG_OUT128
+#define WG_SHAPE_64 "m64n64k32", WG_D64, "{%32,%33,%34,%35}, %36", WG_OUT64
+#define WG_CALL(...) WG_CALL_(__VA_ARGS__) // SH expands into its four parts first
+#define WG_CALL_(SHAPE, DLIST, AREGS, OUT, TYPES, SCALE, TAIL, C) WG_ASM(SHAPE, TYPES, DLIST, AREGS, SCALE, TAIL, OUT(C))
+// The first wgmma of a group (SCALED 0) only writes d; the second adds.
+#define WG_S8(N, SH)                                                                                           \
+  if constexpr (TN == N && SCALED == 0 && !UNS) WG_CALL(SH, "s32.s8.s8", 0, "", WG_W);                         \
+  if constexpr (TN == N && SCALED == 0 && UNS) WG_CALL(SH, "s32.s8.u8", 0, "", WG_W);                          \
+  if constexpr (TN == N && SCALED == 1 && !UNS) WG_CALL(SH, "s32.s8.s8", 1, "", WG_RW);                        \
+  if constexpr (TN == N && SCALED == 1 && UNS) WG_CALL(SH, "s32.s8.u8", 1, "", WG_RW)
+#define WG_E4M3(N, SH)                                                                                         \
+  if constexpr (TN == N && SCALED == 0) WG_CALL(SH, "f32.e4m3.e4m3", 0, ", 1, 1", WG_WF);                      \
+  if constexpr (TN == N && SCALED == 1) WG_CALL(SH, "f32.e4m3.e4m3", 1, ", 1, 1", WG_RWF)
 template <bool UNS, int TN, int SCALED> SVDQ_DEV void wgmma_s8(int (&d)[TN / 2], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (TN == 256 && SCALED == 0 && !UNS) WG_ASM("m64n256k32", "s32.s8.s8", WG_D256, "{%128,%129,%130,%131}, %132", 0, "", WG_OUT256(WG_W));
-  if constexpr (TN == 256 && SCALED == 0 && UNS) WG_ASM("m64n256k32", "s32.s8.u8", WG_D256, "{%128,%129,%130,%131}, %132", 0, "", WG_OUT256(WG_W));
-  if constexpr (TN == 256 && SCALED == 1 && !UNS) WG_ASM("m64n256k32", "s32.s8.s8", WG_D256, "{%128,%129,%130,%131}, %132", 1, "", WG_OUT256(WG_RW));
-  if constexpr (TN == 256 && SCALED == 1 && UNS) WG_ASM("m64n256k32", "s32.s8.u8", WG_D256, "{%128,%129,%130,%131}, %132", 1, "", WG_OUT256(WG_RW));
-  if constexpr (TN == 128 && SCALED == 0 && !UNS) WG_ASM("m64n128k32", "s32.s8.s8", WG_D128, "{%64,%65,%66,%67}, %68", 0, "", WG_OUT128(WG_W));
-  if constexpr (TN == 128 && SCALED == 0 && UNS) WG_ASM("m64n128k32", "s32.s8.u8", WG_D128, "{%64,%65,%66,%67}, %68", 0, "", WG_OUT128(WG_W));
-  if constexpr (TN == 128 && SCALED == 1 && !UNS) WG_ASM("m64n128k32", "s32.s8.s8", WG_D128, "{%64,%65,%66,%67}, %68", 1, "", WG_OUT128(WG_RW));
-  if constexpr (TN == 128 && SCALED == 1 && UNS) WG_ASM("m64n128k32", "s32.s8.u8", WG_D128, "{%64,%65,%66,%67}, %68", 1, "", WG_OUT128(WG_RW));
-  if constexpr (TN == 64 && SCALED == 0 && !UNS) WG_ASM("m64n64k32", "s32.s8.s8", WG_D64, "{%32,%33,%34,%35}, %36", 0, "", WG_OUT64(WG_W));
-  if constexpr (TN == 64 && SCALED == 0 && UNS) WG_ASM("m64n64k32", "s32.s8.u8", WG_D64, "{%32,%33,%34,%35}, %36", 0, "", WG_OUT64(WG_W));
-  if constexpr (TN == 64 && SCALED == 1 && !UNS) WG_ASM("m64n64k32", "s32.s8.s8", WG_D64, "{%32,%33,%34,%35}, %36", 1, "", WG_OUT64(WG_RW));
-  if constexpr (TN == 64 && SCALED == 1 && UNS) WG_ASM("m64n64k32", "s32.s8.u8", WG_D64, "{%32,%33,%34,%35}, %36", 1, "", WG_OUT64(WG_RW));
+  WG_S8(256, WG_SHAPE_256);
+  WG_S8(128, WG_SHAPE_128);
+  WG_S8(64, WG_SHAPE_64);
 }
 // wgmma_e4m3: the same with E4M3 operands and FP32 accumulators (d =
 // a . B / 512 for the codes below: exact, checked bit for bit).
 template <int TN, int SCALED> SVDQ_DEV void wgmma_e4m3(float (&d)[TN / 2], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (TN == 256 && SCALED == 0) WG_ASM("m64n256k32", "f32.e4m3.e4m3", WG_D256, "{%128,%129,%130,%131}, %132", 0, ", 1, 1", WG_OUT256(WG_WF));
-  if constexpr (TN == 256 && SCALED == 1) WG_ASM("m64n256k32", "f32.e4m3.e4m3", WG_D256, "{%128,%129,%130,%131}, %132", 1, ", 1, 1", WG_OUT256(WG_RWF));
-  if constexpr (TN == 128 && SCALED == 0) WG_ASM("m64n128k32", "f32.e4m3.e4m3", WG_D128, "{%64,%65,%66,%67}, %68", 0, ", 1, 1", WG_OUT128(WG_WF));
-  if constexpr (TN == 128 && SCALED == 1) WG_ASM("m64n128k32", "f32.e4m3.e4m3", WG_D128, "{%64,%65,%66,%67}, %68", 1, ", 1, 1", WG_OUT128(WG_RWF));
-  if constexpr (TN == 64 && SCALED == 0) WG_ASM("m64n64k32", "f32.e4m3.e4m3", WG_D64, "{%32,%33,%34,%35}, %36", 0, ", 1, 1", WG_OUT64(WG_WF));
-  if constexpr (TN == 64 && SCALED == 1) WG_ASM("m64n64k32", "f32.e4m3.e4m3", WG_D64, "{%32,%33,%34,%35}, %36", 1, ", 1, 1", WG_OUT64(WG_RWF));
+  WG_E4M3(256, WG_SHAPE_256);
+  WG_E4M3(128, WG_SHAPE_128);
+  WG_E4M3(64, WG_SHAPE_64);
 }
 // fence_regs pins an accumulator array in its registers at this point of
 // the program (CUTLASS's warpgroup_fence_operand).
@@ -465,9 +470,11 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
   const int RT = R >> 4;
   const bool lrs = FUSED && RT > 0 && RT <= 2;
   // Fused, rank <= 32: the tile's lract rows into slr (see wg_slr_fill_by),
-  // token row tok0 + tid per thread, at the start. (Kept inline: the same
-  // code as a function returning early for tid >= TN gave wrong rows 32-63
-  // in about 10% of the n64 runs (scripts/gemm-harness.cu z), unexplained.)
+  // token row tok0 + tid per thread, at the start. (Kept as it is: the
+  // fill as wg_slr_fill_by run by all four consumer warps gave wrong
+  // outputs for tile rows 32-63 in ~88% of repeated n64 runs, with or
+  // without a barrier after it, and an earlier function form in ~10%
+  // (scripts/gemm-harness.cu z; NOTES): not understood.)
   if (lrs && tid < TN) {
     const float4 *row = reinterpret_cast<const float4 *>(lract + (size_t)(tok0 + tid) * R);
     float v[32];
