@@ -127,12 +127,11 @@ func TestGPUBenchSmall(t *testing.T) {
 	t.Logf("%+v", res[0])
 }
 
-// TestGPURepeatable runs the fused layer 20 times with each block tile the
-// device has and wants every run's bytes equal to the first (which must
-// match the emulation). A race in a kernel shows here as a run that
-// differs: development variants of the wgmma kernel's low-rank tile fill
-// gave wrong rows in up to 90% of runs (NOTES) while one-off comparisons
-// passed. The activation pass sums the down projection with atomics when
+// TestGPURepeatable runs the fused layer `runs` times with each block tile
+// the device has and wants every run's bytes equal to the first (which
+// must match the emulation). A race in a kernel shows here as a run that
+// differs while one-off comparisons pass: it finds the BF16 n128 defect of
+// the README's "Known defect" paragraph. The activation pass sums the down projection with atomics when
 // it splits K, in no fixed order (Verify allows for that); so the layer
 // gets enough rows (64 per multiprocessor) for one block per 16-row tile
 // to take all of K, and the runs must then agree bit for bit.
@@ -143,6 +142,7 @@ func TestGPURepeatable(t *testing.T) {
 		tiles = wgTiles
 	}
 	m := 64 * d.SMs
+	const runs = 20
 	for _, c := range []layerCase{
 		{"int4-bf16", quant.INT4, quant.BF16, false, 1024, 1536, 32},
 		{"int4-unsigned-f16", quant.INT4, quant.F16, true, 1024, 1536, 32},
@@ -169,7 +169,7 @@ func TestGPURepeatable(t *testing.T) {
 					t.Fatalf("first run: %v", diff)
 				}
 				bad := 0
-				for run := 1; run < 20; run++ {
+				for run := 1; run < runs; run++ {
 					res, err := gl.Run(x, m, Fused)
 					if err != nil {
 						t.Fatal(err)
@@ -182,7 +182,7 @@ func TestGPURepeatable(t *testing.T) {
 					}
 				}
 				if bad > 0 {
-					t.Errorf("%d of 19 repeated runs differ from the first", bad)
+					t.Errorf("%d of %d repeated runs differ from the first", bad, runs-1)
 				}
 			})
 		}
