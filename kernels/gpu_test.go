@@ -130,9 +130,10 @@ func TestGPUBenchSmall(t *testing.T) {
 // TestGPURepeatable runs the fused layer `runs` times with each block tile
 // the device has and wants every run's bytes equal to the first (which
 // must match the emulation). A race in a kernel shows here as a run that
-// differs while one-off comparisons pass: it finds the BF16 n128 defect of
-// the README's "Known defect" paragraph. The activation pass sums the down projection with atomics when
-// it splits K, in no fixed order (Verify allows for that); so the layer
+// differs while one-off comparisons pass: it found the stage-release race
+// of the one-warpgroup wgmma kernel (README, "Repeatability"). The
+// activation pass sums the down projection with atomics when it splits
+// K, in no fixed order (Verify allows for that); so the layer
 // gets enough rows (64 per multiprocessor) for one block per 16-row tile
 // to take all of K, and the runs must then agree bit for bit.
 func TestGPURepeatable(t *testing.T) {

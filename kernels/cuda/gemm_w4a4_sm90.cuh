@@ -155,9 +155,13 @@ template <int TN, int SCALED> SVDQ_DEV void wgmma_e4m3(float (&d)[TN / 2], const
   WG_E4M3(128, WG_SHAPE_128);
   WG_E4M3(64, WG_SHAPE_64);
 }
-// fence_regs pins an accumulator array in its registers at this point of
-// the program (CUTLASS's warpgroup_fence_operand).
+// fence_regs pins an accumulator or fragment array in its registers at
+// this point of the program (CUTLASS's warpgroup_fence_operand).
 template <int N> SVDQ_DEV void fence_regs(int (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+template <int N> SVDQ_DEV void fence_regs(uint32_t (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
 }
@@ -188,20 +192,41 @@ SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t pa
                        typename WgAcc<BF>::T (&d)[TN / 2]) {
   mbar_wait(full, parity);
   const uint4 wf = w[warp * 32 + lane];
+  // The A fragments are written before the fence (the PTX rule: a fence
+  // between a register's write and the wgmma that reads it).
+  uint32_t a0[4], a1[4];
+  if constexpr (BF) {
+    a0[0] = e8lo(wf.x), a0[1] = e8lo(wf.z), a0[2] = e8hi(wf.x), a0[3] = e8hi(wf.z);
+    a1[0] = e8lo(wf.y), a1[1] = e8lo(wf.w), a1[2] = e8hi(wf.y), a1[3] = e8hi(wf.w);
+  } else {
+    a0[0] = nib_lo(wf.x), a0[1] = nib_lo(wf.z), a0[2] = nib_hi(wf.x), a0[3] = nib_hi(wf.z);
+    a1[0] = nib_lo(wf.y), a1[1] = nib_lo(wf.w), a1[2] = nib_hi(wf.y), a1[3] = nib_hi(wf.w);
+  }
+  fence_regs(a0);
+  fence_regs(a1);
   fence_regs(d);
   wg_fence();
   if constexpr (BF) {
-    const uint32_t a0[4] = {e8lo(wf.x), e8lo(wf.z), e8hi(wf.x), e8hi(wf.z)};
-    const uint32_t a1[4] = {e8lo(wf.y), e8lo(wf.w), e8hi(wf.y), e8hi(wf.w)};
     wgmma_e4m3<TN, 0>(d, a0, desc);
     wgmma_e4m3<TN, 1>(d, a1, desc + (256 >> 4));
   } else {
-    const uint32_t a0[4] = {nib_lo(wf.x), nib_lo(wf.z), nib_hi(wf.x), nib_hi(wf.z)};
-    const uint32_t a1[4] = {nib_lo(wf.y), nib_lo(wf.w), nib_hi(wf.y), nib_hi(wf.w)};
     wgmma_s8<UNS, TN, 0>(d, a0, desc);
     wgmma_s8<UNS, TN, 1>(d, a1, desc + (256 >> 4));
   }
   wg_commit();
+}
+// wg_release hands a stage back to the producer (its "empty" barrier, one
+// arrival per warp) once the warp has read what it needs of it. The reads
+// are generic-proxy loads and the producer's next write into the stage is
+// a bulk copy (async proxy): each thread orders the two with a proxy fence
+// first, as the PTX memory model asks. Without it, ptxas issued the arrive
+// right behind the last scale load without waiting for it, and in a few
+// repeated runs the copy overwrote those scales first (tile rows 96-127 of
+// n128, 32-63 of n64: TestGPURepeatable, harness c; NOTES, session 7).
+SVDQ_DEV void wg_release(uint32_t empty, int lane) {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncwarp();
+  if (lane == 0) mbar_arrive(empty);
 }
 // wg_finish reads a group's scales, releases its stage and runs the 16-bit
 // epilogue of the group on d (complete):
@@ -238,8 +263,7 @@ SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, 
   if constexpr (!LATE) {
 #pragma unroll
     for (int q = 0; q < TN / 32; q++) load_as(q);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(empty);
+    wg_release(empty, lane);
   }
 #pragma unroll
   for (int q = 0; q < TN / 32; q++) {
@@ -259,10 +283,7 @@ SVDQ_DEV void wg_finish(const uint16_t *as, const uint16_t *ws, uint32_t empty, 
         acc16[j][h] = hfma2<BF>(p16, s16, acc16[j][h]);
       }
   }
-  if constexpr (LATE) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(empty);
-  }
+  if constexpr (LATE) wg_release(empty, lane);
 }
 #endif
 
@@ -469,32 +490,9 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
 
   const int RT = R >> 4;
   const bool lrs = FUSED && RT > 0 && RT <= 2;
-  // Fused, rank <= 32: the tile's lract rows into slr (see wg_slr_fill_by),
-  // token row tok0 + tid per thread, at the start. (Kept as it is: the
-  // fill as wg_slr_fill_by run by all four consumer warps gave wrong
-  // outputs for tile rows 32-63 in ~88% of repeated n64 runs, with or
-  // without a barrier after it, and an earlier function form in ~10%
-  // (scripts/gemm-harness.cu z; NOTES): not understood.)
-  if (lrs && tid < TN) {
-    const float4 *row = reinterpret_cast<const float4 *>(lract + (size_t)(tok0 + tid) * R);
-    float v[32];
-#pragma unroll
-    for (int q = 0; q < 8; q++) {
-      if (q < RT * 4) {
-        const float4 t = row[q];
-        v[4 * q] = t.x, v[4 * q + 1] = t.y, v[4 * q + 2] = t.z, v[4 * q + 3] = t.w;
-      }
-    }
-#pragma unroll
-    for (int rt = 0; rt < 2; rt++)
-#pragma unroll
-      for (int cc = 0; cc < 4; cc++)
-        if (rt < RT) {
-          const int k0 = rt * 16 + 2 * cc;
-          slr[((tid >> 3) * 2 + rt) * 32 + (tid & 7) * 4 + cc] =
-              make_uint2(pack2<BF>(v[k0], v[k0 + 1]), pack2<BF>(v[k0 + 8], v[k0 + 9]));
-        }
-  }
+  // Fused, rank <= 32: the tile's lract rows into slr, by the four
+  // consumer warps at the start (wg_final's barrier 1 waits for them).
+  if (lrs) wg_slr_fill_by<BF, TN, 128>(slr, lract, tok0, R, tid);
   if (FUSED && lzero != nullptr) wg_lzero<TN, 128>(lzero, tok0, R, tid);
 
   const int p = half * 4 + warp; // the warp's p-tile in the 128-channel chunk
