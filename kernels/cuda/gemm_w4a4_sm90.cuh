@@ -155,19 +155,17 @@ template <int TN, int SCALED> SVDQ_DEV void wgmma_e4m3(float (&d)[TN / 2], const
   WG_E4M3(128, WG_SHAPE_128);
   WG_E4M3(64, WG_SHAPE_64);
 }
-// fence_regs pins an accumulator or fragment array in its registers at
-// this point of the program (CUTLASS's warpgroup_fence_operand).
-template <int N> SVDQ_DEV void fence_regs(int (&d)[N]) {
+// fence_regs pins an accumulator or fragment array (int, uint32_t or
+// float) in its registers at this point of the program (CUTLASS's
+// warpgroup_fence_operand).
+template <typename T> constexpr bool wg_is_f32 = false;
+template <> constexpr bool wg_is_f32<float> = true;
+template <typename T, int N> SVDQ_DEV void fence_regs(T (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
-}
-template <int N> SVDQ_DEV void fence_regs(uint32_t (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; i++) asm volatile("" : "+r"(d[i])::"memory");
-}
-template <int N> SVDQ_DEV void fence_regs(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; i++) {
+    if constexpr (wg_is_f32<T>) asm volatile("" : "+f"(d[i])::"memory");
+    else asm volatile("" : "+r"(d[i])::"memory");
+  }
 }
 // The accumulators: FP32 for the E4M3 wgmma (BF16 models), INT32 for the
 // INT8 one (FP16 models).
