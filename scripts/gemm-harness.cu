@@ -196,14 +196,17 @@ int main(int argc, char **argv) {
     run_act<false>(p, false); run_act<false>(p, true);
     run_old<false, GEMM_MODE_FUSED>(p);
     const bool n128 = argv[1][0] == 'w';
+    const char *tn = n128 ? "TN128" : "TN64";
+    char what[64];
+    snprintf(what, sizeof what, "sgn fused %s (repeat)", tn);
     int bad = 0;
     for (int i = 0; i < 200; i++) {
       CK(cudaMemset(p.y2, 0, (size_t)p.M * p.N * 2));
       if (n128) run_new<false, GEMM_MODE_FUSED, 128>(p);
       else run_new<false, GEMM_MODE_FUSED, 64>(p);
-      bad += cmp(p, n128 ? "sgn fused TN128 (repeat)" : "sgn fused TN64 (repeat)");
+      bad += cmp(p, what);
     }
-    printf("%s fused: %d of 200 runs differ\n", n128 ? "TN128" : "TN64", bad);
+    printf("%s fused: %d of 200 runs differ\n", tn, bad);
     return 0;
   }
 #ifdef WG2_THREADS

@@ -192,14 +192,10 @@ SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t pa
   const uint4 wf = w[warp * 32 + lane];
   // The A fragments are written before the fence (the PTX rule: a fence
   // between a register's write and the wgmma that reads it).
-  uint32_t a0[4], a1[4];
-  if constexpr (BF) {
-    a0[0] = e8lo(wf.x), a0[1] = e8lo(wf.z), a0[2] = e8hi(wf.x), a0[3] = e8hi(wf.z);
-    a1[0] = e8lo(wf.y), a1[1] = e8lo(wf.w), a1[2] = e8hi(wf.y), a1[3] = e8hi(wf.w);
-  } else {
-    a0[0] = nib_lo(wf.x), a0[1] = nib_lo(wf.z), a0[2] = nib_hi(wf.x), a0[3] = nib_hi(wf.z);
-    a1[0] = nib_lo(wf.y), a1[1] = nib_lo(wf.w), a1[2] = nib_hi(wf.y), a1[3] = nib_hi(wf.w);
-  }
+  const auto lo = [](uint32_t v) { if constexpr (BF) return e8lo(v); else return nib_lo(v); };
+  const auto hi = [](uint32_t v) { if constexpr (BF) return e8hi(v); else return nib_hi(v); };
+  uint32_t a0[4] = {lo(wf.x), lo(wf.z), hi(wf.x), hi(wf.z)};
+  uint32_t a1[4] = {lo(wf.y), lo(wf.w), hi(wf.y), hi(wf.w)};
   fence_regs(a0);
   fence_regs(a1);
   fence_regs(d);
