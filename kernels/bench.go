@@ -26,6 +26,9 @@ type BenchOptions struct {
 	Rank   int     // low-rank size (default 32)
 	Iters  int     // timed runs per variant (default 30); the median is reported
 	Warmup int     // untimed runs first (default 3)
+	// Precision of the timed layers: quant.INT4 (the default) or
+	// quant.NVFP4 (the FP16 mma kernels of cuda/gemm_nvfp4.cuh).
+	Precision quant.Precision
 }
 
 // BenchResult is one (shape, M) measurement: median times in microseconds
@@ -69,6 +72,12 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 	if opt.Warmup == 0 {
 		opt.Warmup = 3
 	}
+	if opt.Precision == 0 {
+		opt.Precision = quant.INT4
+	}
+	if opt.Precision != quant.INT4 && opt.Precision != quant.NVFP4 {
+		return nil, "", fmt.Errorf("kernels: bench precision %v", opt.Precision)
+	}
 	if opt.Rank%16 != 0 || opt.Rank < 0 || opt.Iters < 1 {
 		return nil, "", fmt.Errorf("kernels: bench rank %d must be a multiple of 16, iters ≥ 1", opt.Rank)
 	}
@@ -101,7 +110,7 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 			if sh.N%128 != 0 || sh.K%128 != 0 {
 				return fmt.Errorf("kernels: bench shape %d×%d: N and K must be multiples of 128", sh.N, sh.K)
 			}
-			l, bufs, err := d.randomLayer(sh.N, sh.K, opt.Rank, maxM)
+			l, bufs, err := d.randomLayer(opt.Precision, sh.N, sh.K, opt.Rank, maxM)
 			if err != nil {
 				return err
 			}
@@ -167,12 +176,17 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 	return results, note, err
 }
 
-// randomLayer allocates an INT4 BF16 layer of random packed tensors on the
-// device (random bytes are valid 4-bit codes), plus a random BF16 weight
-// [n, k] and its output buffer [maxM, n] for the cuBLAS baseline (returned
-// in bufs). Device goroutine.
-func (d *Device) randomLayer(n, k, r, maxM int) (*Layer, []uint64, error) {
-	l := &Layer{d: d, meta: Packed{Precision: quant.INT4, DType: quant.BF16, N: n, K: k, R: r, WTScale: 1}}
+// randomLayer allocates a BF16 layer of precision prec with random packed
+// tensors on the device (random bytes are valid 4-bit codes; NVFP4 scales
+// are random E4M3 bytes, a few of them NaN, which costs the kernels no
+// time), plus a random BF16 weight [n, k] and its output buffer [maxM, n]
+// for the cuBLAS baseline (returned in bufs). Device goroutine.
+func (d *Device) randomLayer(prec quant.Precision, n, k, r, maxM int) (*Layer, []uint64, error) {
+	l := &Layer{d: d, meta: Packed{Precision: prec, DType: quant.BF16, N: n, K: k, R: r, WTScale: 1}}
+	wscales := fill{&l.ws, k / 64 * n, 0.002, 0.02, false}
+	if prec == quant.NVFP4 {
+		wscales = fill{&l.ws, k / 16 * n, 0, 0, true}
+	}
 	var bufs []uint64
 	fail := func(err error) (*Layer, []uint64, error) {
 		l.freeLocked()
@@ -181,16 +195,10 @@ func (d *Device) randomLayer(n, k, r, maxM int) (*Layer, []uint64, error) {
 		}
 		return nil, nil, err
 	}
-	type fill struct {
-		dst    *uint64
-		elems  int // 16-bit elements, or bytes when random
-		lo, hi float32
-		random bool
-	}
 	var wbf, ybf uint64
 	for i, f := range []fill{
 		{&l.qw, n * k / 2, 0, 0, true},
-		{&l.ws, k / 64 * n, 0.002, 0.02, false},
+		wscales,
 		{&l.bias, n, -0.5, 0.5, false},
 		{&l.smooth, k, 0.5, 2, false},
 		{&l.down, k * r, -0.05, 0.05, false},
@@ -221,6 +229,14 @@ func (d *Device) randomLayer(n, k, r, maxM int) (*Layer, []uint64, error) {
 		}
 	}
 	return l, bufs, nil
+}
+
+// fill is one random device tensor of randomLayer.
+type fill struct {
+	dst    *uint64
+	elems  int // 16-bit elements, or bytes when random
+	lo, hi float32
+	random bool
 }
 
 // fillRandom fills bytes (a multiple of 4) with hashed words.

@@ -23,7 +23,7 @@ const (
 	// bias; a separate pass y += lr·upᵀ that reads and rewrites y.
 	Unfused
 	// Reference: the activation pass, then the scalar reference GEMM
-	// (cuda/gemm_ref.cuh). The only variant for NVFP4.
+	// (cuda/gemm_ref.cuh).
 	Reference
 )
 
@@ -252,9 +252,6 @@ func (l *Layer) dtName() string {
 // enqueue launches the kernels of variant v on w (device goroutine), no sync.
 func (l *Layer) enqueue(w *work, v Variant) error {
 	p := &l.meta
-	if p.Precision == quant.NVFP4 && v != Reference {
-		return fmt.Errorf("kernels: NVFP4 layers run only the Reference variant (no tensor-core NVFP4 path yet), not %v", v)
-	}
 	if v < Fused || v > Reference {
 		return fmt.Errorf("kernels: unknown variant %d", int(v))
 	}
@@ -317,12 +314,16 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 	if t, ok := tileOverride(); ok {
 		tile = t
 	}
-	gemm := func(name string) error {
+	gemm := func(name string, extra ...any) error {
 		grid := [3]uint32{uint32(w.mpad / tile.m), uint32(int(npad) / tile.n), 1}
-		return d.launch(name+"_"+tile.name, grid, blk, w.act, w.ascale, l.qw, l.ws, lract, l.up, l.bias, w.y,
-			int32(w.m), mpad, npad, kpad, r)
+		args := append([]any{w.act, w.ascale, l.qw, l.ws, lract, l.up, l.bias, w.y, int32(w.m), mpad, npad, kpad, r},
+			extra...)
+		return d.launch(name+"_"+tile.name, grid, blk, args...)
 	}
 	gemm4 := func(mode string) error { // the 4-bit GEMM (+ bias, + low-rank when fused)
+		if p.Precision == quant.NVFP4 { // the FP16 mma kernels (cuda/gemm_nvfp4.cuh)
+			return gemm("svdq_gemm_"+prec+"_"+dt+"_"+mode, p.WTScale)
+		}
 		if !wg {
 			return gemm("svdq_gemm_" + prec + "_" + dt + "_" + mode)
 		}
@@ -370,7 +371,7 @@ type Result struct {
 // Run runs the layer on the GPU with variant v: x is [m, K], rounded to the
 // model dtype before upload (the engine feeds 16-bit activations). Fused,
 // Unfused and Reference compute the function of quant.Layer.Forward;
-// NoLowRank leaves the branch out. NVFP4 layers accept only Reference.
+// NoLowRank leaves the branch out.
 // Errors name the failing CUDA call. It panics if x is shorter than m·K.
 func (l *Layer) Run(x []float32, m int, v Variant) (*Result, error) {
 	p := &l.meta
@@ -535,10 +536,10 @@ func kernelNames() []string {
 		for _, prec := range []string{"int4", "int4u", "nvfp4"} {
 			names = append(names, "svdq_act_"+prec+"_"+dt+"_qd", "svdq_act_"+prec+"_"+dt+"_qd32",
 				"svdq_act_"+prec+"_"+dt+"_q", "svdq_ref_"+prec+"_"+dt)
+			for _, t := range gemmTiles {
+				names = append(names, "svdq_gemm_"+prec+"_"+dt+"_fused_"+t.name, "svdq_gemm_"+prec+"_"+dt+"_nolora_"+t.name)
+			}
 			if prec != "nvfp4" {
-				for _, t := range gemmTiles {
-					names = append(names, "svdq_gemm_"+prec+"_"+dt+"_fused_"+t.name, "svdq_gemm_"+prec+"_"+dt+"_nolora_"+t.name)
-				}
 				for _, t := range wgTiles {
 					names = append(names, "svdq_wg_"+prec+"_"+dt+"_fused_"+t.name, "svdq_wg_"+prec+"_"+dt+"_nolora_"+t.name)
 				}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/svdq/svdq/kernels"
+	"github.com/svdq/svdq/quant"
 	"github.com/svdq/svdq/quant/model"
 	"github.com/urfave/cli/v2"
 )
@@ -15,8 +16,8 @@ func init() {
 		Name:      "gpu-check",
 		Usage:     "run every quantized layer on the GPU from the file's packed bytes and compare with the emulation",
 		ArgsUsage: " ",
-		Description: "Uploads each W4A4 layer's tensors exactly as stored and runs the CUDA kernels (INT4: the fused\n" +
-			"tensor-core kernel; NVFP4: the reference kernel) on the layer's calibration rows. Reports\n" +
+		Description: "Uploads each W4A4 layer's tensors exactly as stored and runs the fused CUDA kernels (INT4\n" +
+			"and NVFP4, on the tensor cores) on the layer's calibration rows. Reports\n" +
 			"the max and relative difference against the CPU emulation of the same file (tolerance:\n" +
 			"2 ulps of the model dtype, after checking the low-rank sums within their FP32 bound), and the error of\n" +
 			"the GPU output against the 16-bit reference layer. Exit status 1 when a layer mismatches,\n" +
@@ -51,13 +52,15 @@ func init() {
 			"the same without the low-rank branch, the unfused variant (separate low-rank passes) and\n" +
 			"cuBLAS BF16; TOPS (2·M·N·K) and the ratios. Random data; rank 32.\n\n" +
 			"On Hopper (sm_90) the INT4 GEMM is the wgmma kernel (FP8 for BF16 models, INT8 for FP16);\n" +
-			"SVDQ_GEMM=mma times the mma.sync kernels instead, to compare.",
+			"SVDQ_GEMM=mma times the mma.sync kernels instead, to compare. --precision nvfp4 times NVFP4\n" +
+			"layers (FP16 mma kernels on every card) instead of INT4.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of the table"},
 			&cli.IntFlag{Name: "iters", Value: 30, Usage: "timed runs per variant (the median is reported)"},
 			&cli.IntFlag{Name: "rank", Value: 32, Usage: "low-rank size (a multiple of 16)"},
 			&cli.StringSliceFlag{Name: "shape", Usage: "time only `NxK` (repeatable; multiples of 128)"},
 			&cli.IntSliceFlag{Name: "tokens", Usage: "token counts `M` (repeatable; default 256, 1024, 4096)"},
+			&cli.StringFlag{Name: "precision", Value: "int4", Usage: "layer precision to time: `int4` or nvfp4"},
 			&cli.IntFlag{Name: "gpu", Usage: "GPU ordinal"},
 		},
 		Action: benchGPUAction,
@@ -72,6 +75,7 @@ type benchReport struct {
 	PTX     string                `json:"ptx"`
 	NVCC    string                `json:"nvcc"`
 	BF16    string                `json:"bf16_baseline"`
+	Prec    string                `json:"precision"`
 	Results []kernels.BenchResult `json:"results"`
 	Targets []benchTarget         `json:"targets"`
 }
@@ -88,6 +92,14 @@ func benchGPUAction(c *cli.Context) error {
 		return err
 	}
 	opt := kernels.BenchOptions{Iters: c.Int("iters"), Rank: c.Int("rank"), Tokens: c.IntSlice("tokens")}
+	switch c.String("precision") {
+	case "int4":
+		opt.Precision = quant.INT4
+	case "nvfp4":
+		opt.Precision = quant.NVFP4
+	default:
+		return fmt.Errorf("--precision %q: want int4 or nvfp4", c.String("precision"))
+	}
 	for _, s := range c.StringSlice("shape") {
 		var sh kernels.Shape
 		if _, err := fmt.Sscanf(strings.ReplaceAll(s, "×", "x"), "%dx%d", &sh.N, &sh.K); err != nil ||
@@ -103,7 +115,7 @@ func benchGPUAction(c *cli.Context) error {
 	defer d.Close()
 	asJSON, out := c.Bool("json"), c.App.Writer
 	if !asJSON {
-		fmt.Fprintf(out, "device: %v\nPTX %s (%s)\n", d, d.PTX.File, d.PTX.NVCC)
+		fmt.Fprintf(out, "device: %v\nPTX %s (%s)\nprecision: %s\n", d, d.PTX.File, d.PTX.NVCC, c.String("precision"))
 		fmt.Fprintf(out, "%-12s %5s  %9s %9s %9s %9s  %7s %7s %7s  %8s %8s %8s\n", "N×K", "M", "fused µs", "w4a4 µs",
 			"unfused", "bf16 µs", "TOPS", "w4a4", "bf16", "lowrank", "unfused", "vs bf16")
 	}
@@ -117,7 +129,7 @@ func benchGPUAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	rep := benchReport{Device: d.String(), PTX: d.PTX.File, NVCC: d.PTX.NVCC, BF16: note, Results: res,
+	rep := benchReport{Device: d.String(), PTX: d.PTX.File, NVCC: d.PTX.NVCC, BF16: note, Prec: c.String("precision"), Results: res,
 		Targets: benchTargets(res)}
 	if asJSON {
 		return printJSON(out, rep)

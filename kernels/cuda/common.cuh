@@ -244,6 +244,13 @@ template <bool BF> SVDQ_DEV void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   }
 }
+// FP16 mma with FP32 accumulators started at zero: d = a.b.
+SVDQ_DEV void mma_f16_zero(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                           uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.f));
+}
 // nib_lo / nib_hi spread the even / odd nibbles of a word into the top half
 // of each byte: as int8 (or uint8) each byte is 16 x the 4-bit value.
 SVDQ_DEV uint32_t nib_lo(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }

@@ -117,6 +117,97 @@ SVDQ_DEV void gemm_group(const GemmFrag<MT, PT> &f, uint32_t (&acc16)[MT][PT][2]
   }
 }
 
+// gemm_epilogue finishes the block's outputs from the 16-bit accumulators
+// acc16[i][j][a][h] (the pair of columns 2c, 2c+1 of row g + 8h): the bias
+// (not in the upadd pass), the low-rank up projection (fused and upadd),
+// the FP16 clamp, the stores. Shared by the INT4 and NVFP4 mma kernels.
+template <bool BF, int MODE, int MT, int PT>
+SVDQ_DEV void gemm_epilogue(uint32_t (&acc16)[MT][PT][2][2], const float *__restrict__ lract,
+                            const uint4 *__restrict__ up, const uint16_t *__restrict__ bias, uint16_t *__restrict__ y,
+                            int M, int N, int R, int mtile0, int nt, int p0, int lane) {
+  const int g = lane >> 2, c = lane & 3;
+  // Bias (16-bit add), before the low-rank branch (the upadd pass read y, which has it).
+  if (MODE != GEMM_MODE_UPADD) {
+#pragma unroll
+    for (int j = 0; j < PT; j++) {
+      const uint2 bb = *reinterpret_cast<const uint2 *>(bias + nt * 128 + ((p0 + j) * 4 + c) * 4);
+#pragma unroll
+      for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          acc16[i][j][0][h] = hadd2<BF>(acc16[i][j][0][h], bb.x);
+          acc16[i][j][1][h] = hadd2<BF>(acc16[i][j][1][h], bb.y);
+        }
+    }
+  }
+
+  // Low-rank epilogue, one (m16 tile, p-tile) at a time so that only 8
+  // FP32 accumulators are live: y = round16(float(acc16) + round16(lract)·up).
+  const int RT = R >> 4;
+  if ((MODE == GEMM_MODE_FUSED || MODE == GEMM_MODE_UPADD) && RT > 0) {
+#pragma unroll
+    for (int i = 0; i < MT; i++) {
+      const float *l0 = lract + (size_t)((mtile0 + i) * 16 + g) * R + 2 * c;
+      const float *l1 = l0 + 8 * (size_t)R;
+#pragma unroll
+      for (int j = 0; j < PT; j++) {
+        float acc[2][4];
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const float2 v = unpack2<BF>(acc16[i][j][a][h]);
+            acc[a][2 * h] = v.x;
+            acc[a][2 * h + 1] = v.y;
+          }
+        const uint4 *upj = up + (size_t)(nt * 8 + p0 + j) * RT * 32 + lane;
+        for (int rt = 0; rt < RT; rt++) {
+          const float2 f00 = *reinterpret_cast<const float2 *>(l0 + rt * 16);
+          const float2 f10 = *reinterpret_cast<const float2 *>(l1 + rt * 16);
+          const float2 f01 = *reinterpret_cast<const float2 *>(l0 + rt * 16 + 8);
+          const float2 f11 = *reinterpret_cast<const float2 *>(l1 + rt * 16 + 8);
+          const uint32_t la0 = pack2<BF>(f00.x, f00.y), la1 = pack2<BF>(f10.x, f10.y);
+          const uint32_t la2 = pack2<BF>(f01.x, f01.y), la3 = pack2<BF>(f11.x, f11.y);
+          const uint4 u = upj[rt * 32];
+          mma_f16<BF>(acc[0], la0, la1, la2, la3, u.x, u.y);
+          mma_f16<BF>(acc[1], la0, la1, la2, la3, u.z, u.w);
+        }
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+          for (int h = 0; h < 2; h++)
+            acc16[i][j][a][h] = pack2<BF>(out16<BF>(acc[a][2 * h]), out16<BF>(acc[a][2 * h + 1]));
+      }
+    }
+  } else if (!BF) { // FP16 outputs are clamped to +-65504 on every path
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+      for (int j = 0; j < PT; j++)
+#pragma unroll
+        for (int a = 0; a < 2; a++)
+#pragma unroll
+          for (int h = 0; h < 2; h++) {
+            const float2 v = unpack2<BF>(acc16[i][j][a][h]);
+            acc16[i][j][a][h] = pack2<BF>(out16<BF>(v.x), out16<BF>(v.y));
+          }
+  }
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int row = (mtile0 + i) * 16 + g + 8 * h;
+      if (row < M) {
+#pragma unroll
+        for (int j = 0; j < PT; j++)
+#pragma unroll
+          for (int a = 0; a < 2; a++)
+            *reinterpret_cast<uint32_t *>(y + (size_t)row * N + nt * 128 + (p0 + j) * 16 + a * 8 + 2 * c) =
+                acc16[i][j][a][h];
+      }
+    }
+}
+
 template <bool UNS, bool BF, int MODE, int MT, int PT, int NB>
 SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__restrict__ ascale,
                              const uint4 *__restrict__ qw, const uint16_t *__restrict__ wscales,
@@ -178,84 +269,6 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
         }
       }
     }
-    // Bias (16-bit add), before the low-rank branch.
-#pragma unroll
-    for (int j = 0; j < PT; j++) {
-      const uint2 bb = *reinterpret_cast<const uint2 *>(bias + nt * 128 + ((p0 + j) * 4 + c) * 4);
-#pragma unroll
-      for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          acc16[i][j][0][h] = hadd2<BF>(acc16[i][j][0][h], bb.x);
-          acc16[i][j][1][h] = hadd2<BF>(acc16[i][j][1][h], bb.y);
-        }
-    }
   }
-
-  // Low-rank epilogue, one (m16 tile, p-tile) at a time so that only 8
-  // FP32 accumulators are live: y = round16(float(acc16) + round16(lract)·up).
-  const int RT = R >> 4;
-  if ((MODE == GEMM_MODE_FUSED || MODE == GEMM_MODE_UPADD) && RT > 0) {
-#pragma unroll
-    for (int i = 0; i < MT; i++) {
-      const float *l0 = lract + (size_t)((mtile0 + i) * 16 + g) * R + 2 * c;
-      const float *l1 = l0 + 8 * (size_t)R;
-#pragma unroll
-      for (int j = 0; j < PT; j++) {
-        float acc[2][4];
-#pragma unroll
-        for (int a = 0; a < 2; a++)
-#pragma unroll
-          for (int h = 0; h < 2; h++) {
-            const float2 v = unpack2<BF>(acc16[i][j][a][h]);
-            acc[a][2 * h] = v.x;
-            acc[a][2 * h + 1] = v.y;
-          }
-        const uint4 *upj = up + (size_t)(nt * 8 + p0 + j) * RT * 32 + lane;
-        for (int rt = 0; rt < RT; rt++) {
-          const float2 f00 = *reinterpret_cast<const float2 *>(l0 + rt * 16);
-          const float2 f10 = *reinterpret_cast<const float2 *>(l1 + rt * 16);
-          const float2 f01 = *reinterpret_cast<const float2 *>(l0 + rt * 16 + 8);
-          const float2 f11 = *reinterpret_cast<const float2 *>(l1 + rt * 16 + 8);
-          const uint32_t la0 = pack2<BF>(f00.x, f00.y), la1 = pack2<BF>(f10.x, f10.y);
-          const uint32_t la2 = pack2<BF>(f01.x, f01.y), la3 = pack2<BF>(f11.x, f11.y);
-          const uint4 u = upj[rt * 32];
-          mma_f16<BF>(acc[0], la0, la1, la2, la3, u.x, u.y);
-          mma_f16<BF>(acc[1], la0, la1, la2, la3, u.z, u.w);
-        }
-#pragma unroll
-        for (int a = 0; a < 2; a++)
-#pragma unroll
-          for (int h = 0; h < 2; h++)
-            acc16[i][j][a][h] = pack2<BF>(out16<BF>(acc[a][2 * h]), out16<BF>(acc[a][2 * h + 1]));
-      }
-    }
-  }
-  else if (!BF) { // FP16 outputs are clamped to +-65504 on every path
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-      for (int j = 0; j < PT; j++)
-#pragma unroll
-        for (int a = 0; a < 2; a++)
-#pragma unroll
-          for (int h = 0; h < 2; h++) {
-            const float2 v = unpack2<BF>(acc16[i][j][a][h]);
-            acc16[i][j][a][h] = pack2<BF>(out16<BF>(v.x), out16<BF>(v.y));
-          }
-  }
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int row = (mtile0 + i) * 16 + g + 8 * h;
-      if (row < M) {
-#pragma unroll
-        for (int j = 0; j < PT; j++)
-#pragma unroll
-          for (int a = 0; a < 2; a++)
-            *reinterpret_cast<uint32_t *>(y + (size_t)row * N + nt * 128 + (p0 + j) * 16 + a * 8 + 2 * c) =
-                acc16[i][j][a][h];
-      }
-    }
+  gemm_epilogue<BF, MODE, MT, PT>(acc16, lract, up, bias, y, M, N, R, mtile0, nt, p0, lane);
 }

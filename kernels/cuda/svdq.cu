@@ -5,6 +5,7 @@
 #include "act_quant.cuh"
 #include "gemm_w4a4.cuh"
 #include "gemm_w4a4_sm90.cuh"
+#include "gemm_nvfp4.cuh"
 #include "gemm_ref.cuh"
 
 // svdq_act_<prec><u?>_<dtype>_<mode>(x, smooth, down, act, ascale, lract, Mpad, K, R, rt0, ktpb)
@@ -48,11 +49,14 @@ ACT_DTYPE(f16, false)
            int K, int R) {                                                                                     \
     gemm_w4a4_body<UNS, BF, MODE, MT, PT, NB>(act, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R); \
   }
-#define GEMM_TILES(PFX, UNS, BF, MODE)                                                                         \
-  GEMM_KERNEL(PFX##_t64x128, UNS, BF, MODE, 2, 4, 2)                                                           \
-  GEMM_KERNEL(PFX##_t32x128, UNS, BF, MODE, 1, 4, 3)                                                           \
-  GEMM_KERNEL(PFX##_t32x64, UNS, BF, MODE, 1, 2, 4)
-// DTYPE_MODES instantiates a tile family (TILES: GEMM_TILES or WG_TILES) for
+// MMA_TILES instantiates KERNEL for the three mma.sync tiles (MT, PT, NB of
+// gemm_w4a4.cuh); GEMM_TILES and FP4_TILES (below) are its INT4 and NVFP4 forms.
+#define MMA_TILES(KERNEL, PFX, UNS, BF, MODE)                                                                  \
+  KERNEL(PFX##_t64x128, UNS, BF, MODE, 2, 4, 2)                                                                \
+  KERNEL(PFX##_t32x128, UNS, BF, MODE, 1, 4, 3)                                                                \
+  KERNEL(PFX##_t32x64, UNS, BF, MODE, 1, 2, 4)
+#define GEMM_TILES(PFX, UNS, BF, MODE) MMA_TILES(GEMM_KERNEL, PFX, UNS, BF, MODE)
+// DTYPE_MODES instantiates a tile family (TILES: GEMM_TILES, FP4_TILES or WG_TILES) for
 // both dtypes, fused and nolora.
 #define DTYPE_MODES(TILES, PFX, UNS)                                                                           \
   TILES(PFX##_bf16_fused, UNS, true, GEMM_MODE_FUSED)                                                         \
@@ -65,6 +69,19 @@ GEMM_SIGN(svdq_gemm_int4u, true)
 // The second pass of the unfused variant does not depend on the signedness.
 GEMM_TILES(svdq_gemm_bf16_upadd, false, true, GEMM_MODE_UPADD)
 GEMM_TILES(svdq_gemm_f16_upadd, false, false, GEMM_MODE_UPADD)
+
+// svdq_gemm_nvfp4_<dtype>_<mode>_<tile>(act, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R, wtscale)
+//   NVFP4 on the FP16 tensor cores (gemm_nvfp4.cuh); tiles, grid and block as svdq_gemm_int4.
+#define FP4_KERNEL(NAME, UNS, BF, MODE, MT, PT, NB)                                                              \
+  extern "C" __global__ void __launch_bounds__(128)                                                           \
+      NAME(const uint4 *act, const float *ascale, const uint4 *qw, const uint8_t *wscales, const float *lract,  \
+           const uint4 *up, const uint16_t *bias, uint16_t *y, int M, int Mpad, int N, int K, int R,            \
+           float wtscale) {                                                                                    \
+    gemm_nvfp4_body<BF, MODE, MT, PT, NB>(act, ascale, qw, wscales, lract, up, bias, y, M, Mpad, N, K, R,     \
+                                          wtscale);                                                            \
+  }
+#define FP4_TILES(PFX, UNS, BF, MODE) MMA_TILES(FP4_KERNEL, PFX, UNS, BF, MODE)
+DTYPE_MODES(FP4_TILES, svdq_gemm_nvfp4, false)
 
 // svdq_wg_int4<u?>_<dtype>_<mode>_<tile>(act8, ascale, qweight, wscales, lract, up, bias, y, M, Mpad, N, K, R, lzero)
 //   Hopper only (sm_90a; elsewhere the body traps): block WG_THREADS (160), tile n128

@@ -240,9 +240,6 @@ func (in *checkInputs) gpuLayer(d *kernels.Device, i, maxRows int, fl *flip) (GP
 	}
 	row.Rows = m
 	v := kernels.Fused
-	if ql.Precision == quant.NVFP4 {
-		v = kernels.Reference
-	}
 	row.Kernel = v.String()
 	gl, err := d.Upload(p)
 	if err != nil {
