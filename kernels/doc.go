@@ -41,9 +41,16 @@
 //     the top half of a byte). SVDQ_GEMM=mma runs the sm_80 design there
 //     instead (each nibble moved into the top half of a byte, two INT8
 //     mma.m16n8k32 per group), to compare;
+//   - NVFP4 layers (no card here has FP4 tensor cores) run
+//     cuda/gemm_nvfp4.cuh on every card: each 16-group is one FP16
+//     mma.m16n8k16, the E2M1 codes spread into FP16 bits in registers (the
+//     weights times their E4M3 scale, exact), the group's exact sum added
+//     into an FP32 accumulator with one FFMA by the activation scale: the
+//     emulation's order and roundings, so the result is bit for bit the
+//     reference kernel's;
 //   - the unfused variant runs the down and up projections as separate
 //     passes; the reference GEMM (cuda/gemm_ref.cuh) is one thread per
-//     output with scalar loops, and the only path for NVFP4 layers.
+//     output with scalar loops.
 //
 // # Layouts
 //

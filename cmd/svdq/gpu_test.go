@@ -43,6 +43,15 @@ func TestBenchTargets(t *testing.T) {
 	}
 }
 
+// TestBenchGPUBadPrecision: an unknown --precision is refused before any
+// GPU is looked for (exit 2, the flag named).
+func TestBenchGPUBadPrecision(t *testing.T) {
+	status, _, stderr := runCLI("bench-gpu", "--precision", "fp8")
+	if status != exitBadInput || !strings.Contains(stderr, `--precision "fp8"`) {
+		t.Fatalf("bench-gpu --precision fp8: status %d, stderr %q", status, stderr)
+	}
+}
+
 // TestGPUCommandsWithoutGPU checks the message and status where no GPU is.
 func TestGPUCommandsWithoutGPU(t *testing.T) {
 	if d, err := kernels.Open(0); err == nil {
