@@ -29,6 +29,10 @@ type BenchOptions struct {
 	// Precision of the timed layers: quant.INT4 (the default) or
 	// quant.NVFP4 (the FP16 mma kernels of cuda/gemm_nvfp4.cuh).
 	Precision quant.Precision
+	// DType is the layers' 16-bit type (default BF16; on Hopper FP16 INT4
+	// layers run the INT8 wgmma, BF16 ones the FP8). The cuBLAS baseline
+	// stays BF16.
+	DType quant.Float16
 }
 
 // BenchResult is one (shape, M) measurement: median times in microseconds
@@ -78,6 +82,9 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 	if opt.Precision != quant.INT4 && opt.Precision != quant.NVFP4 {
 		return nil, "", fmt.Errorf("kernels: bench precision %v", opt.Precision)
 	}
+	if opt.DType != quant.BF16 && opt.DType != quant.F16 {
+		return nil, "", fmt.Errorf("kernels: bench dtype %v", opt.DType)
+	}
 	if opt.Rank%16 != 0 || opt.Rank < 0 || opt.Iters < 1 {
 		return nil, "", fmt.Errorf("kernels: bench rank %d must be a multiple of 16, iters ≥ 1", opt.Rank)
 	}
@@ -110,7 +117,7 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 			if sh.N%128 != 0 || sh.K%128 != 0 {
 				return fmt.Errorf("kernels: bench shape %d×%d: N and K must be multiples of 128", sh.N, sh.K)
 			}
-			l, bufs, err := d.randomLayer(opt.Precision, sh.N, sh.K, opt.Rank, maxM)
+			l, bufs, err := d.randomLayer(opt.Precision, opt.DType, sh.N, sh.K, opt.Rank, maxM)
 			if err != nil {
 				return err
 			}
@@ -128,7 +135,7 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 					return err
 				}
 				defer wmax.free(d)
-				if err := d.fillH(wmax.x, wmax.mpad*sh.K, -2, 2, 7); err != nil {
+				if err := d.fillH(wmax.x, wmax.mpad*sh.K, -2, 2, 7, opt.DType); err != nil {
 					return err
 				}
 				wbf, ybf := bufs[0], bufs[1]
@@ -176,13 +183,13 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 	return results, note, err
 }
 
-// randomLayer allocates a BF16 layer of precision prec with random packed
-// tensors on the device (random bytes are valid 4-bit codes; NVFP4 scales
-// are random E4M3 bytes, a few of them NaN, which costs the kernels no
-// time), plus a random BF16 weight [n, k] and its output buffer [maxM, n]
-// for the cuBLAS baseline (returned in bufs). Device goroutine.
-func (d *Device) randomLayer(prec quant.Precision, n, k, r, maxM int) (*Layer, []uint64, error) {
-	l := &Layer{d: d, meta: Packed{Precision: prec, DType: quant.BF16, N: n, K: k, R: r, WTScale: 1}}
+// randomLayer allocates a layer of precision prec and 16-bit type dt with
+// random packed tensors on the device (random bytes are valid 4-bit codes;
+// NVFP4 scales are random E4M3 bytes, a few of them NaN, which costs the
+// kernels no time), plus a random BF16 weight [n, k] and its output buffer
+// [maxM, n] for the cuBLAS baseline (returned in bufs). Device goroutine.
+func (d *Device) randomLayer(prec quant.Precision, dt quant.Float16, n, k, r, maxM int) (*Layer, []uint64, error) {
+	l := &Layer{d: d, meta: Packed{Precision: prec, DType: dt, N: n, K: k, R: r, WTScale: 1}}
 	wscales := fill{&l.ws, k / 64 * n, 0.002, 0.02, false}
 	if prec == quant.NVFP4 {
 		wscales = fill{&l.ws, k / 16 * n, 0, 0, true}
@@ -222,7 +229,11 @@ func (d *Device) randomLayer(prec quant.Precision, n, k, r, maxM int) (*Layer, [
 		case f.random:
 			err = d.fillRandom(p, size, uint32(11+i))
 		case f.lo != f.hi:
-			err = d.fillH(p, f.elems, f.lo, f.hi, uint32(11+i))
+			dtf := dt
+			if i >= 6 { // the cuBLAS baseline's weight
+				dtf = quant.BF16
+			}
+			err = d.fillH(p, f.elems, f.lo, f.hi, uint32(11+i), dtf)
 		}
 		if err != nil {
 			return fail(err)
@@ -245,10 +256,14 @@ func (d *Device) fillRandom(p uint64, bytes int, seed uint32) error {
 	return d.launch("svdq_fill_random", [3]uint32{uint32((n + 255) / 256), 1, 1}, [3]uint32{256, 1, 1}, p, n, seed)
 }
 
-// fillH fills n BF16 values uniform in [lo, hi).
-func (d *Device) fillH(p uint64, n int, lo, hi float32, seed uint32) error {
+// fillH fills n 16-bit values of type dt uniform in [lo, hi).
+func (d *Device) fillH(p uint64, n int, lo, hi float32, seed uint32, dt quant.Float16) error {
+	bf := int32(1)
+	if dt == quant.F16 {
+		bf = 0
+	}
 	return d.launch("svdq_fill_h", [3]uint32{uint32((n + 255) / 256), 1, 1}, [3]uint32{256, 1, 1},
-		p, uint64(n), lo, hi, seed, int32(1))
+		p, uint64(n), lo, hi, seed, bf)
 }
 
 // timer measures device time with CUDA events.

@@ -53,7 +53,8 @@ func init() {
 			"cuBLAS BF16; TOPS (2·M·N·K) and the ratios. Random data; rank 32.\n\n" +
 			"On Hopper (sm_90) the INT4 GEMM is the wgmma kernel (FP8 for BF16 models, INT8 for FP16);\n" +
 			"SVDQ_GEMM=mma times the mma.sync kernels instead, to compare. --precision nvfp4 times NVFP4\n" +
-			"layers (FP16 mma kernels on every card) instead of INT4.",
+			"layers (FP16 mma kernels on every card) instead of INT4; --dtype f16 FP16 layers (on Hopper the\n" +
+			"INT8 wgmma) instead of BF16.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of the table"},
 			&cli.IntFlag{Name: "iters", Value: 30, Usage: "timed runs per variant (the median is reported)"},
@@ -61,6 +62,7 @@ func init() {
 			&cli.StringSliceFlag{Name: "shape", Usage: "time only `NxK` (repeatable; multiples of 128)"},
 			&cli.IntSliceFlag{Name: "tokens", Usage: "token counts `M` (repeatable; default 256, 1024, 4096)"},
 			&cli.StringFlag{Name: "precision", Value: "int4", Usage: "layer precision to time: `int4` or nvfp4"},
+			&cli.StringFlag{Name: "dtype", Value: "bf16", Usage: "the layers' 16-bit type: `bf16` or f16 (the BF16 baseline stays BF16)"},
 			&cli.IntFlag{Name: "gpu", Usage: "GPU ordinal"},
 		},
 		Action: benchGPUAction,
@@ -76,6 +78,7 @@ type benchReport struct {
 	NVCC    string                `json:"nvcc"`
 	BF16    string                `json:"bf16_baseline"`
 	Prec    string                `json:"precision"`
+	DType   string                `json:"dtype"`
 	Results []kernels.BenchResult `json:"results"`
 	Targets []benchTarget         `json:"targets"`
 }
@@ -100,6 +103,14 @@ func benchGPUAction(c *cli.Context) error {
 	default:
 		return fmt.Errorf("--precision %q: want int4 or nvfp4", c.String("precision"))
 	}
+	switch c.String("dtype") {
+	case "bf16":
+		opt.DType = quant.BF16
+	case "f16":
+		opt.DType = quant.F16
+	default:
+		return fmt.Errorf("--dtype %q: want bf16 or f16", c.String("dtype"))
+	}
 	for _, s := range c.StringSlice("shape") {
 		var sh kernels.Shape
 		if _, err := fmt.Sscanf(strings.ReplaceAll(s, "×", "x"), "%dx%d", &sh.N, &sh.K); err != nil ||
@@ -115,7 +126,8 @@ func benchGPUAction(c *cli.Context) error {
 	defer d.Close()
 	asJSON, out := c.Bool("json"), c.App.Writer
 	if !asJSON {
-		fmt.Fprintf(out, "device: %v\nPTX %s (%s)\nprecision: %s\n", d, d.PTX.File, d.PTX.NVCC, c.String("precision"))
+		fmt.Fprintf(out, "device: %v\nPTX %s (%s)\nprecision: %s, dtype %s\n", d, d.PTX.File, d.PTX.NVCC, c.String("precision"),
+			c.String("dtype"))
 		fmt.Fprintf(out, "%-12s %5s  %9s %9s %9s %9s  %7s %7s %7s  %8s %8s %8s\n", "N×K", "M", "fused µs", "w4a4 µs",
 			"unfused", "bf16 µs", "TOPS", "w4a4", "bf16", "lowrank", "unfused", "vs bf16")
 	}
@@ -129,7 +141,7 @@ func benchGPUAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	rep := benchReport{Device: d.String(), PTX: d.PTX.File, NVCC: d.PTX.NVCC, BF16: note, Prec: c.String("precision"), Results: res,
+	rep := benchReport{Device: d.String(), PTX: d.PTX.File, NVCC: d.PTX.NVCC, BF16: note, Prec: c.String("precision"), DType: c.String("dtype"), Results: res,
 		Targets: benchTargets(res)}
 	if asJSON {
 		return printJSON(out, rep)

@@ -43,12 +43,16 @@ func TestBenchTargets(t *testing.T) {
 	}
 }
 
-// TestBenchGPUBadPrecision: an unknown --precision is refused before any
-// GPU is looked for (exit 2, the flag named).
+// TestBenchGPUBadPrecision: an unknown --precision or --dtype is refused
+// before any GPU is looked for (exit 2, the flag named).
 func TestBenchGPUBadPrecision(t *testing.T) {
 	status, _, stderr := runCLI("bench-gpu", "--precision", "fp8")
 	if status != exitBadInput || !strings.Contains(stderr, `--precision "fp8"`) {
 		t.Fatalf("bench-gpu --precision fp8: status %d, stderr %q", status, stderr)
+	}
+	status, _, stderr = runCLI("bench-gpu", "--dtype", "fp32")
+	if status != exitBadInput || !strings.Contains(stderr, `--dtype "fp32"`) {
+		t.Fatalf("bench-gpu --dtype fp32: status %d, stderr %q", status, stderr)
 	}
 }
 

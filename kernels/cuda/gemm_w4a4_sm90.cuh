@@ -180,22 +180,28 @@ SVDQ_DEV uint32_t e8lo(uint32_t w) {
   return (x ^ (s1 * 0x8Fu)) + s1;
 }
 SVDQ_DEV uint32_t e8hi(uint32_t w) { return e8lo(w >> 4); }
-// wg_issue waits for a stage (full: its barrier) and starts its group's
-// wgmma into d; desc describes the stage's activation codes. BF16 (E4M3):
-// the weights as n / 512 (e8lo/e8hi), d = P / 512;
-// FP16 (INT8): the weights as 16x codes (nib_hi/nib_lo of common.cuh), d = 16 P. The first
-// wgmma uses scale-d 0 (d restarts at the group's product).
-template <bool UNS, bool BF, int TN>
-SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t parity, int warp, int lane,
-                       typename WgAcc<BF>::T (&d)[TN / 2]) {
+// wg_prep waits for a stage (full: its barrier) and unpacks its group's
+// weight fragments from w into a0 / a1 (the two k32 halves): BF16 (E4M3)
+// the weights as n / 512 (e8lo/e8hi); FP16 (INT8) as 16x codes
+// (nib_hi/nib_lo of common.cuh).
+template <bool BF>
+SVDQ_DEV void wg_prep(const uint4 *w, uint32_t full, uint32_t parity, int warp, int lane, uint32_t (&a0)[4],
+                      uint32_t (&a1)[4]) {
   mbar_wait(full, parity);
   const uint4 wf = w[warp * 32 + lane];
-  // The A fragments are written before the fence (the PTX rule: a fence
-  // between a register's write and the wgmma that reads it).
   const auto lo = [](uint32_t v) { if constexpr (BF) return e8lo(v); else return nib_lo(v); };
   const auto hi = [](uint32_t v) { if constexpr (BF) return e8hi(v); else return nib_hi(v); };
-  uint32_t a0[4] = {lo(wf.x), lo(wf.z), hi(wf.x), hi(wf.z)};
-  uint32_t a1[4] = {lo(wf.y), lo(wf.w), hi(wf.y), hi(wf.w)};
+  a0[0] = lo(wf.x), a0[1] = lo(wf.z), a0[2] = hi(wf.x), a0[3] = hi(wf.z);
+  a1[0] = lo(wf.y), a1[1] = lo(wf.w), a1[2] = hi(wf.y), a1[3] = hi(wf.w);
+}
+// wg_mma starts a group's two wgmma into d (BF16: d = P / 512; FP16:
+// d = 16 P); desc describes the stage's activation codes. The first uses
+// scale-d 0 (d restarts at the group's product). The A fragments are
+// written before the fence (the PTX rule: a fence between a register's
+// write and the wgmma that reads it) and must stay unchanged until the
+// wgmma completed (wg_wait).
+template <bool UNS, bool BF, int TN>
+SVDQ_DEV void wg_mma(uint64_t desc, uint32_t (&a0)[4], uint32_t (&a1)[4], typename WgAcc<BF>::T (&d)[TN / 2]) {
   fence_regs(a0);
   fence_regs(a1);
   fence_regs(d);
@@ -208,6 +214,14 @@ SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t pa
     wgmma_s8<UNS, TN, 1>(d, a1, desc + (256 >> 4));
   }
   wg_commit();
+}
+// wg_issue: wg_prep, then wg_mma.
+template <bool UNS, bool BF, int TN>
+SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t parity, int warp, int lane,
+                       typename WgAcc<BF>::T (&d)[TN / 2]) {
+  uint32_t a0[4], a1[4];
+  wg_prep<BF>(w, full, parity, warp, lane, a0, a1);
+  wg_mma<UNS, BF, TN>(desc, a0, a1, d);
 }
 // wg_release hands a stage back to the producer (its "empty" barrier, one
 // arrival per warp) once the warp has read what it needs of it. The reads
@@ -611,16 +625,27 @@ SVDQ_DEV void gemm_wg2_body(const int8_t *__restrict__ act8, const uint16_t *__r
   for (int j = 0; j < NJ; j++) acc16[j][0] = acc16[j][1] = 0u;
   const uint64_t desc0 = wg_desc(wg2_smem, 128, 512);
   typename WgAcc<BF>::T d[ND];
-  for (int kt = 0; kt < KT; kt++) {
-    const int s = kt & (S - 1);
-    const uint8_t *st = wg2_smem + s * SB;
-    wg_issue<UNS, BF, TN>(desc0 + s * (SB >> 4), reinterpret_cast<const uint4 *>(st + OFF_W + 2048 * wgi),
-                          full0 + 8 * s, (unsigned(kt) / S) & 1, warp & 3, lane, d);
-    wg_wait<0>();
-    fence_regs(d);
-    wg_finish<BF, TN, (TN > 128)>(reinterpret_cast<const uint16_t *>(st + OFF_AS),
-                                  reinterpret_cast<const uint16_t *>(st + OFF_WS), empty0 + 8 * s, wpos, wsel, lane, d,
-                                  acc16);
+  // The next group's weight fragments are unpacked while this group's
+  // wgmma run (two fragment sets, the loop unrolled by two: KT is even):
+  // otherwise each warp only waits there.
+  const auto wts = [&](int k) { return reinterpret_cast<const uint4 *>(wg2_smem + (k & (S - 1)) * SB + OFF_W + 2048 * wgi); };
+  uint32_t fa[2][2][4];
+  wg_prep<BF>(wts(0), full0, 0, warp & 3, lane, fa[0][0], fa[0][1]);
+  for (int kt = 0; kt < KT; kt += 2) {
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+      const int k = kt + u, s = k & (S - 1);
+      const uint8_t *st = wg2_smem + s * SB;
+      wg_mma<UNS, BF, TN>(desc0 + s * (SB >> 4), fa[u][0], fa[u][1], d);
+      if (k + 1 < KT)
+        wg_prep<BF>(wts(k + 1), full0 + 8 * ((k + 1) & (S - 1)), (unsigned(k + 1) / S) & 1, warp & 3, lane,
+                    fa[u ^ 1][0], fa[u ^ 1][1]);
+      wg_wait<0>();
+      fence_regs(d);
+      wg_finish<BF, TN, (TN > 128)>(reinterpret_cast<const uint16_t *>(st + OFF_AS),
+                                    reinterpret_cast<const uint16_t *>(st + OFF_WS), empty0 + 8 * s, wpos, wsel, lane,
+                                    d, acc16);
+    }
   }
   mbar_wait(smem_u32(&finbar), 0);
   const uint4 *upp = lrs ? sup + (wgi * 4 + (warp & 3)) * RT * 32 + lane : up + (size_t)(nt * 8 + p) * RT * 32 + lane;
