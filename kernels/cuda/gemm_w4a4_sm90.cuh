@@ -46,7 +46,8 @@
 // kernel / emulation.
 //   The second body, gemm_wg2_body (tile n256x2: 128 channels x 256 tokens),
 // runs two consumer warpgroups on one activation stage with a producer
-// warpgroup that hands them its registers (setmaxnreg); same arithmetic.
+// warpgroup that hands them its registers (setmaxnreg), each consumer
+// unpacking the next group's weights while its wgmma run; same arithmetic.
 #pragma once
 #include "common.cuh"
 #include "gemm_w4a4.cuh"
@@ -628,7 +629,9 @@ SVDQ_DEV void gemm_wg2_body(const int8_t *__restrict__ act8, const uint16_t *__r
   // The next group's weight fragments are unpacked while this group's
   // wgmma run (two fragment sets, the loop unrolled by two: KT is even):
   // otherwise each warp only waits there.
-  const auto wts = [&](int k) { return reinterpret_cast<const uint4 *>(wg2_smem + (k & (S - 1)) * SB + OFF_W + 2048 * wgi); };
+  const auto wts = [&](int k) {
+    return reinterpret_cast<const uint4 *>(wg2_smem + (k & (S - 1)) * SB + OFF_W + 2048 * wgi);
+  };
   uint32_t fa[2][2][4];
   wg_prep<BF>(wts(0), full0, 0, warp & 3, lane, fa[0][0], fa[0][1]);
   for (int kt = 0; kt < KT; kt += 2) {
