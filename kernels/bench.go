@@ -190,9 +190,9 @@ func (d *Device) Bench(opt BenchOptions, progress func(BenchResult)) (results []
 // [maxM, n] for the cuBLAS baseline (returned in bufs). Device goroutine.
 func (d *Device) randomLayer(prec quant.Precision, dt quant.Float16, n, k, r, maxM int) (*Layer, []uint64, error) {
 	l := &Layer{d: d, meta: Packed{Precision: prec, DType: dt, N: n, K: k, R: r, WTScale: 1}}
-	wscales := fill{&l.ws, k / 64 * n, 0.002, 0.02, false}
+	wscales := benchFill{&l.ws, k / 64 * n, 0.002, 0.02, false}
 	if prec == quant.NVFP4 {
-		wscales = fill{&l.ws, k / 16 * n, 0, 0, true}
+		wscales = benchFill{&l.ws, k / 16 * n, 0, 0, true}
 	}
 	var bufs []uint64
 	fail := func(err error) (*Layer, []uint64, error) {
@@ -203,7 +203,7 @@ func (d *Device) randomLayer(prec quant.Precision, dt quant.Float16, n, k, r, ma
 		return nil, nil, err
 	}
 	var wbf, ybf uint64
-	for i, f := range []fill{
+	for i, f := range []benchFill{
 		{&l.qw, n * k / 2, 0, 0, true},
 		wscales,
 		{&l.bias, n, -0.5, 0.5, false},
@@ -242,8 +242,8 @@ func (d *Device) randomLayer(prec quant.Precision, dt quant.Float16, n, k, r, ma
 	return l, bufs, nil
 }
 
-// fill is one random device tensor of randomLayer.
-type fill struct {
+// benchFill is one random device tensor of randomLayer.
+type benchFill struct {
 	dst    *uint64
 	elems  int // 16-bit elements, or bytes when random
 	lo, hi float32

@@ -95,12 +95,8 @@ func benchGPUAction(c *cli.Context) error {
 		return err
 	}
 	opt := kernels.BenchOptions{Iters: c.Int("iters"), Rank: c.Int("rank"), Tokens: c.IntSlice("tokens")}
-	switch c.String("precision") {
-	case "int4":
-		opt.Precision = quant.INT4
-	case "nvfp4":
-		opt.Precision = quant.NVFP4
-	default:
+	var err error
+	if opt.Precision, err = quant.ParsePrecision(c.String("precision")); err != nil {
 		return fmt.Errorf("--precision %q: want int4 or nvfp4", c.String("precision"))
 	}
 	switch c.String("dtype") {

@@ -122,38 +122,17 @@ SVDQ_DEV void gemm_nvfp4_body(const uint4 *__restrict__ act, const float *__rest
                               const float *__restrict__ lract, const uint4 *__restrict__ up,
                               const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N,
                               int K, int R, float wtscale) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int wm = warp & 1, wn = warp >> 1;
-  const int mtile0 = blockIdx.x * 2 * MT + wm * MT;
-  const int pglob = blockIdx.y * 2 * PT + wn * PT;
-  const int nt = pglob >> 3, p0 = pglob & 7;
+  const MmaWarp w = mma_warp<MT, PT>();
+  const int lane = w.lane, mtile0 = w.mtile0, nt = w.nt, p0 = w.p0;
   const int KT = K >> 6;
 
   // acc[i][j][a][q]: the mma accumulator order (q 0, 1: row g; 2, 3: row g + 8).
-  float acc[MT][PT][2][4];
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < PT; j++)
-#pragma unroll
-      for (int a = 0; a < 2; a++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) acc[i][j][a][q] = 0.f;
-
+  float acc[MT][PT][2][4] = {};
   Fp4Frag<MT, PT> f[NB];
-#pragma unroll
-  for (int s = 0; s < NB - 1; s++)
-    if (s < KT) fp4_load(f[s], act, ascale, qw, wscales, mtile0, nt, p0, s, KT, Mpad, lane);
-  for (int kt = 0; kt < KT; kt += NB) {
-#pragma unroll
-    for (int s = 0; s < NB; s++) {
-      if (kt + s < KT) {
-        if (kt + s + NB - 1 < KT)
-          fp4_load(f[(s + NB - 1) % NB], act, ascale, qw, wscales, mtile0, nt, p0, kt + s + NB - 1, KT, Mpad, lane);
-        fp4_group<MT, PT>(f[s], acc, lane);
-      }
-    }
-  }
+  mma_groups(
+      f, KT,
+      [&](Fp4Frag<MT, PT> &b, int kt) { fp4_load(b, act, ascale, qw, wscales, mtile0, nt, p0, kt, KT, Mpad, lane); },
+      [&](const Fp4Frag<MT, PT> &b) { fp4_group<MT, PT>(b, acc, lane); });
 
   uint32_t acc16[MT][PT][2][2];
 #pragma unroll

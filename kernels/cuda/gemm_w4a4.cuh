@@ -117,6 +117,41 @@ SVDQ_DEV void gemm_group(const GemmFrag<MT, PT> &f, uint32_t (&acc16)[MT][PT][2]
   }
 }
 
+// MmaWarp is a warp's place in the 2 x 2-warp block of the mma kernels
+// (this file's and gemm_nvfp4.cuh's): its first m16 tile, and its first
+// p-tile (16 columns) as the 128-column chunk nt and index p0 there.
+struct MmaWarp {
+  int lane, mtile0, nt, p0;
+};
+template <int MT, int PT> SVDQ_DEV MmaWarp mma_warp() {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int pglob = blockIdx.y * 2 * PT + (warp >> 1) * PT; // first global p-tile
+  return MmaWarp{lane, int(blockIdx.x) * 2 * MT + (warp & 1) * MT, pglob >> 3, pglob & 7};
+}
+// y_pair is the 32-bit pair of y holding columns 2c, 2c + 1 of the n8
+// half a of p-tile pt in chunk nt, on row row.
+SVDQ_DEV uint32_t *y_pair(uint16_t *y, int row, int N, int nt, int pt, int a, int c) {
+  return reinterpret_cast<uint32_t *>(y + (size_t)row * N + nt * 128 + pt * 16 + a * 8 + 2 * c);
+}
+// mma_groups runs the K loop of the mma kernels: NB fragment buffers used
+// in turn (no register copies between groups), so that the loads of group
+// kt + NB - 1 are in flight while group kt computes; load(f, kt) fills a
+// buffer, group(f) consumes one.
+template <int NB, typename F, typename L, typename G> SVDQ_DEV void mma_groups(F (&f)[NB], int KT, L load, G group) {
+#pragma unroll
+  for (int s = 0; s < NB - 1; s++)
+    if (s < KT) load(f[s], s);
+  for (int kt = 0; kt < KT; kt += NB) {
+#pragma unroll
+    for (int s = 0; s < NB; s++) {
+      if (kt + s < KT) {
+        if (kt + s + NB - 1 < KT) load(f[(s + NB - 1) % NB], kt + s + NB - 1);
+        group(f[s]);
+      }
+    }
+  }
+}
+
 // gemm_epilogue finishes the block's outputs from the 16-bit accumulators
 // acc16[i][j][a][h] (the pair of columns 2c, 2c+1 of row g + 8h): the bias
 // (not in the upadd pass), the low-rank up projection (fused and upadd),
@@ -202,8 +237,7 @@ SVDQ_DEV void gemm_epilogue(uint32_t (&acc16)[MT][PT][2][2], const float *__rest
         for (int j = 0; j < PT; j++)
 #pragma unroll
           for (int a = 0; a < 2; a++)
-            *reinterpret_cast<uint32_t *>(y + (size_t)row * N + nt * 128 + (p0 + j) * 16 + a * 8 + 2 * c) =
-                acc16[i][j][a][h];
+            *y_pair(y, row, N, nt, p0 + j, a, c) = acc16[i][j][a][h];
       }
     }
 }
@@ -219,12 +253,9 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
 #else
   constexpr bool SM90 = false;
 #endif
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const MmaWarp w = mma_warp<MT, PT>();
+  const int lane = w.lane, mtile0 = w.mtile0, nt = w.nt, p0 = w.p0;
   const int g = lane >> 2, c = lane & 3;
-  const int wm = warp & 1, wn = warp >> 1;
-  const int mtile0 = blockIdx.x * 2 * MT + wm * MT;    // first m16 tile of the warp
-  const int pglob = blockIdx.y * 2 * PT + wn * PT;      // first global p-tile (16 columns)
-  const int nt = pglob >> 3, p0 = pglob & 7;            // its 128-column chunk and index there
   const int KT = K >> 6;
 
   // acc16[i][j][a][h]: 16-bit pair (cols 2c, 2c+1) of row g + 8h.
@@ -247,28 +278,15 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
           for (int j = 0; j < PT; j++)
 #pragma unroll
             for (int a = 0; a < 2; a++)
-              acc16[i][j][a][h] =
-                  *reinterpret_cast<const uint32_t *>(y + (size_t)row * N + nt * 128 + (p0 + j) * 16 + a * 8 + 2 * c);
+              acc16[i][j][a][h] = *y_pair(y, row, N, nt, p0 + j, a, c);
         }
       }
   } else {
-    // NB fragment buffers used in turn (no register copies between groups):
-    // the loads of group kt + NB - 1 are in flight while group kt computes.
     GemmFrag<MT, PT> f[NB];
-#pragma unroll
-    for (int s = 0; s < NB - 1; s++)
-      if (s < KT) gemm_load(f[s], act, ascale, qw, wscales, mtile0, nt, p0, s, KT, Mpad, lane);
-    for (int kt = 0; kt < KT; kt += NB) {
-#pragma unroll
-      for (int s = 0; s < NB; s++) {
-        if (kt + s < KT) {
-          if (kt + s + NB - 1 < KT)
-            gemm_load(f[(s + NB - 1) % NB], act, ascale, qw, wscales, mtile0, nt, p0, kt + s + NB - 1, KT, Mpad,
-                      lane);
-          gemm_group<UNS, BF, SM90, MT, PT>(f[s], acc16);
-        }
-      }
-    }
+    mma_groups(
+        f, KT,
+        [&](GemmFrag<MT, PT> &b, int kt) { gemm_load(b, act, ascale, qw, wscales, mtile0, nt, p0, kt, KT, Mpad, lane); },
+        [&](const GemmFrag<MT, PT> &b) { gemm_group<UNS, BF, SM90, MT, PT>(b, acc16); });
   }
   gemm_epilogue<BF, MODE, MT, PT>(acc16, lract, up, bias, y, M, N, R, mtile0, nt, p0, lane);
 }
