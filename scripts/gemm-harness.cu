@@ -94,9 +94,12 @@ template <bool UNS, int MODE> void run_old(Prob &p) {
   k_old<UNS, MODE><<<dim3(p.Mpad / 64, p.N / 128), 128>>>(p.act, (uint16_t *)p.as1, (uint4 *)p.qw, p.ws, p.lr1, (uint4 *)p.upm, p.bias, p.y1, p.M, p.Mpad, p.N, p.K, p.R);
 }
 #ifndef MINB64
-#define MINB64 4 // the n64 kernels' blocks per SM (svdq.cu's WG_TILES)
+#define MINB64 3 // the n64 kernels' blocks per SM (svdq.cu's WG_TILES)
 #endif
-template <bool UNS, int MODE, int TN, int MINB = (TN == 128 ? 3 : MINB64)> void run_new(Prob &p) {
+#ifndef MINB128
+#define MINB128 3 // the n128 kernels' blocks per SM
+#endif
+template <bool UNS, int MODE, int TN, int MINB = (TN == 128 ? MINB128 : MINB64)> void run_new(Prob &p) {
   k_new<UNS, MODE, TN, MINB><<<dim3(p.Mpad / TN, p.N / 64), WG_THREADS>>>(p.act8, (uint16_t *)p.as2, (uint4 *)p.qw, p.ws, p.lr2, (uint4 *)p.upm, p.bias, p.y2, p.M, p.Mpad, p.N, p.K, p.R);
 }
 #ifdef WG2_THREADS
@@ -182,7 +185,20 @@ void lrbreak() {
     printf("%5dx%-6d %5d %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f  splits %d\n", sh[0], sh[1], M, tq, tqd, tm, tn, tf, 100.0 * ((tqd + tf) / (tq + tn) - 1), splits);
   }
 }
+void smallm() { // the fused GEMM alone at small M, n64 and n128 tiles
+  int shapes[5][2] = {{9216, 3072}, {3072, 3072}, {12288, 3072}, {3072, 12288}, {3072, 15360}};
+  int Ms[4] = {256, 512, 1024, 4096};
+  printf("%-12s %5s %9s %9s\n", "NxK", "M", "wg64_us", "wg128_us");
+  for (auto &sh : shapes) for (int M : Ms) {
+    Prob p = make(M, sh[0], sh[1], 32, 128);
+    run_act<false>(p, true);
+    float t64 = timeit([&] { run_new<false, GEMM_MODE_FUSED, 64>(p); }, 50);
+    float t128 = timeit([&] { run_new<false, GEMM_MODE_FUSED, 128>(p); }, 50);
+    printf("%5dx%-6d %5d %9.1f %9.1f\n", sh[0], sh[1], M, t64, t128);
+  }
+}
 int main(int argc, char **argv) {
+  if (argc > 1 && argv[1][0] == 's') { smallm(); return 0; }
   if (argc > 1 && argv[1][0] == 'l') { lrbreak(); return 0; }
   if (argc > 1 && argv[1][0] == 'p') { // one fused GEMM at 9216x3072, M 4096 (p256: M 256), for a profiler
     Prob p = make(argv[1][1] ? atoi(argv[1] + 1) : 4096, 9216, 3072, 32, 128);

@@ -216,14 +216,6 @@ SVDQ_DEV void wg_mma(uint64_t desc, uint32_t (&a0)[4], uint32_t (&a1)[4], typena
   }
   wg_commit();
 }
-// wg_issue: wg_prep, then wg_mma.
-template <bool UNS, bool BF, int TN>
-SVDQ_DEV void wg_issue(uint64_t desc, const uint4 *w, uint32_t full, uint32_t parity, int warp, int lane,
-                       typename WgAcc<BF>::T (&d)[TN / 2]) {
-  uint32_t a0[4], a1[4];
-  wg_prep<BF>(w, full, parity, warp, lane, a0, a1);
-  wg_mma<UNS, BF, TN>(desc, a0, a1, d);
-}
 // wg_release hands a stage back to the producer (its "empty" barrier, one
 // arrival per warp) once the warp has read what it needs of it. The reads
 // are generic-proxy loads and the producer's next write into the stage is
@@ -419,7 +411,7 @@ SVDQ_DEV void wg_produce(uint32_t st0, uint32_t stage_bytes, uint32_t full0, uin
 #pragma unroll
   for (int w = 0; w < NW; w++) pw[w] = pw0[w], pq[w] = pq0[w];
   for (int kt = 0; kt < KT; kt++) {
-    const uint32_t s = kt & (S - 1);
+    const uint32_t s = unsigned(kt) % S;
     if (kt >= S) mbar_wait(empty0 + 8 * s, ((unsigned(kt) / S) - 1) & 1);
     if (elect_one()) {
       const uint32_t st = st0 + s * stage_bytes, fb = full0 + 8 * s;
@@ -459,7 +451,18 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
                            const uint16_t *__restrict__ bias, uint16_t *__restrict__ y, int M, int Mpad, int N, int K,
                            int R, float *__restrict__ lzero) {
 #ifdef SVDQ_WGMMA
-  constexpr int S = 4;            // stages (2, 3 and 4 measured as fast; 4: cheap indices)
+  // n64 (PIPE), the tile of small M, where a multiprocessor runs one to
+  // three blocks: two accumulator and fragment sets, so that group k+1's
+  // wgmma runs while group k's epilogue does (wait<1>). A stage is then
+  // released only after the next one was waited for, so n64 has 5 stages
+  // (4: one block per multiprocessor, M = 128, waits for its loads; 6:
+  // slower at M = 256). bench-gpu, H100: 1.04-1.09x the one-set loop at
+  // M = 128 and 256 (NOTES, session 9). n128 keeps one set: other blocks'
+  // groups fill the tensor cores there, and two sets spill at its 3 blocks
+  // per multiprocessor (at 2, ptxas 13.0 serialises the wgmma for lack of
+  // registers, C7512: 1.4-2.4x slower).
+  constexpr bool PIPE = TN <= 64;
+  constexpr int S = PIPE ? 5 : 4; // stages (n128: 2, 3 and 4 measured as fast)
   constexpr int ABYTES = TN * 64; // activation codes of one group
   constexpr int NJ = TN / 8;      // n8 token tiles
   constexpr int ND = TN / 2;      // accumulators per thread
@@ -511,17 +514,47 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
 #pragma unroll
   for (int j = 0; j < NJ; j++) acc16[j][0] = acc16[j][1] = 0u;
 
-  // One accumulator set per warpgroup: the tensor cores run other blocks'
-  // groups while this one's epilogue runs (a second set, to overlap within
-  // the block, made ptxas serialize every wgmma: slower, measured).
+  constexpr int NS = PIPE ? 2 : 1;
   const uint64_t desc0 = wg_desc(stg[0].act, 128, 512); // stage s: + s * sizeof(Stage) / 16
-  typename WgAcc<BF>::T d[ND]; // each group's first wgmma only writes it
-  for (int kt = 0; kt < KT; kt++) {
-    const int s = kt & (S - 1);
-    wg_issue<UNS, BF, TN>(desc0 + s * (sizeof(Stage) >> 4), stg[s].w, full0 + 8 * s, (unsigned(kt) / S) & 1, warp, lane, d);
-    wg_wait<0>();
-    fence_regs(d);
-    wg_finish<BF, TN>(stg[s].as, stg[s].ws, empty0 + 8 * s, wpos, wsel, lane, d, acc16);
+  typename WgAcc<BF>::T d[NS][ND]; // each group's first wgmma only writes it
+  uint32_t fa[NS][2][4];
+  const auto issue = [&](int k, int u) {
+    const int s = unsigned(k) % S;
+    wg_prep<BF>(stg[s].w, full0 + 8 * s, (unsigned(k) / S) & 1, warp, lane, fa[u][0], fa[u][1]);
+    wg_mma<UNS, BF, TN>(desc0 + s * (sizeof(Stage) >> 4), fa[u][0], fa[u][1], d[u]);
+  };
+  const auto finish = [&](int k, int u) {
+    const int s = unsigned(k) % S;
+    fence_regs(d[u]);
+    wg_finish<BF, TN>(stg[s].as, stg[s].ws, empty0 + 8 * s, wpos, wsel, lane, d[u], acc16);
+  };
+  if constexpr (PIPE) {
+    issue(0, 0);
+    int k = 0;
+    for (; k + 2 < KT; k += 2) { // groups k and k + 1 finished, k + 1 and k + 2 started
+      issue(k + 1, 1);
+      wg_wait<1>();
+      finish(k, 0);
+      issue(k + 2, 0);
+      wg_wait<1>();
+      finish(k + 1, 1);
+    }
+    if (k + 1 < KT) {
+      issue(k + 1, 1);
+      wg_wait<1>();
+      finish(k, 0);
+      wg_wait<0>();
+      finish(k + 1, 1);
+    } else {
+      wg_wait<0>();
+      finish(k, 0);
+    }
+  } else {
+    for (int k = 0; k < KT; k++) {
+      issue(k, 0);
+      wg_wait<0>();
+      finish(k, 0);
+    }
   }
   wg_final<BF, MODE, TN, 128>(acc16, bias + nt * 128, up + (size_t)(nt * 8 + p) * RT * 32 + lane, lract, slr, lrs, y,
                               M, N, R, tok0, nt, p, lane);

@@ -109,7 +109,7 @@ DTYPE_MODES(FP4_TILES, svdq_gemm_nvfp4, false)
   }
 #define WG_TILES(PFX, UNS, BF, MODE)                                                                           \
   WG_KERNEL(PFX##_n128, UNS, BF, MODE, 128, 3)                                                                \
-  WG_KERNEL(PFX##_n64, UNS, BF, MODE, 64, 4)                                                                  \
+  WG_KERNEL(PFX##_n64, UNS, BF, MODE, 64, 3)                                                                  \
   WG2_KERNEL(PFX##_n256x2, UNS, BF, MODE, 256, 2)
 #define WG_SIGN(PFX, UNS) DTYPE_MODES(WG_TILES, PFX, UNS)
 WG_SIGN(svdq_wg_int4, false)
