@@ -491,22 +491,31 @@ var wgTiles = []gemmTile{
 	{"n64", 64, 64, 160, 0},
 }
 
+// n64PerSM is how many n64 blocks a multiprocessor holds at once: the
+// minimum its kernels are compiled for (WG_TILES in cuda/svdq.cu), set by
+// their registers (two accumulator sets, 126 registers a thread).
+const n64PerSM = 3
+
 // pickWGTile chooses the wgmma tile for m rows and npad channels on sms
 // multiprocessors: n256x2 when it makes at least two waves of blocks that
 // fill at least 85% of their slots (one block per multiprocessor runs all
-// of K, so a last partial wave costs a whole block's time); otherwise n128
-// when it gives a block per multiprocessor, else n64. Measured with
-// bench-gpu (README): where picked, n256x2 is 1.02–1.11× the n128 kernel
-// (H100); at 9216×3072, M = 1024 (2.2 waves) it was slower (H200).
+// of K, so a last partial wave costs a whole block's time); otherwise n64
+// when all its blocks run at once (n64PerSM per multiprocessor), else
+// n128. Measured with bench-gpu (README): where picked, n256x2 is
+// 1.02–1.11× the n128 kernel (H100); at 9216×3072, M = 1024 (2.2 waves)
+// it was slower (H200). Where n64 now runs instead of n128 (one wave; M =
+// 64–128 at N = 9216 and 12288, 384–512 at N = 3072), the fused layer is
+// 1.04–1.08× (bench-gpu, H100, two rounds; NOTES, session 9); in two or
+// more waves n64 is slower (M = 256, N = 9216: 0.93×).
 func pickWGTile(m, npad, sms int) gemmTile {
 	b2 := (roundUp(m, 256) / 256) * (npad / 128)
 	if waves := (b2 + sms - 1) / sms; b2 >= 2*sms && float64(b2) >= 0.85*float64(waves*sms) {
 		return wgTiles[0]
 	}
-	if (roundUp(m, 128)/128)*(npad/64) >= sms {
-		return wgTiles[1]
+	if (roundUp(m, 128)/64)*(npad/64) <= n64PerSM*sms {
+		return wgTiles[2]
 	}
-	return wgTiles[2]
+	return wgTiles[1]
 }
 
 // TileEnv names an environment variable that forces the GEMM block tile

@@ -200,14 +200,15 @@ func TestLaunchShapes(t *testing.T) {
 		}
 	}
 	// wgmma tiles (132 multiprocessors): n256x2 with two or more waves
-	// that fill 85% of their slots, then n128 while it gives a block per
-	// multiprocessor, n64.
+	// that fill 85% of their slots, then n64 while its blocks fit in one
+	// wave (3 per multiprocessor), n128.
 	for _, c := range []struct {
 		mpad, npad int
 		want       string
 	}{{4096, 3072, "n256x2"}, {4096, 9216, "n256x2"}, {1024, 12288, "n256x2"}, {1024, 9216, "n128"},
 		{1024, 3072, "n128"}, {256, 9216, "n128"}, {256, 3072, "n64"}, {256, 12288, "n128"},
-		{128, 3072, "n64"}, {384, 3072, "n128"}, {128, 128, "n64"}, {4096, 128, "n64"}, {1024, 8320, "n128"},
+		{128, 3072, "n64"}, {384, 3072, "n64"}, {512, 3072, "n64"}, {640, 3072, "n128"}, {128, 9216, "n64"},
+		{128, 12288, "n64"}, {128, 128, "n64"}, {4096, 128, "n64"}, {1024, 8320, "n128"},
 		{4096, 8320, "n256x2"}, {1280, 9216, "n256x2"}, {1536, 9216, "n128"}} {
 		got := pickWGTile(c.mpad, c.npad, 132)
 		if got.name != c.want || c.mpad%got.m != 0 || c.npad%got.n != 0 {
