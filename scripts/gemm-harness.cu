@@ -10,6 +10,7 @@
 //               numbers to report come from svdq bench-gpu)
 //   /tmp/h x    the timings only
 //   /tmp/h l    the low-rank branch's cost split into its parts
+//   /tmp/h s    the fused GEMM alone, n64 against n128 tile, M 256 to 4096
 //   /tmp/h p    one fused GEMM (9216x3072, M 4096; pM: M tokens), for ncu;
 //               q / r: the same with the multi-warpgroup kernel n256x2 / n128x3
 //   /tmp/h c    the bit-for-bit checks only (they include the multi-warpgroup
@@ -185,7 +186,7 @@ void lrbreak() {
     printf("%5dx%-6d %5d %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f  splits %d\n", sh[0], sh[1], M, tq, tqd, tm, tn, tf, 100.0 * ((tqd + tf) / (tq + tn) - 1), splits);
   }
 }
-void smallm() { // the fused GEMM alone at small M, n64 and n128 tiles
+void smallm() { // the fused GEMM alone, n64 and n128 tiles
   int shapes[5][2] = {{9216, 3072}, {3072, 3072}, {12288, 3072}, {3072, 12288}, {3072, 15360}};
   int Ms[4] = {256, 512, 1024, 4096};
   printf("%-12s %5s %9s %9s\n", "NxK", "M", "wg64_us", "wg128_us");
