@@ -135,20 +135,13 @@ SVDQ_DEV void gemm_nvfp4_body(const uint4 *__restrict__ act, const float *__rest
       [&](const Fp4Frag<MT, PT> &b) { fp4_group<MT, PT>(b, acc, lane); });
 
   uint32_t acc16[MT][PT][2][2];
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < PT; j++)
-#pragma unroll
-      for (int a = 0; a < 2; a++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          float v0 = acc[i][j][a][2 * h], v1 = acc[i][j][a][2 * h + 1];
-          if (wtscale != 1.f) {
-            v0 *= wtscale;
-            v1 *= wtscale;
-          }
-          acc16[i][j][a][h] = pack2<BF>(v0, v1);
-        }
+  each_pair<MT, PT>([&](int i, int j, int a, int h) {
+    float v0 = acc[i][j][a][2 * h], v1 = acc[i][j][a][2 * h + 1];
+    if (wtscale != 1.f) {
+      v0 *= wtscale;
+      v1 *= wtscale;
+    }
+    acc16[i][j][a][h] = pack2<BF>(v0, v1);
+  });
   gemm_epilogue<BF, MODE, MT, PT>(acc16, lract, up, bias, y, M, N, R, mtile0, nt, p0, lane);
 }

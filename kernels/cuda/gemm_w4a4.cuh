@@ -128,10 +128,36 @@ template <int MT, int PT> SVDQ_DEV MmaWarp mma_warp() {
   const int pglob = blockIdx.y * 2 * PT + (warp >> 1) * PT; // first global p-tile
   return MmaWarp{lane, int(blockIdx.x) * 2 * MT + (warp & 1) * MT, pglob >> 3, pglob & 7};
 }
-// y_pair is the 32-bit pair of y holding columns 2c, 2c + 1 of the n8
-// half a of p-tile pt in chunk nt, on row row.
-SVDQ_DEV uint32_t *y_pair(uint16_t *y, int row, int N, int nt, int pt, int a, int c) {
-  return reinterpret_cast<uint32_t *>(y + (size_t)row * N + nt * 128 + pt * 16 + a * 8 + 2 * c);
+// each_pair calls f(i, j, a, h) for every 16-bit pair acc16[i][j][a][h]
+// of a warp's MT x PT tiles (columns 2c, 2c + 1 of n8 half a, row g + 8h).
+template <int MT, int PT, typename F> SVDQ_DEV void each_pair(F f) {
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int j = 0; j < PT; j++)
+#pragma unroll
+      for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) f(i, j, a, h);
+}
+// each_y_pair calls f(i, j, a, h, p) for the pairs whose row is below M,
+// p pointing at the pair's 32 bits in y (p-tile p0 + j of chunk nt).
+template <int MT, int PT, typename F>
+SVDQ_DEV void each_y_pair(uint16_t *y, int M, int N, int mtile0, int nt, int p0, int lane, F f) {
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int row = (mtile0 + i) * 16 + g + 8 * h;
+      if (row < M) {
+#pragma unroll
+        for (int j = 0; j < PT; j++)
+#pragma unroll
+          for (int a = 0; a < 2; a++)
+            f(i, j, a, h, reinterpret_cast<uint32_t *>(y + (size_t)row * N + nt * 128 + (p0 + j) * 16 + a * 8 + 2 * c));
+      }
+    }
 }
 // mma_groups runs the K loop of the mma kernels: NB fragment buffers used
 // in turn (no register copies between groups), so that the loads of group
@@ -215,31 +241,13 @@ SVDQ_DEV void gemm_epilogue(uint32_t (&acc16)[MT][PT][2][2], const float *__rest
       }
     }
   } else if (!BF) { // FP16 outputs are clamped to +-65504 on every path
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-      for (int j = 0; j < PT; j++)
-#pragma unroll
-        for (int a = 0; a < 2; a++)
-#pragma unroll
-          for (int h = 0; h < 2; h++) {
-            const float2 v = unpack2<BF>(acc16[i][j][a][h]);
-            acc16[i][j][a][h] = pack2<BF>(out16<BF>(v.x), out16<BF>(v.y));
-          }
+    each_pair<MT, PT>([&](int i, int j, int a, int h) {
+      const float2 v = unpack2<BF>(acc16[i][j][a][h]);
+      acc16[i][j][a][h] = pack2<BF>(out16<BF>(v.x), out16<BF>(v.y));
+    });
   }
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int row = (mtile0 + i) * 16 + g + 8 * h;
-      if (row < M) {
-#pragma unroll
-        for (int j = 0; j < PT; j++)
-#pragma unroll
-          for (int a = 0; a < 2; a++)
-            *y_pair(y, row, N, nt, p0 + j, a, c) = acc16[i][j][a][h];
-      }
-    }
+  each_y_pair<MT, PT>(y, M, N, mtile0, nt, p0, lane,
+                      [&](int i, int j, int a, int h, uint32_t *p) { *p = acc16[i][j][a][h]; });
 }
 
 template <bool UNS, bool BF, int MODE, int MT, int PT, int NB>
@@ -255,32 +263,13 @@ SVDQ_DEV void gemm_w4a4_body(const uint4 *__restrict__ act, const uint16_t *__re
 #endif
   const MmaWarp w = mma_warp<MT, PT>();
   const int lane = w.lane, mtile0 = w.mtile0, nt = w.nt, p0 = w.p0;
-  const int g = lane >> 2, c = lane & 3;
   const int KT = K >> 6;
 
   // acc16[i][j][a][h]: 16-bit pair (cols 2c, 2c+1) of row g + 8h.
-  uint32_t acc16[MT][PT][2][2];
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < PT; j++)
-#pragma unroll
-      for (int a = 0; a < 2; a++) acc16[i][j][a][0] = acc16[i][j][a][1] = 0u;
-
+  uint32_t acc16[MT][PT][2][2] = {};
   if (MODE == GEMM_MODE_UPADD) {
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int row = (mtile0 + i) * 16 + g + 8 * h;
-        if (row < M) {
-#pragma unroll
-          for (int j = 0; j < PT; j++)
-#pragma unroll
-            for (int a = 0; a < 2; a++)
-              acc16[i][j][a][h] = *y_pair(y, row, N, nt, p0 + j, a, c);
-        }
-      }
+    each_y_pair<MT, PT>(y, M, N, mtile0, nt, p0, lane,
+                        [&](int i, int j, int a, int h, const uint32_t *p) { acc16[i][j][a][h] = *p; });
   } else {
     GemmFrag<MT, PT> f[NB];
     mma_groups(

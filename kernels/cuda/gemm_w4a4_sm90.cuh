@@ -455,9 +455,10 @@ SVDQ_DEV void gemm_wg_body(const int8_t *__restrict__ act8, const uint16_t *__re
   // three blocks: two accumulator and fragment sets, so that group k+1's
   // wgmma runs while group k's epilogue does (wait<1>). A stage is then
   // released only after the next one was waited for, so n64 has 5 stages
-  // (4: one block per multiprocessor, M = 128, waits for its loads; 6:
-  // slower at M = 256). bench-gpu, H100: 1.04-1.09x the one-set loop at
-  // M = 128 and 256 (NOTES, session 9). n128 keeps one set: other blocks'
+  // (4: 0.92-0.97x at M = 128, one block per multiprocessor, presumably
+  // waiting for its loads, not profiled; 6: less gain at M = 256).
+  // bench-gpu, H100: 1.04-1.09x the one-set loop at M = 128 and 256
+  // (NOTES, session 9). n128 keeps one set: other blocks'
   // groups fill the tensor cores there, and two sets spill at its 3 blocks
   // per multiprocessor (at 2, ptxas 13.0 serialises the wgmma for lack of
   // registers, C7512: 1.4-2.4x slower).
