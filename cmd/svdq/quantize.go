@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/quant"
 	"github.com/svdq/svdq/quant/model"
@@ -40,6 +41,8 @@ func init() {
 			&cli.StringSliceFlag{Name: "include", Usage: "generic family: quantize only weights matching `REGEX` (repeatable)"},
 			&cli.StringSliceFlag{Name: "exclude", Usage: "generic family: never quantize weights matching `REGEX` (repeatable)"},
 			&cli.BoolFlag{Name: "pass-unknown", Usage: "keep tensors the preset does not know 16-bit instead of failing"},
+			&cli.StringFlag{Name: "target", Value: "all", Usage: "engine the file must load in: all (every engine that runs the family), " + strings.Join(engine.Engines, ", ")},
+			&cli.StringFlag{Name: "dtype", Usage: "16-bit type of the output: bf16 or fp16 (default: the checkpoint's; fp16 for GPUs without BF16)"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and the output size; quantize and write nothing"},
 			&cli.StringFlag{Name: "report", Usage: "write per-layer results and totals to `FILE.json`"},
 		},
@@ -50,8 +53,11 @@ func init() {
 // planOptions reads the flags shared by the plan and the job.
 func planOptions(c *cli.Context) (model.PlanOptions, error) {
 	opt := model.PlanOptions{Model: c.String("model"), Arch: c.String("arch"), Rank: c.Int("rank"),
-		PassUnknown: c.Bool("pass-unknown")}
+		PassUnknown: c.Bool("pass-unknown"), Target: c.String("target")}
 	var err error
+	if opt.DType, err = parseDType(c.String("dtype")); err != nil {
+		return opt, err
+	}
 	if opt.Precision, err = quant.ParsePrecision(c.String("precision")); err != nil {
 		return opt, err
 	}
@@ -68,6 +74,19 @@ func planOptions(c *cli.Context) (model.PlanOptions, error) {
 		return opt, err
 	}
 	return opt, nil
+}
+
+// parseDType reads --dtype: "" (keep), bf16 or fp16.
+func parseDType(s string) (quant.Float16, error) {
+	switch strings.ToLower(s) {
+	case "":
+		return 0, nil
+	case "bf16", "bfloat16":
+		return quant.BF16, nil
+	case "fp16", "f16", "float16":
+		return quant.F16, nil
+	}
+	return 0, fmt.Errorf("--dtype %q: want bf16 or fp16", s)
 }
 
 // regexps compiles the values of a repeatable regex flag.

@@ -134,12 +134,10 @@ func w4a16Offset(n, k, kdim int) (off int, shift uint) {
 	return 2*idx + (i >> 1), uint(i&1) * 4
 }
 
-// w4a16ScaleRows is the number of rows G' of the stored wscales / wzeros of
-// an in-features-k W4A16 layer: k/64 rounded up to a multiple of 16, as
-// deepcompressor's ceil_num_groups (backend/tinychat/utils.py) pads them.
-// Note: nunchaku's loaders allocate ceil(k/64) rows (src/Linear.cpp
-// GEMV_AWQ, nunchaku/models/linear.py AWQW4A16Linear), so the two agree only
-// when k/64 is a multiple of 16 (every FLUX, Qwen-Image and Lumina adaLN
-// layer: k = 3072 or 1024). We follow the spec (and deepcompressor) when
-// packing and accept either row count when unpacking.
+// w4a16ScaleRows is deepcompressor's row count G' of the stored wscales /
+// wzeros of an in-features-k W4A16 layer: k/64 rounded up to a multiple of
+// 16 (ceil_num_groups, backend/tinychat/utils.py). nunchaku's loaders
+// allocate ceil(k/64) rows (src/Linear.cpp GEMV_AWQ; nunchaku/models/linear.py
+// AWQW4A16Linear), and the loaders decide (formats/engine): PackW4A16 writes
+// k/64 rows; unpacking accepts either count, so deepcompressor's files read.
 func w4a16ScaleRows(k int) int { return ceilTo(k/64, 16) }

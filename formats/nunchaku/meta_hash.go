@@ -14,8 +14,9 @@ import (
 // the CPU emulation read the same corrupted bytes and agree.
 //
 // The digest covers, for each suffix of HashSuffixes in that order whose
-// tensor <layer>.<suffix> exists (the C++ names only; Python aliases such
-// as proj_down are not looked up), one record
+// tensor <layer>.<suffix> exists (under its C++ name or its Python alias:
+// proj_down is found for lora_down, and the record names it lora_down, so
+// renaming a layer's tensors for another loader keeps its hash), one record
 //
 //	<suffix> SP <dtype> SP [<d0>,<d1>,…] SP <byte length> LF   (ASCII, decimal)
 //	<the tensor's bytes as stored>
@@ -24,10 +25,13 @@ import (
 // scalar is "[]". Absent suffixes contribute nothing; the layer's name is
 // not part of the digest. In Python:
 //
+//	ALIAS = {"smooth": "smooth_factor", "smooth_orig": "smooth_factor_orig",
+//	         "lora_down": "proj_down", "lora_up": "proj_up"}
 //	h = hashlib.sha256()
 //	for s in SUFFIXES:
-//	    if f"{layer}.{s}" in tensors:
-//	        dtype, shape, data = tensors[f"{layer}.{s}"]
+//	    name = next((n for n in (s, ALIAS.get(s)) if n and f"{layer}.{n}" in tensors), None)
+//	    if name:
+//	        dtype, shape, data = tensors[f"{layer}.{name}"]
 //	        h.update(f"{s} {dtype} [{','.join(map(str, shape))}] {len(data)}\n".encode())
 //	        h.update(data)
 //	sha256 = h.hexdigest()
@@ -58,7 +62,7 @@ func LayerHash(get Getter) string {
 	h := sha256.New()
 	var line []byte
 	for _, s := range HashSuffixes {
-		dt, shape, data, ok := get(s)
+		_, dt, shape, data, ok := lookup(get, s)
 		if !ok {
 			continue
 		}

@@ -18,12 +18,13 @@ func TestLayerHashDefinition(t *testing.T) {
 		{SuffixBias, dtBF16, shape64(2), []byte{1, 2, 3, 4}},
 		{SuffixWTScale, dtF32, nil, []byte{0, 0, 0x80, 0x3f}},
 		{SuffixQWeight, dtI8, shape64(2, 3), []byte{9, 8, 7, 6, 5, 4}},
-		{"proj_down", dtBF16, shape64(3, 1), []byte{1, 1, 1, 1, 1, 1}}, // alias: not covered
+		{"proj_down", dtBF16, shape64(3, 1), []byte{1, 1, 1, 1, 1, 1}}, // alias: recorded as lora_down
 	}
 	var want bytes.Buffer
 	want.WriteString("qweight I8 [2,3] 6\n\x09\x08\x07\x06\x05\x04")
 	want.WriteString("wtscale F32 [] 4\n\x00\x00\x80\x3f")
 	want.WriteString("bias BF16 [2] 4\n\x01\x02\x03\x04")
+	want.WriteString("lora_down BF16 [3,1] 6\n\x01\x01\x01\x01\x01\x01")
 	want.WriteString("lora_up BF16 [2,0] 0\n")
 	sum := sha256.Sum256(want.Bytes())
 	if got := HashTensors(ts); got != hex.EncodeToString(sum[:]) {
@@ -31,7 +32,7 @@ func TestLayerHashDefinition(t *testing.T) {
 	}
 	// The Python snippet of meta_hash.go over the same tensors printed this
 	// (run once with python3's hashlib).
-	const python = "1d7a238f25b7efd29064a9b634a0a09470a7beec3cd66fa7a07c9d6036d9f6e9"
+	const python = "7906f44d701d5bd8702c3ee71c8584c9fff5d55c4b25ecfbb8381595ddac35ec"
 	if HashTensors(ts) != python {
 		t.Fatalf("HashTensors %s, the documented Python gives %s", HashTensors(ts), python)
 	}

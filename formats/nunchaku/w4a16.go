@@ -37,8 +37,9 @@ func chunkDelta(r, c int) float32 {
 // both chunks get the +1, as deepcompressor's delta[1] = delta[-2] = 1 does):
 //
 //	qweight  I32 [N/4, K/2]  (16-bit words, see the package doc)
-//	wscales  model dtype [G', N], G' = K/64 rounded up to a multiple of 16
-//	wzeros   model dtype [G', N] (extra rows of both are zeros)
+//	wscales  model dtype [K/64, N] (the loaders' shape; deepcompressor pads
+//	         the rows to a multiple of 16, which Unpack accepts)
+//	wzeros   model dtype [K/64, N]
 //	bias     model dtype [N]
 //
 // all in interleaved row order, with 1 added to the bias of chunks 1 and
@@ -52,7 +53,7 @@ func PackW4A16(w *quant.WeightOnly, chunks int) ([]Tensor, error) {
 		return nil, err
 	}
 	N, K, dt := w.N, w.K, w.DType
-	G, gp := K/64, w4a16ScaleRows(K)
+	G, gp := K/64, K/64
 	mdt := dt.String()
 
 	q := make([]byte, N*K/2)

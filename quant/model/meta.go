@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"math"
 
+	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/quant"
@@ -81,11 +82,7 @@ func presetSources(l *preset.Layer) []source {
 // advance). Its SHA256 is nunchaku.PlaceholderHash, of the same length as
 // the real hash the caller sets once the layer is packed.
 func (p *Plan) layerMeta(pl *PlannedLayer, alpha, beta float64) nunchaku.LayerMeta {
-	dt := quant.BF16
-	if pl.DType == "F16" {
-		dt = quant.F16
-	}
-	lm := nunchaku.LayerMeta{Name: pl.Name, N: pl.N, K: pl.K, DType: dt.String(), Sources: sourceMetas(&pl.Layer),
+	lm := nunchaku.LayerMeta{Name: pl.Name, N: pl.N, K: pl.K, DType: p.DType.String(), Sources: sourceMetas(&pl.Layer),
 		SHA256: nunchaku.PlaceholderHash}
 	if pl.Role == preset.W4A16 {
 		lm.Kind, lm.Group, lm.Precision, lm.Chunks = nunchaku.KindW4A16, 64, quant.INT4.String(), max(pl.Chunks, 1)
@@ -118,6 +115,13 @@ func (p *Plan) metadata(tool string, metas []nunchaku.LayerMeta, refs map[string
 	}
 	if p.preset.Config != "" {
 		out[nunchaku.MetaConfig] = p.preset.Config
+	}
+	if p.Layout != nil && p.Layout.Comfy {
+		cc, err := engine.ComfyFluxConfig(p.preset.Config)
+		if err != nil {
+			return nil, fmt.Errorf("%s: comfy_config: %v", p.Model, err)
+		}
+		out[engine.MetaComfyConfig] = cc
 	}
 	if p.ModelClass != "" {
 		out[nunchaku.MetaModelClass] = p.ModelClass

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"sort"
 
+	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/formats/safetensors"
@@ -21,6 +22,15 @@ type PlanOptions struct {
 	Include, Exclude []*regexp.Regexp
 	// PassUnknown keeps tensors a family does not know as 16-bit.
 	PassUnknown bool
+	// Target names the engine the file must load in (engine.CPP,
+	// engine.Python, engine.ComfyUI); "" or "all": every engine that runs
+	// the family (formats/engine). Families no engine runs ignore it.
+	Target string
+	// DType is the output's 16-bit type; 0: the first quantized layer's
+	// source dtype (F16 sources stay F16, others become BF16). Kept float
+	// tensors of another dtype are converted when DType was asked for or
+	// a target loader requires one dtype.
+	DType quant.Float16
 }
 
 // PlannedLayer is one layer of a plan with its output form and sizes.
@@ -38,8 +48,9 @@ type PlannedLayer struct {
 // PlannedKept is a 16-bit tensor of a plan with its dtype and size.
 type PlannedKept struct {
 	preset.Kept
-	DType safetensors.DType
-	Bytes int64
+	DType    safetensors.DType // as written
+	SrcDType safetensors.DType // as read (differs when the plan converts it)
+	Bytes    int64
 }
 
 // Plan is what QuantizePlan finds: the family, every layer with its form
@@ -51,6 +62,11 @@ type Plan struct {
 	Naming     string
 	Precision  quant.Precision
 	Rank       int // requested rank (DefaultRank when 0 was asked)
+	// DType is the 16-bit type of every quantized layer's tensors.
+	DType quant.Float16
+	// Layout lays the layers out for the target engines (nil when no
+	// engine runs the family: the C++ names, every W4A4 bias written).
+	Layout *engine.Layout
 	Layers     []PlannedLayer
 	Kept       []PlannedKept
 	// InBytes is the size of every tensor of the checkpoint; OutBytes the
@@ -144,8 +160,16 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 	case rank < 0:
 		rank = 0
 	}
+	cs, err := engine.Select(pp.Family, opt.Target)
+	if err != nil && opt.Target != "" && opt.Target != "all" {
+		return nil, fmt.Errorf("%s: --target: %v", file, err)
+	}
+	layout, err := engine.LayoutFor(cs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: family %s: %v", file, pp.Family, err)
+	}
 	p := &Plan{Model: file, Family: pp.Family, ModelClass: pp.ModelClass, Naming: pp.Naming,
-		Precision: prec, Rank: rank, preset: pp}
+		Precision: prec, Rank: rank, Layout: layout, DType: opt.DType, preset: pp}
 	for _, name := range r.Names() {
 		info, _ := r.Info(name)
 		p.InBytes += info.End - info.Begin
@@ -161,10 +185,13 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			return nil, fmt.Errorf("%s: no tensor %q (layer %s)", file, l.Sources[0].Tensor, l.Name)
 		}
 		pl.DType = string(first.DType)
-		dt := quant.BF16
-		if first.DType == safetensors.F16 {
-			dt = quant.F16
+		if p.DType == 0 {
+			p.DType = quant.BF16
+			if first.DType == safetensors.F16 {
+				p.DType = quant.F16
+			}
 		}
+		dt := p.DType
 		for _, s := range l.Sources {
 			info, ok := r.Info(s.Tensor)
 			if !ok {
@@ -200,6 +227,9 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			}
 			cache[key] = specs
 		}
+		if specs, err = layout.Adapt(pp.Family, l.Name, specs); err != nil {
+			return nil, fmt.Errorf("%s: %v", file, err)
+		}
 		pl.specs = specs
 		for _, s := range specs {
 			pl.OutBytes += tensorBytes(s.DType, s.Shape)
@@ -214,13 +244,14 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 		if !ok {
 			return nil, fmt.Errorf("%s: no tensor %q (kept as %s)", file, k.Tensor, k.Name)
 		}
-		pk := PlannedKept{Kept: k, DType: info.DType}
+		pk := PlannedKept{Kept: k, DType: info.DType, SrcDType: info.DType}
+		if isFloat(info.DType) && (opt.DType != 0 || (layout != nil && layout.DType != engine.DTypeCast)) {
+			pk.DType = safetensors.DType(p.DType.String())
+		}
 		if k.Transform == "" {
 			pk.Shape = info.Shape
-			pk.Bytes = info.End - info.Begin
-		} else {
-			pk.Bytes = k.Elems() * int64(info.DType.Size())
 		}
+		pk.Bytes = k.Elems() * int64(pk.DType.Size())
 		p.Kept = append(p.Kept, pk)
 		p.OutBytes += pk.Bytes
 	}

@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"sync"
@@ -237,7 +238,7 @@ func keptTensors(k *preset.Kept) []string {
 
 // writeKept writes one kept tensor: a byte copy, or the preset's transform.
 func writeKept(w *safetensors.Writer, r safetensors.Reader, file string, k *PlannedKept) error {
-	if k.Transform == "" {
+	if k.Transform == "" && k.DType == k.SrcDType {
 		return w.Copy(k.Name, r, k.Tensor)
 	}
 	data, err := k.Assemble(func(t string) ([]byte, []int64, error) {
@@ -245,16 +246,41 @@ func writeKept(w *safetensors.Writer, r safetensors.Reader, file string, k *Plan
 		if !ok {
 			return nil, nil, fmt.Errorf("%s: no tensor %q", file, t)
 		}
-		if info.DType != k.DType {
-			return nil, nil, fmt.Errorf("%s: tensor %q: dtype %s, other pieces of %s are %s", file, t, info.DType, k.Name, k.DType)
+		if info.DType != k.SrcDType {
+			return nil, nil, fmt.Errorf("%s: tensor %q: dtype %s, other pieces of %s are %s", file, t, info.DType, k.Name, k.SrcDType)
 		}
 		b, err := r.Bytes(t)
 		return b, info.Shape, err
-	}, k.DType.Size())
+	}, k.SrcDType.Size())
 	if err != nil {
 		return fmt.Errorf("%s: %v", file, err)
 	}
+	if k.DType != k.SrcDType {
+		if data, err = convert16(data, k.SrcDType, k.DType); err != nil {
+			return fmt.Errorf("%s: tensor %q: %v", file, k.Tensor, err)
+		}
+	}
 	return w.Write(k.Name, data)
+}
+
+// convert16 converts raw float tensor bytes of dtype from to the 16-bit
+// dtype to (round to nearest even); a finite value that overflows to is an
+// error, since the loader would then compute with ±Inf.
+func convert16(raw []byte, from, to safetensors.DType) ([]byte, error) {
+	v := make([]float32, len(raw)/from.Size())
+	if err := quant.Decode(v, string(from), raw); err != nil {
+		return nil, err
+	}
+	dt := quant.BF16
+	if to == safetensors.F16 {
+		dt = quant.F16
+	}
+	for i, x := range v {
+		if r := dt.Round(x); math.IsInf(float64(r), 0) && !math.IsInf(float64(x), 0) {
+			return nil, fmt.Errorf("element %d = %g overflows %s", i, x, to)
+		}
+	}
+	return dt.Encode(v), nil
 }
 
 // outSpecs lists every tensor of the output file.

@@ -37,6 +37,9 @@ func (q *quantizer) unit(u unit) error {
 		q.release(srcs)
 		if i == 0 {
 			dt = d
+			if q.plan.DType != 0 {
+				dt = q.plan.DType
+			}
 		}
 		ins[i] = quant.Input{Name: q.opt.Model + ": " + pl.Name, W: w, N: pl.N, K: pl.K, Bias: b}
 	}
@@ -80,6 +83,9 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 	w, b, dt, err := readWeight(q.r, q.opt.Model, srcs, pl.N, pl.K)
 	if err != nil {
 		return err
+	}
+	if q.plan.DType != 0 {
+		dt = q.plan.DType
 	}
 	q.release(srcs)
 	var wo *quant.WeightOnly
@@ -202,6 +208,10 @@ func (q *quantizer) release(srcs []source) {
 // write stores a layer's packed tensors, checking them against the plan,
 // and returns their integrity hash (nunchaku.LayerHash) for the metadata.
 func (q *quantizer) write(pl *PlannedLayer, ts []nunchaku.Tensor) (string, error) {
+	ts, err := q.plan.Layout.Adapt(q.plan.Family, pl.Name, ts)
+	if err != nil {
+		return "", fmt.Errorf("%s: %v", q.opt.Model, err)
+	}
 	if len(ts) != len(pl.specs) {
 		return "", fmt.Errorf("%s: layer %s: packer returned %d tensors, planned %d", q.opt.Out, pl.Name, len(ts), len(pl.specs))
 	}

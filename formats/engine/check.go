@@ -1,0 +1,380 @@
+package engine
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/svdq/svdq/formats/nunchaku"
+)
+
+// TensorInfo is a tensor's header entry.
+type TensorInfo struct {
+	DType string // safetensors dtype name
+	Shape []int64
+}
+
+// File is what Check reads of a checkpoint: its header and metadata.
+type File struct {
+	Tensors  map[string]TensorInfo
+	Metadata map[string]string
+}
+
+// Verdict is one engine's answer for a file.
+type Verdict struct {
+	Engine   string   `json:"engine"`
+	Loader   string   `json:"loader"`
+	Loads    bool     `json:"loads"`
+	Problems []string `json:"problems,omitempty"`
+}
+
+// CheckAll checks f against every engine that runs presetFamily.
+func CheckAll(presetFamily string, f *File) []Verdict {
+	var out []Verdict
+	for _, c := range For(presetFamily) {
+		p := Check(c, f)
+		out = append(out, Verdict{Engine: c.Engine, Loader: c.Loader, Loads: len(p) == 0, Problems: p})
+	}
+	return out
+}
+
+// problems collects findings grouped by rule, each rule listing the
+// layers (or tensors) it hit.
+type problems struct {
+	order []string
+	hits  map[string][]string
+}
+
+func (p *problems) add(rule, where string) {
+	if p.hits == nil {
+		p.hits = map[string][]string{}
+	}
+	if _, ok := p.hits[rule]; !ok {
+		p.order = append(p.order, rule)
+	}
+	p.hits[rule] = append(p.hits[rule], where)
+}
+
+func (p *problems) list() []string {
+	var out []string
+	for _, r := range p.order {
+		w := p.hits[r]
+		switch {
+		case len(w) == 1 && w[0] == "":
+			out = append(out, r)
+		case len(w) <= 2:
+			out = append(out, fmt.Sprintf("%s: %s", r, strings.Join(w, ", ")))
+		default:
+			out = append(out, fmt.Sprintf("%s: %s, %s and %d more", r, w[0], w[1], len(w)-2))
+		}
+	}
+	return out
+}
+
+// suffix names of a W4A4 layer under a naming.
+func names(n Naming) (smooth, smoothOrig, down, up string) {
+	if n == PythonNames {
+		return "smooth_factor", "smooth_factor_orig", "proj_down", "proj_up"
+	}
+	return nunchaku.SuffixSmooth, nunchaku.SuffixSmoothOrig, nunchaku.SuffixLoraDown, nunchaku.SuffixLoraUp
+}
+
+func other(n Naming) Naming {
+	if n == PythonNames {
+		return CPPNames
+	}
+	return PythonNames
+}
+
+// QuantConfig is what the loaders read of quantization_config.
+type QuantConfig struct {
+	Present      bool
+	Rank         int  // 32 when absent (the Python loaders' default)
+	SkipRefiners bool // Z-Image
+	WeightDType  string
+}
+
+// ParseQuantConfig reads quantization_config from metadata.
+func ParseQuantConfig(md map[string]string) (QuantConfig, error) {
+	qc := QuantConfig{Rank: 32}
+	s, ok := md[MetaQuantizationConfig]
+	if !ok {
+		return qc, nil
+	}
+	var v struct {
+		Rank         *int `json:"rank"`
+		SkipRefiners bool `json:"skip_refiners"`
+		Weight       struct {
+			DType string `json:"dtype"`
+		} `json:"weight"`
+	}
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		return qc, fmt.Errorf("metadata %s is not JSON: %v", MetaQuantizationConfig, err)
+	}
+	qc.Present, qc.SkipRefiners, qc.WeightDType = true, v.SkipRefiners, v.Weight.DType
+	if v.Rank != nil {
+		qc.Rank = *v.Rank
+	}
+	return qc, nil
+}
+
+// Check returns why f does not load in c's engine (none: it loads, as far
+// as the file's names, shapes, dtypes and metadata decide).
+func Check(c *Contract, f *File) []string {
+	var p problems
+	fam := Families[c.Family]
+	qc, qcErr := ParseQuantConfig(f.Metadata)
+	for _, m := range c.Meta {
+		v, ok := f.Metadata[m.Key]
+		switch {
+		case !ok && m.Need == Required:
+			p.add(fmt.Sprintf("no %s metadata (%s)", m.Key, m.Why), "")
+		case ok && !json.Valid([]byte(v)):
+			p.add(fmt.Sprintf("metadata %s is not JSON", m.Key), "")
+		}
+	}
+	if qcErr == nil && c.Rank == RankUniform && !qc.Present {
+		qc.Rank = 32
+	}
+	for _, m := range c.Meta {
+		if m.Key == MetaComfyConfig {
+			for _, e := range checkComfyConfig(f) {
+				p.add(e, "")
+			}
+		}
+	}
+
+	meta := svdqMeta(f)
+	all := make([]string, 0, len(f.Tensors))
+	for n := range f.Tensors {
+		all = append(all, n)
+	}
+	sort.Strings(all)
+	groups := nunchaku.Layers(all)
+	has := func(layer, suf string) (TensorInfo, bool) { t, ok := f.Tensors[layer+"."+suf]; return t, ok }
+
+	smooth, smoothOrig, down, up := names(c.Naming)
+	oSmooth, oSmoothOrig, oDown, oUp := names(other(c.Naming))
+	seen := map[string]map[string]bool{} // block prefix → rel names present
+	blockOf := map[string]*BlockSpec{}
+	ranks := map[string]int{}
+	var dtype string
+	for _, g := range groups {
+		b, prefix, rel, ok := fam.Block(g.Name)
+		var spec *LayerSpec
+		if ok {
+			spec, ok = b.Spec(rel)
+		}
+		if !ok {
+			p.add("quantized layers the loader builds no module for", g.Name)
+			continue
+		}
+		if seen[prefix] == nil {
+			seen[prefix] = map[string]bool{}
+		}
+		seen[prefix][rel] = true
+		blockOf[prefix] = b
+		if g.Kind != spec.Kind {
+			p.add(fmt.Sprintf("layer kind differs from the loader's module (%s expected)", spec.Kind), g.Name)
+			continue
+		}
+		_, hasBias := has(g.Name, nunchaku.SuffixBias)
+		wantBias := c.BiasAlways || spec.Bias
+		switch {
+		case wantBias && !hasBias:
+			p.add("no bias tensor where the loader's module has one", g.Name)
+		case !wantBias && hasBias && c.Strict:
+			p.add("a bias tensor where the loader builds the module without one (unexpected key)", g.Name)
+		}
+		qw, _ := has(g.Name, nunchaku.SuffixQWeight)
+		if g.Kind == w4a16 {
+			ws, _ := has(g.Name, nunchaku.SuffixWScales)
+			if _, ok := has(g.Name, nunchaku.SuffixWZeros); !ok {
+				p.add("W4A16 layer without wzeros", g.Name)
+			}
+			if len(qw.Shape) == 2 && len(ws.Shape) == 2 {
+				k := 2 * int(qw.Shape[1])
+				if int(ws.Shape[0]) != (k+63)/64 {
+					p.add(fmt.Sprintf("W4A16 wscales/wzeros rows are not in-features/64 (the loader allocates [ceil(K/64), N])"), g.Name)
+				}
+			}
+			_, d := has(g.Name, nunchaku.SuffixLoraDown)
+			if d && c.W4A16Branch == Forbidden {
+				p.add("lora_down/lora_up on a W4A16 layer (AWQW4A16Linear has none: unexpected keys)", g.Name)
+			}
+			if dtype == "" && ws.DType != "" {
+				dtype = ws.DType
+			}
+			continue
+		}
+		// W4A4.
+		for _, s := range [][2]string{{smooth, oSmooth}, {down, oDown}, {up, oUp}} {
+			_, ok := has(g.Name, s[0])
+			_, okOther := has(g.Name, s[1])
+			switch {
+			case !ok && okOther:
+				p.add(fmt.Sprintf("tensor names the loader does not read (%s instead of %s; it reads %s)", s[1], s[0], c.Naming), g.Name)
+			case !ok && (s[0] == smooth || c.Strict):
+				p.add(fmt.Sprintf("no %s tensor", s[0]), g.Name)
+			}
+		}
+		if _, ok := has(g.Name, smoothOrig); !ok && c.SmoothOrig == Required {
+			if _, ok := has(g.Name, oSmoothOrig); !ok {
+				p.add(fmt.Sprintf("no %s tensor", smoothOrig), g.Name)
+			}
+		}
+		ws, _ := has(g.Name, nunchaku.SuffixWScales)
+		nvfp4 := ws.DType == "F8_E4M3"
+		_, wt := has(g.Name, nunchaku.SuffixWTScale)
+		_, wc := has(g.Name, nunchaku.SuffixWCScales)
+		switch {
+		case !nvfp4 && c.Strict && (wt || wc):
+			p.add("wtscale/wcscales on an INT4 layer (the INT4 module has neither: unexpected key)", g.Name)
+		case nvfp4 && wt && c.WTScale == Forbidden:
+			p.add("an NVFP4 wtscale the loader does not accept (unexpected key; it keeps wtscale = 1)", g.Name)
+		case nvfp4 && !wc && c.WCScales == Required:
+			p.add("no wcscales on an NVFP4 layer (the loader requires it)", g.Name)
+		}
+		sm, _ := has(g.Name, smooth)
+		if dtype == "" && sm.DType != "" {
+			dtype = sm.DType
+		}
+		if d, ok := f.Tensors[g.Name+"."+down]; ok && len(d.Shape) == 2 {
+			r := int(d.Shape[1])
+			ranks[g.Name] = r
+			if u, ok := f.Tensors[g.Name+"."+up]; ok && len(u.Shape) == 2 && int(u.Shape[1]) != r {
+				p.add("lora_down and lora_up ranks differ", g.Name)
+			}
+			switch c.Rank {
+			case RankPerLayer:
+				if r%16 != 0 {
+					p.add("low-rank branch rank not a multiple of 16", g.Name)
+				}
+			case RankUniform:
+				if r != qc.Rank {
+					p.add(fmt.Sprintf("rank differs from quantization_config rank %d (every module is built with that rank; strict load)", qc.Rank),
+						fmt.Sprintf("%s (%d)", g.Name, r))
+				}
+			}
+		}
+		if !c.Padded && len(qw.Shape) == 2 {
+			if lm := meta[g.Name]; lm != nil && (int(qw.Shape[0]) != lm.N || 2*int(qw.Shape[1]) != lm.K) {
+				p.add("shapes padded to 128 where the loader builds the exact widths", g.Name)
+			}
+		}
+	}
+	// Pairs the engine fuses (C++ MLPs) must share a rank.
+	if c.Rank == RankPerLayer {
+		for _, g := range groups {
+			if b, prefix, rel, ok := fam.Block(g.Name); ok {
+				if s, ok := b.Spec(rel); ok && s.Pair != "" && rel < s.Pair {
+					r1, ok1 := ranks[g.Name]
+					r2, ok2 := ranks[prefix+s.Pair]
+					if ok1 && ok2 && r1 != r2 {
+						p.add("fused MLP pair with different ranks (fc1's epilogue sizes fc2's low-rank input)", g.Name)
+					}
+				}
+			}
+		}
+	}
+	// Every module of every block present.
+	for prefix, rels := range seen {
+		b := blockOf[prefix]
+		if b.Skippable && qc.SkipRefiners {
+			p.add("quantized refiner layers while quantization_config.skip_refiners is true", prefix)
+			continue
+		}
+		for _, s := range b.Layers {
+			if !rels[s.Name] {
+				p.add("missing quantized modules", prefix+s.Name)
+			}
+		}
+	}
+	for _, b := range fam.Blocks {
+		if !b.Skippable || qc.SkipRefiners {
+			continue
+		}
+		for _, n := range all {
+			if loc := b.Re.FindStringIndex(n); loc != nil && loc[0] == 0 && seen[n[:loc[1]]] == nil &&
+				strings.HasSuffix(n, ".weight") {
+				p.add("16-bit refiner blocks while quantization_config.skip_refiners is not set (the loader quantizes refiners)", n[:loc[1]])
+				break
+			}
+		}
+	}
+	if c.Fixed != nil {
+		checkFixed(c, fam, all, groups, f, &p)
+	}
+	// dtype.
+	if c.DType != DTypeCast && dtype != "" {
+		if c.DType == DTypeBF16 && dtype != "BF16" {
+			p.add(fmt.Sprintf("16-bit dtype %s (the loader's W4A16 modules are always BF16)", dtype), "")
+		}
+		for _, n := range all {
+			t := f.Tensors[n]
+			if (t.DType == "BF16" || t.DType == "F16" || t.DType == "F32" || t.DType == "F64") && t.DType != dtype &&
+				!strings.HasSuffix(n, "."+nunchaku.SuffixWTScale) && !strings.HasPrefix(n, reservedPrefix) {
+				p.add(fmt.Sprintf("tensors not in the file's dtype %s (patch_scale_key asserts one dtype)", dtype), n)
+			}
+		}
+	}
+	for _, n := range all {
+		if strings.HasPrefix(n, reservedPrefix) && c.Reserved != "" && !strings.HasPrefix(c.Reserved, "ignored") {
+			p.add("svdq_lora.* tensors: "+c.Reserved, n)
+			break
+		}
+	}
+	return p.list()
+}
+
+// reservedPrefix is the prefix of fuse-lora's former provenance tensors.
+const reservedPrefix = "svdq_lora."
+
+// checkFixed compares the file with an architecture the engine hard-codes.
+func checkFixed(c *Contract, fam *Family, all []string, groups []nunchaku.Group, f *File, p *problems) {
+	for _, b := range fam.Blocks {
+		want, ok := c.Fixed.Blocks[b.Stem]
+		if !ok {
+			continue
+		}
+		idx := map[int]bool{}
+		for _, n := range all {
+			if loc := b.Re.FindStringIndex(n); loc != nil && loc[0] == 0 {
+				idx[blockIndex(n[:loc[1]])] = true
+			}
+		}
+		if len(idx) != want {
+			p.add(fmt.Sprintf("%d %s, the engine hard-codes %d", len(idx), b.Stem, want), "")
+		}
+	}
+	for _, g := range groups {
+		if g.Kind != w4a4 {
+			continue
+		}
+		if qw, ok := f.Tensors[g.Name+"."+nunchaku.SuffixQWeight]; ok && len(qw.Shape) == 2 {
+			if k := 2 * int(qw.Shape[1]); (strings.HasSuffix(g.Name, ".qkv_proj") || strings.HasSuffix(g.Name, ".to_qkv")) && k != c.Fixed.Width {
+				p.add(fmt.Sprintf("width %d, the engine hard-codes %d", k, c.Fixed.Width), "")
+				return
+			}
+		}
+	}
+}
+
+// svdqMeta returns the svdq metadata entries of the file by layer name
+// (empty when the file has none or it does not parse).
+func svdqMeta(f *File) map[string]*nunchaku.LayerMeta {
+	out := map[string]*nunchaku.LayerMeta{}
+	s, ok := f.Metadata[nunchaku.MetaSVDQ]
+	if !ok {
+		return out
+	}
+	m, err := nunchaku.ParseMeta(s)
+	if err != nil {
+		return out
+	}
+	for i := range m.Layers {
+		out[m.Layers[i].Name] = &m.Layers[i]
+	}
+	return out
+}
