@@ -114,6 +114,7 @@ func printInspection(w io.Writer, in *model.Inspection) {
 	}
 	fmt.Fprintf(w, "  total: %s\n", strings.Join(parts, ", "))
 	printIntegrity(w, in)
+	printEngines(w, in)
 	if in.LoRAs != nil { // fuse-lora
 		fmt.Fprintf(w, "fused LoRAs (%d; svdq fuse-lora --remove NAME takes one out):\n", len(in.LoRAs.LoRAs))
 		for _, line := range in.LoRAs.Summary() {
@@ -143,6 +144,36 @@ func printIntegrity(w io.Writer, in *model.Inspection) {
 	fmt.Fprintln(w, line)
 	if len(in.Mismatches) > 0 {
 		printMismatches(w, in.Mismatches, len(in.Layers), "the file changed after it was written")
+	}
+}
+
+// printEngines prints where the file loads:
+//
+//	loads in: nunchaku-cpp (nunchaku NunchakuFluxTransformer2dModel…), comfyui (…)
+//	does not load in: nunchaku-python (…) because
+//	  - rank differs from quantization_config rank 32 …
+func printEngines(w io.Writer, in *model.Inspection) {
+	if in.EngineNote != "" {
+		fmt.Fprintf(w, "engines: %s\n", in.EngineNote)
+		return
+	}
+	var ok []string
+	for _, v := range in.Engines {
+		if v.Loads {
+			ok = append(ok, fmt.Sprintf("%s (%s)", v.Engine, v.Loader))
+		}
+	}
+	if len(ok) > 0 {
+		fmt.Fprintf(w, "loads in: %s\n", strings.Join(ok, "; "))
+	}
+	for _, v := range in.Engines {
+		if v.Loads {
+			continue
+		}
+		fmt.Fprintf(w, "does not load in: %s (%s) because\n", v.Engine, v.Loader)
+		for _, p := range v.Problems {
+			fmt.Fprintf(w, "  - %s\n", p)
+		}
 	}
 }
 

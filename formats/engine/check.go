@@ -29,14 +29,51 @@ type Verdict struct {
 	Problems []string `json:"problems,omitempty"`
 }
 
-// CheckAll checks f against every engine that runs presetFamily.
+// CheckAll checks f against every engine that runs presetFamily (a preset
+// name such as "flux-dev", or a table family such as "flux").
 func CheckAll(presetFamily string, f *File) []Verdict {
 	var out []Verdict
-	for _, c := range For(presetFamily) {
+	fam := tableFamily(presetFamily)
+	for _, c := range Contracts() {
+		if c.Family != fam {
+			continue
+		}
 		p := Check(c, f)
 		out = append(out, Verdict{Engine: c.Engine, Loader: c.Loader, Loads: len(p) == 0, Problems: p})
 	}
 	return out
+}
+
+// Guess returns the table family whose quantized modules the file's
+// quantized layers match best ("" when none matches any): the family of a
+// file without svdq metadata (deepcompressor's, nunchaku's own).
+func Guess(f *File) string {
+	names := make([]string, 0, len(f.Tensors))
+	for n := range f.Tensors {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	groups := nunchaku.Layers(names)
+	best, bestN := "", 0
+	fams := make([]string, 0, len(Families))
+	for n := range Families {
+		fams = append(fams, n)
+	}
+	sort.Strings(fams)
+	for _, n := range fams {
+		hits := 0
+		for _, g := range groups {
+			if b, _, rel, ok := Families[n].Block(g.Name); ok {
+				if _, ok := b.Spec(rel); ok {
+					hits++
+				}
+			}
+		}
+		if hits > bestN {
+			best, bestN = n, hits
+		}
+	}
+	return best
 }
 
 // problems collects findings grouped by rule, each rule listing the
@@ -50,10 +87,14 @@ func (p *problems) add(rule, where string) {
 	if p.hits == nil {
 		p.hits = map[string][]string{}
 	}
-	if _, ok := p.hits[rule]; !ok {
+	h, ok := p.hits[rule]
+	if !ok {
 		p.order = append(p.order, rule)
 	}
-	p.hits[rule] = append(p.hits[rule], where)
+	if len(h) > 0 && h[len(h)-1] == where {
+		return
+	}
+	p.hits[rule] = append(h, where)
 }
 
 func (p *problems) list() []string {
@@ -214,7 +255,7 @@ func Check(c *Contract, f *File) []string {
 			_, okOther := has(g.Name, s[1])
 			switch {
 			case !ok && okOther:
-				p.add(fmt.Sprintf("tensor names the loader does not read (%s instead of %s; it reads %s)", s[1], s[0], c.Naming), g.Name)
+				p.add(fmt.Sprintf("tensor names the loader does not read (it reads %s)", c.Naming), g.Name)
 			case !ok && (s[0] == smooth || c.Strict):
 				p.add(fmt.Sprintf("no %s tensor", s[0]), g.Name)
 			}

@@ -170,8 +170,8 @@ func engineIndex(e string) int {
 // (e.g. "flux-dev"), in engine order; none for a family nunchaku does not
 // run (PixArt-Σ, generic, ...).
 func For(presetFamily string) []*Contract {
-	fam, ok := familyOf[presetFamily]
-	if !ok {
+	fam := tableFamily(presetFamily)
+	if fam == "" {
 		return nil
 	}
 	var out []*Contract
@@ -207,4 +207,16 @@ func Select(presetFamily, target string) ([]*Contract, error) {
 		return nil, fmt.Errorf("no engine loads family %s", presetFamily)
 	}
 	return nil, fmt.Errorf("%s does not load family %s (engines that do: %s)", target, presetFamily, strings.Join(have, ", "))
+}
+
+// tableFamily maps a preset family ("flux-dev") or a table family
+// ("flux") to the table family ("" when neither).
+func tableFamily(name string) string {
+	if f, ok := familyOf[name]; ok {
+		return f
+	}
+	if _, ok := Families[name]; ok {
+		return name
+	}
+	return ""
 }

@@ -171,7 +171,7 @@ var zimageLayers = []LayerSpec{
 // LayerSpecOf returns the spec of a quantized layer name of a preset
 // family, ok false when the family's loaders build no such module.
 func LayerSpecOf(presetFamily, layer string) (*LayerSpec, bool) {
-	f, ok := Families[familyOf[presetFamily]]
+	f, ok := Families[tableFamily(presetFamily)]
 	if !ok {
 		return nil, false
 	}

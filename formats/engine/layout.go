@@ -177,10 +177,15 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 		np := qw.Shape[0]
 		wantBias := l.BiasAlways || spec.Bias
 		if b, ok := by[nunchaku.SuffixBias]; ok && !wantBias {
-			if b.Data != nil && !allZero(b.Data) {
-				return nil, fmt.Errorf("layer %s: the target loaders build it without a bias, but its bias is not zero", layer)
+			// A non-strict loader (C++) never reads it: kept, so that the
+			// file still holds the source's bias for svdq's own tools.
+			if l.Strict {
+				if b.Data != nil && !allZero(b.Data) {
+					return nil, fmt.Errorf("layer %s: the %s loaders build it without a bias, but its bias is not zero",
+						layer, strings.Join(l.Engines, ", "))
+				}
+				drop(nunchaku.SuffixBias)
 			}
-			drop(nunchaku.SuffixBias)
 		} else if !ok && wantBias {
 			add(nunchaku.Tensor{Suffix: nunchaku.SuffixBias, DType: sm.DType, Shape: []int64{np}, Data: zeros(sm.Data, int(np)*2)})
 		}

@@ -60,7 +60,8 @@ var table = []*Contract{
 		SmoothOrig: Ignored, WTScale: Optional, WCScales: Optional, W4A16Branch: Ignored,
 		Reserved: "ignored (strict=False)",
 		Meta:     []MetaNeed{needConfig},
-		Notes:    "the model is always built in BF16 on the single-file path",
+		Notes: "the model is always built in BF16 on the single-file path; attn.out_proj and ff.point_conv are built without a bias, " +
+			"so the engine does not apply the source's attn1.to_out.0 bias (svdq keeps it in the file, where the engine ignores it)",
 	},
 	{
 		Engine: Python, Family: "qwen-image", Loader: "nunchaku NunchakuQwenImageTransformer2DModel.from_pretrained",

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 
+	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
@@ -64,6 +65,10 @@ type Inspection struct {
 	// Mismatches details, with InspectOptions.Verify, the layers whose
 	// bytes differ from their record.
 	Mismatches []LayerIntegrity `json:"mismatches,omitempty"`
+	// Engines says, per engine that runs the family (formats/engine),
+	// whether the file loads there and why not.
+	Engines    []engine.Verdict `json:"engines"`
+	EngineNote string           `json:"engine_note,omitempty"`
 	// LoRAs is the fuse-lora provenance record (formats/lora), nil when
 	// no LoRA is fused.
 	LoRAs *lora.Provenance `json:"loras,omitempty"`
@@ -121,6 +126,20 @@ func Inspect(path string, opt InspectOptions) (*Inspection, error) {
 			in.Hashed++
 		}
 		in.Layers = append(in.Layers, q)
+	}
+	if len(in.Layers) > 0 {
+		ef := &engine.File{Tensors: map[string]engine.TensorInfo{}, Metadata: in.Metadata}
+		for _, t := range in.Tensors {
+			ef.Tensors[t.Name] = engine.TensorInfo{DType: t.DType, Shape: t.Shape}
+		}
+		fam := in.Family
+		if engine.FamilyOf(fam) == "" {
+			fam = engine.Guess(ef)
+		}
+		in.Engines = engine.CheckAll(fam, ef)
+		if len(in.Engines) == 0 {
+			in.EngineNote = fmt.Sprintf("no nunchaku engine runs family %q", in.Family)
+		}
 	}
 	if opt.Verify {
 		ints, err := VerifyIntegrity(path, nil)

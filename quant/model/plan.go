@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strings"
 
 	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/nunchaku"
@@ -167,6 +168,10 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 	layout, err := engine.LayoutFor(cs)
 	if err != nil {
 		return nil, fmt.Errorf("%s: family %s: %v", file, pp.Family, err)
+	}
+	if layout != nil && layout.NoWTScale && prec == quant.NVFP4 {
+		return nil, fmt.Errorf("%s: family %s: %s does not load an NVFP4 per-tensor scale (wtscale), which svdq's NVFP4 layers need; use --precision int4",
+			file, pp.Family, strings.Join(layout.Engines, ", "))
 	}
 	p := &Plan{Model: file, Family: pp.Family, ModelClass: pp.ModelClass, Naming: pp.Naming,
 		Precision: prec, Rank: rank, Layout: layout, DType: opt.DType, preset: pp}
