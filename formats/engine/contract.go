@@ -23,7 +23,7 @@ var Engines = []string{CPP, Python, ComfyUI}
 
 // Commits are the loader sources the table was read from.
 var Commits = map[string]string{
-	"nunchaku":          "3a3cc3d (2025-12-30)",
+	"nunchaku":         "3a3cc3d (2025-12-30)",
 	"ComfyUI-nunchaku": "dbfd194 (2025-11-08)",
 }
 

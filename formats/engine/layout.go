@@ -220,7 +220,9 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 	return out, nil
 }
 
-func allZero(b []byte) bool { return len(b) == 0 || (b[0] == 0 && bytes.Equal(b, make([]byte, len(b)))) }
+func allZero(b []byte) bool {
+	return len(b) == 0 || (b[0] == 0 && bytes.Equal(b, make([]byte, len(b))))
+}
 
 // zeros returns n zero bytes, or nil in shape-only mode (like nil).
 func zeros(like []byte, n int) []byte {

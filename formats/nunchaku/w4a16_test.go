@@ -301,7 +301,10 @@ func TestUnpackW4A16DeepcompressorRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cut := func(x *Tensor) { x.Shape = []int64{32, 24}; x.Data = append(append([]byte(nil), x.Data...), make([]byte, 2*15*24)...) }
+	cut := func(x *Tensor) {
+		x.Shape = []int64{32, 24}
+		x.Data = append(append([]byte(nil), x.Data...), make([]byte, 2*15*24)...)
+	}
 	g1 := edit(ts, "wscales", cut)
 	g2 := edit(ts, "wzeros", cut)
 	get := func(s string) (string, []int64, []byte, bool) {

@@ -68,8 +68,8 @@ type Plan struct {
 	// Layout lays the layers out for the target engines (nil when no
 	// engine runs the family: the C++ names, every W4A4 bias written).
 	Layout *engine.Layout
-	Layers     []PlannedLayer
-	Kept       []PlannedKept
+	Layers []PlannedLayer
+	Kept   []PlannedKept
 	// InBytes is the size of every tensor of the checkpoint; OutBytes the
 	// size of every tensor of the output (header excluded).
 	InBytes, OutBytes int64
