@@ -61,16 +61,7 @@ func convertAction(c *cli.Context) error {
 			fmt.Fprintf(w, ", metadata %s set", strings.Join(rep.Added, ", "))
 		}
 		fmt.Fprintln(w)
-		for _, v := range rep.Verdicts {
-			if v.Loads {
-				fmt.Fprintf(w, "loads in: %s (%s)\n", v.Engine, v.Loader)
-				continue
-			}
-			fmt.Fprintf(w, "does not load in: %s (%s) because\n", v.Engine, v.Loader)
-			for _, p := range v.Problems {
-				fmt.Fprintf(w, "  - %s\n", p)
-			}
-		}
+		printVerdicts(w, rep.Verdicts)
 	}
 	for _, v := range rep.Verdicts {
 		if !v.Loads {

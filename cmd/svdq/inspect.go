@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/quant/model"
 	"github.com/urfave/cli/v2"
@@ -157,8 +158,13 @@ func printEngines(w io.Writer, in *model.Inspection) {
 		fmt.Fprintf(w, "engines: %s\n", in.EngineNote)
 		return
 	}
+	printVerdicts(w, in.Engines)
+}
+
+// printVerdicts prints engine verdicts, the engines that load first.
+func printVerdicts(w io.Writer, vs []engine.Verdict) {
 	var ok []string
-	for _, v := range in.Engines {
+	for _, v := range vs {
 		if v.Loads {
 			ok = append(ok, fmt.Sprintf("%s (%s)", v.Engine, v.Loader))
 		}
@@ -166,7 +172,7 @@ func printEngines(w io.Writer, in *model.Inspection) {
 	if len(ok) > 0 {
 		fmt.Fprintf(w, "loads in: %s\n", strings.Join(ok, "; "))
 	}
-	for _, v := range in.Engines {
+	for _, v := range vs {
 		if v.Loads {
 			continue
 		}

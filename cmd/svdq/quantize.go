@@ -117,6 +117,11 @@ func quantizeAction(c *cli.Context) error {
 		}
 		r.Close()
 		printPlan(c.App.Writer, plan)
+		vs, err := plan.Verdicts("svdq " + version)
+		if err != nil {
+			return err
+		}
+		printVerdicts(c.App.Writer, vs)
 		return nil
 	}
 	for _, f := range []string{"calib", "out"} {

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -313,4 +314,42 @@ func tensorBytes(dtype string, shape []int64) int64 {
 		n *= d
 	}
 	return n
+}
+
+// OutputFile returns the header and metadata the output of p will have,
+// as engine.Check reads them (smoothing exponents and layer hashes are
+// placeholders of the final length), so that a dry run can say where the
+// file will load before anything is quantized.
+func (p *Plan) OutputFile(tool string) (*engine.File, error) {
+	metas := make([]nunchaku.LayerMeta, len(p.Layers))
+	for i := range p.Layers {
+		metas[i] = p.layerMeta(&p.Layers[i], 0, 0)
+	}
+	md, err := p.metadata(tool, metas, map[string]CalibRef{})
+	if err != nil {
+		return nil, err
+	}
+	f := &engine.File{Tensors: map[string]engine.TensorInfo{}, Metadata: md}
+	for _, s := range p.outSpecs() {
+		f.Tensors[s.Name] = engine.TensorInfo{DType: string(s.DType), Shape: s.Shape}
+	}
+	return f, nil
+}
+
+// Verdicts checks the planned output against the target engines (every
+// engine that runs the family when the plan has no target).
+func (p *Plan) Verdicts(tool string) ([]engine.Verdict, error) {
+	f, err := p.OutputFile(tool)
+	if err != nil {
+		return nil, err
+	}
+	var out []engine.Verdict
+	for _, c := range engine.For(p.Family) {
+		if p.Layout != nil && !slices.Contains(p.Layout.Engines, c.Engine) {
+			continue
+		}
+		pr := engine.Check(c, f)
+		out = append(out, engine.Verdict{Engine: c.Engine, Loader: c.Loader, Loads: len(pr) == 0, Problems: pr})
+	}
+	return out, nil
 }

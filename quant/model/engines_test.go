@@ -1,0 +1,258 @@
+package model
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/svdq/svdq/formats/engine"
+	"github.com/svdq/svdq/formats/preset"
+	"github.com/svdq/svdq/formats/safetensors"
+	"github.com/svdq/svdq/formats/synth"
+	"github.com/svdq/svdq/quant"
+)
+
+// unfixed returns copies of the family's contracts without the
+// architecture an engine hard-codes, for synthetic files narrower than
+// the real model (TestContractFullSize checks that rule at real size).
+func unfixed(family string) []*engine.Contract {
+	var out []*engine.Contract
+	for _, c := range engine.For(family) {
+		cc := *c
+		cc.Fixed = nil
+		out = append(out, &cc)
+	}
+	return out
+}
+
+// checkFileContracts opens a written file and checks it against cs.
+func checkFileContracts(t *testing.T, path string, cs []*engine.Contract) {
+	t.Helper()
+	r, err := safetensors.OpenCheckpoint(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	f := engineFile(r)
+	for _, c := range cs {
+		if p := engine.Check(c, f); len(p) != 0 {
+			t.Errorf("%s does not load in %s: %q", path, c.Key(), p)
+		}
+	}
+}
+
+// contractCases are the families nunchaku runs, at widths whose every
+// layer is a multiple of 128 (the Python loaders build exact widths).
+var contractCases = []struct {
+	arch  string
+	scale float64
+}{
+	{"flux-dev", 0.25}, {"flux-schnell", 0.25}, {"sana", 0.2}, {"qwen-image", 0.25}, {"sdxl", 0.2}, {"z-image", 0.2},
+}
+
+// TestContractFamilies: for every family × precision, synth → quantize →
+// the file satisfies every engine's contract; then convert to each single
+// engine and back to all, and the file still does. SDXL NVFP4 is refused
+// before any work (its loader drops wtscale).
+func TestContractFamilies(t *testing.T) {
+	for _, c := range contractCases {
+		dir := t.TempDir()
+		if err := synth.Generate(synth.Options{Arch: c.arch, Out: dir, Scale: c.scale, Blocks: 1, Samples: 32, Seed: 3}); err != nil {
+			t.Fatalf("%s: %v", c.arch, err)
+		}
+		model, calib := filepath.Join(dir, synth.ModelFile), filepath.Join(dir, synth.CalibFile)
+		for _, prec := range []quant.Precision{quant.INT4, quant.NVFP4} {
+			name := fmt.Sprintf("%s/%v", c.arch, prec)
+			out := filepath.Join(dir, prec.String()+".safetensors")
+			opt := fastOptions(model, calib, out)
+			opt.Rank, opt.Precision, opt.Iters, opt.Search = 32, prec, -1, quant.SearchOff
+			_, err := Quantize(opt)
+			if c.arch == "sdxl" && prec == quant.NVFP4 {
+				if err == nil || !strings.Contains(err.Error(), "wtscale") {
+					t.Errorf("%s: %v, want a refusal naming wtscale", name, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			checkFileContracts(t, out, unfixed(c.arch))
+			for _, e := range append(engineNames(c.arch), "all") {
+				conv := filepath.Join(dir, prec.String()+"-"+e+".safetensors")
+				if _, err := Convert(ConvertOptions{In: out, Out: conv, Target: e}); err != nil {
+					t.Fatalf("%s: convert --target %s: %v", name, e, err)
+				}
+				var cs []*engine.Contract
+				for _, x := range unfixed(c.arch) {
+					if e == "all" || x.Engine == e {
+						cs = append(cs, x)
+					}
+				}
+				checkFileContracts(t, conv, cs)
+			}
+		}
+	}
+}
+
+func engineNames(family string) []string {
+	var out []string
+	for _, c := range engine.For(family) {
+		out = append(out, c.Engine)
+	}
+	return out
+}
+
+// TestContractConvertExact: converting a Qwen-Image file to Python names
+// and back to C++ names gives the same tensors byte for byte (renames and
+// zero-bias handling only), and the Python-named file unpacks to the same
+// logical layers as the original.
+func TestContractConvertExact(t *testing.T) {
+	dir := t.TempDir()
+	if err := synth.Generate(synth.Options{Arch: "sdxl", Out: dir, Scale: 0.2, Blocks: 1, Samples: 32, Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	model, calib := filepath.Join(dir, synth.ModelFile), filepath.Join(dir, synth.CalibFile)
+	out := filepath.Join(dir, "q.safetensors")
+	opt := fastOptions(model, calib, out)
+	opt.Iters, opt.Search = -1, quant.SearchOff
+	if _, err := Quantize(opt); err != nil {
+		t.Fatal(err)
+	}
+	// SDXL's layout writes no bias on attn1.to_qkv / attn2.to_q.
+	r, err := safetensors.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := strings.Join(r.Names(), " ")
+	r.Close()
+	if strings.Contains(names, "attn1.to_qkv.bias") || strings.Contains(names, "attn2.to_q.bias") || !strings.Contains(names, "attn1.to_out.0.bias") {
+		t.Fatal("SDXL bias tensors not as the loader builds them")
+	}
+	conv := filepath.Join(dir, "c.safetensors")
+	rep, err := Convert(ConvertOptions{In: out, Out: conv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Renamed != 0 || rep.Padded != 0 {
+		t.Fatalf("converting an SDXL file for its own engines changed %d tensors, widened %d layers", rep.Renamed, rep.Padded)
+	}
+	a, b := fileTensors(t, out), fileTensors(t, conv)
+	if len(a) != len(b) {
+		t.Fatalf("%d tensors, converted %d", len(a), len(b))
+	}
+	for n, x := range a {
+		if b[n] != x {
+			t.Fatalf("tensor %s differs after convert", n)
+		}
+	}
+}
+
+// fileTensors reads every tensor of a file as strings.
+func fileTensors(t *testing.T, path string) map[string]string {
+	t.Helper()
+	r, err := safetensors.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	out := map[string]string{}
+	for _, n := range r.Names() {
+		b, err := r.Bytes(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[n] = string(b)
+	}
+	return out
+}
+
+// TestContractFullSize plans FLUX.1-dev, FLUX.1-schnell and Qwen-Image at
+// their real sizes (a sparse checkpoint: header only, data a hole) and
+// checks the planned output header against every engine, hard-coded
+// architectures included: FLUX in V1, V2 and ComfyUI, Qwen-Image in
+// diffusers and ComfyUI.
+func TestContractFullSize(t *testing.T) {
+	for _, arch := range []string{"flux-dev", "flux-schnell", "qwen-image"} {
+		fam, err := preset.Lookup(arch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		specs, err := fam.Skeleton(preset.SkeletonOptions{Scale: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "model.safetensors")
+		writeSparse(t, path, specs)
+		for _, prec := range []quant.Precision{quant.INT4, quant.NVFP4} {
+			plan, r, err := QuantizePlan(PlanOptions{Model: path, Precision: prec})
+			if err != nil {
+				t.Fatalf("%s: %v", arch, err)
+			}
+			r.Close()
+			vs, err := plan.Verdicts("svdq test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(vs) != len(engine.For(arch)) {
+				t.Fatalf("%s: %d verdicts", arch, len(vs))
+			}
+			for _, v := range vs {
+				if !v.Loads {
+					t.Errorf("%s %v: does not load in %s: %q", arch, prec, v.Engine, v.Problems)
+				}
+			}
+			f, _ := plan.OutputFile("svdq test")
+			if strings.HasPrefix(arch, "flux") {
+				var cc struct {
+					ModelClass  string         `json:"model_class"`
+					ModelConfig map[string]any `json:"model_config"`
+				}
+				if err := json.Unmarshal([]byte(f.Metadata["comfy_config"]), &cc); err != nil {
+					t.Fatal(err)
+				}
+				want := map[string]string{"flux-dev": "Flux", "flux-schnell": "FluxSchnell"}[arch]
+				if cc.ModelClass != want || cc.ModelConfig["in_channels"] != 16.0 || cc.ModelConfig["hidden_size"] != 3072.0 ||
+					cc.ModelConfig["depth"] != 19.0 || cc.ModelConfig["depth_single_blocks"] != 38.0 {
+					t.Errorf("%s comfy_config %s", arch, f.Metadata["comfy_config"])
+				}
+			}
+		}
+	}
+}
+
+// writeSparse writes a safetensors file with the given tensors whose data
+// section is a hole (zeros, no disk blocks): enough for header-only plans.
+func writeSparse(t *testing.T, path string, specs []preset.TensorSpec) {
+	t.Helper()
+	sort.Slice(specs, func(i, j int) bool { return specs[i].Name < specs[j].Name })
+	hdr := map[string]any{}
+	var off int64
+	for _, s := range specs {
+		n := int64(2)
+		for _, d := range s.Shape {
+			n *= d
+		}
+		hdr[s.Name] = map[string]any{"dtype": "BF16", "shape": s.Shape, "data_offsets": []int64{off, off + n}}
+		off += n
+	}
+	b, err := json.Marshal(hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(b)%8 != 0 {
+		b = append(b, ' ')
+	}
+	head := binary.LittleEndian.AppendUint64(nil, uint64(len(b)))
+	head = append(head, b...)
+	if err := os.WriteFile(path, head, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, int64(len(head))+off); err != nil {
+		t.Fatal(err)
+	}
+}
