@@ -225,12 +225,22 @@ func PackedFromTensors(get Getter, n, k int, unsigned bool) (*Packed, error) {
 		if t.dtype != dt || !shapeIs(t.shape, npad) {
 			return nil, fmt.Errorf("wcscales: dtype %s shape %v, want %s [%d]", t.dtype, t.shape, dt, npad)
 		}
-		one := p.DType.Encode([]float32{1})
-		for i := 0; i+1 < len(t.data); i += 2 {
-			if t.data[i] != one[0] || t.data[i+1] != one[1] {
-				return nil, fmt.Errorf("wcscales: element %d is not 1 (per-channel scales are not supported)", vec1dInverse(i/2))
+		// One power of two c everywhere (svdq's SDXL NVFP4 files carry
+		// their tensor scale so): the kernel's 16-bit output times c equals
+		// the accumulator scaled by c·wtscale, so it folds into WTScale.
+		for i := 2; i+1 < len(t.data); i += 2 {
+			if t.data[i] != t.data[0] || t.data[i+1] != t.data[1] {
+				return nil, fmt.Errorf("wcscales: element %d differs from element 0 (per-channel scales are not supported)", vec1dInverse(i/2))
 			}
 		}
+		c := make([]float32, 1)
+		if err := quant.Decode(c, dt, t.data[:2]); err != nil {
+			return nil, fmt.Errorf("wcscales: %v", err)
+		}
+		if fr, _ := math.Frexp(float64(c[0])); fr != 0.5 {
+			return nil, fmt.Errorf("wcscales: uniform value %g is not a power of two (per-channel scales are not supported)", c[0])
+		}
+		p.WTScale *= c[0]
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err

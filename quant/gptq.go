@@ -163,13 +163,16 @@ type w4a4Grid struct {
 // scale of the original w, returned). On return w holds the dequantized
 // values. It returns false, leaving w and codes untouched, when no damping
 // up to 2^gptqTries·1% makes H positive definite.
-func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16, codes []int8, scales []float32) (ts float32, ok bool) {
+func gptqQuantize(w []float32, n, k int, h []float64, prec Precision, dt Float16, pow2 bool, codes []int8, scales []float32) (ts float32, ok bool) {
 	if len(w) != n*k || len(h) != k*k || len(codes) != n*k {
 		panic(fmt.Sprintf("quant: gptqQuantize with %d weights, %d Hessian values, %d codes for [%d, %d]", len(w), len(h), len(codes), n, k))
 	}
 	ts = 1
 	if prec == NVFP4 {
 		ts = NVFP4TensorScale(w)
+		if pow2 {
+			ts = Pow2Up(ts)
+		}
 	}
 	f, ok := gptqPrepare(h, k)
 	if !ok {
@@ -269,7 +272,7 @@ func (g *groupEval) gptqResidual(m *memberEval, c Calib) bool {
 	h := gptqHessian(c.X, c.S, k, g.lam)
 	var st lrState
 	st.copyFrom(&m.st)
-	ts, ok := gptqQuantize(m.deq, n, k, h, g.cfg.prec, g.cfg.dt, st.codes, st.scales)
+	ts, ok := gptqQuantize(m.deq, n, k, h, g.cfg.prec, g.cfg.dt, g.cfg.pow2ts, st.codes, st.scales)
 	if ok {
 		st.ts = ts
 		st.err = g.outputError(m)

@@ -58,11 +58,11 @@ func TestGPTQBeatsRoundToNearest(t *testing.T) {
 
 			rtn := append([]float32(nil), w...)
 			st := lrState{codes: make([]int8, n*k), scales: make([]float32, n*ng)}
-			quantizeResidual(&st, rtn, n, k, prec, BF16)
+			quantizeResidual(&st, rtn, n, k, prec, BF16, false)
 
 			gq := append([]float32(nil), w...)
 			codes, scales := make([]int8, n*k), make([]float32, n*ng)
-			ts, ok := gptqQuantize(gq, n, k, gptqHessian(x, s, k, unitSmooth(k)), prec, BF16, codes, scales)
+			ts, ok := gptqQuantize(gq, n, k, gptqHessian(x, s, k, unitSmooth(k)), prec, BF16, false, codes, scales)
 			if !ok {
 				t.Fatalf("%s: Hessian not factorized", name)
 			}
@@ -94,10 +94,10 @@ func TestGPTQIdentityIsRTN(t *testing.T) {
 		ng := (k + prec.GroupSize() - 1) / prec.GroupSize()
 		want := lrState{codes: make([]int8, n*k), scales: make([]float32, n*ng)}
 		wq := append([]float32(nil), w...)
-		quantizeResidual(&want, wq, n, k, prec, BF16)
+		quantizeResidual(&want, wq, n, k, prec, BF16, false)
 		codes, scales := make([]int8, n*k), make([]float32, n*ng)
 		gq := append([]float32(nil), w...)
-		ts, ok := gptqQuantize(gq, n, k, h, prec, BF16, codes, scales)
+		ts, ok := gptqQuantize(gq, n, k, h, prec, BF16, false, codes, scales)
 		if !ok || ts != want.ts || !reflect.DeepEqual(codes, want.codes) || !reflect.DeepEqual(scales, want.scales) || !reflect.DeepEqual(gq, wq) {
 			t.Errorf("%v: GPTQ with H = I differs from round-to-nearest", prec)
 		}

@@ -90,6 +90,21 @@ func NearestE2M1(x float32) int8 {
 // nvfp4TensorDiv is 6·448: the largest E2M1 magnitude times the largest E4M3.
 const nvfp4TensorDiv = 6 * 448
 
+// Pow2Up returns the smallest power of two ≥ s (s > 0 and finite). An
+// NVFP4 tensor scale rounded up this way still keeps every group scale
+// within E4M3, and a loader that has no per-tensor scale can carry it as a
+// uniform per-channel scale exactly (nunchaku's SDXL loader: wcscales).
+func Pow2Up(s float32) float32 {
+	if !(s > 0) || math.IsInf(float64(s), 0) {
+		panic(fmt.Sprintf("quant: Pow2Up(%v)", s))
+	}
+	fr, e := math.Frexp(float64(s)) // s = fr·2^e, fr in [0.5, 1)
+	if fr == 0.5 {
+		return s
+	}
+	return float32(math.Ldexp(1, e))
+}
+
 // NVFP4TensorScale returns the per-tensor FP32 scale of an NVFP4 weight:
 // absmax/(6·448) (float32 division), so that every group scale fits E4M3;
 // 1 when v is all zero. It panics on a NaN or ±Inf value.

@@ -113,6 +113,10 @@ type Options struct {
 	DType     Float16    // storage type of the 16-bit values
 	Seed      uint64     // seed of the randomized SVD
 	MaxRows   int        // calibration rows in the objective; 0: DefaultMaxRows
+	// Pow2TensorScale rounds NVFP4's per-tensor scale up to a power of two
+	// (Pow2Up), for loaders that take it only as a uniform per-channel
+	// scale (nunchaku's SDXL: no wtscale, wcscales required).
+	Pow2TensorScale bool
 }
 
 // withDefaults returns o with its zero fields replaced by the defaults; it
@@ -187,7 +191,7 @@ func QuantizeGroup(ins []Input, shifted bool, c Calib, opt Options) ([]Result, e
 	cfg := pipeConfig{
 		prec: opt.Precision, dt: opt.DType, rank: opt.Rank, iters: opt.Iters,
 		gptq: opt.GPTQ, seed: opt.Seed, maxRows: opt.MaxRows, search: opt.Search,
-		refinePower: refinePower,
+		refinePower: refinePower, pow2ts: opt.Pow2TensorScale,
 	}
 	switch opt.Search {
 	case SearchOff:
@@ -206,6 +210,7 @@ func QuantizeGroup(ins []Input, shifted bool, c Calib, opt Options) ([]Result, e
 // pipeConfig is one variant of the pipeline: QuantizeGroup's and the
 // baselines' (baseline.go).
 type pipeConfig struct {
+	pow2ts  bool // NVFP4 tensor scale rounded up to a power of two
 	prec    Precision
 	dt      Float16
 	rank    int // 0: no low-rank branch

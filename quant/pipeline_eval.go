@@ -294,7 +294,7 @@ func (g *groupEval) fit(m *memberEval, target []float32, power int) {
 		g.storeBranch(m, t)
 	}
 	g.residual(m)
-	quantizeResidual(&m.st, m.deq, n, k, g.cfg.prec, g.cfg.dt)
+	quantizeResidual(&m.st, m.deq, n, k, g.cfg.prec, g.cfg.dt, g.cfg.pow2ts)
 	m.st.err = g.outputError(m)
 }
 
@@ -415,10 +415,13 @@ func shiftCorrection(deq []float32, n, k int, lam []float32, shift float32) []fl
 // quantizeResidual quantizes the residual in deq ([n, k]) round-to-nearest
 // into st's codes, scales and tensor scale, and replaces deq by its
 // dequantized value. Rows are quantized in parallel.
-func quantizeResidual(st *lrState, deq []float32, n, k int, prec Precision, dt Float16) {
+func quantizeResidual(st *lrState, deq []float32, n, k int, prec Precision, dt Float16, pow2 bool) {
 	st.ts = 1
 	if prec == NVFP4 {
 		st.ts = NVFP4TensorScale(deq)
+		if pow2 {
+			st.ts = Pow2Up(st.ts)
+		}
 	}
 	ng := len(st.scales) / n
 	parallelRows(n, func(lo, hi int) {

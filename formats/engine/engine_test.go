@@ -298,3 +298,43 @@ func TestAdapt(t *testing.T) {
 		t.Fatal("a layer FLUX's loaders do not build was adapted")
 	}
 }
+
+// TestAdaptSDXLNVFP4: SDXL's loader reads no wtscale and requires
+// wcscales: a power-of-two tensor scale moves into uniform wcscales, any
+// other is refused.
+func TestAdaptSDXLNVFP4(t *testing.T) {
+	l, err := LayoutFor(For("sdxl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := func(wt []byte) []nunchaku.Tensor {
+		return []nunchaku.Tensor{
+			{Suffix: "qweight", DType: "I8", Shape: []int64{128, 64}, Data: make([]byte, 128*64)},
+			{Suffix: "wscales", DType: "F8_E4M3", Shape: []int64{8, 128}, Data: make([]byte, 8*128)},
+			{Suffix: "wtscale", DType: "F32", Shape: []int64{1}, Data: wt},
+			{Suffix: "smooth", DType: "BF16", Shape: []int64{128}, Data: make([]byte, 256)},
+			{Suffix: "bias", DType: "BF16", Shape: []int64{128}, Data: make([]byte, 256)},
+		}
+	}
+	eighth := []byte{0, 0, 0, 0x3e} // F32 0.125
+	out, err := l.Adapt("sdxl", "mid_block.attentions.0.transformer_blocks.0.ff.net.2", ts(eighth))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wc *nunchaku.Tensor
+	for i := range out {
+		switch out[i].Suffix {
+		case "wtscale":
+			t.Fatal("wtscale kept")
+		case "wcscales":
+			wc = &out[i]
+		}
+	}
+	// BF16 0.125 = 0x3E00, little-endian 00 3E, for all 128 channels.
+	if wc == nil || wc.DType != "BF16" || len(wc.Data) != 256 || wc.Data[0] != 0 || wc.Data[1] != 0x3e || wc.Data[254] != 0 || wc.Data[255] != 0x3e {
+		t.Fatalf("wcscales %+v", wc)
+	}
+	if _, err := l.Adapt("sdxl", "mid_block.attentions.0.transformer_blocks.0.ff.net.2", ts([]byte{0, 0, 0x40, 0x3e})); err == nil {
+		t.Fatal("a tensor scale of 0.1875 (not a power of two) was accepted")
+	}
+}

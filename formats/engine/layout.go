@@ -190,17 +190,26 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 			add(nunchaku.Tensor{Suffix: nunchaku.SuffixBias, DType: sm.DType, Shape: []int64{np}, Data: zeros(sm.Data, int(np)*2)})
 		}
 		if ws := by[nunchaku.SuffixWScales]; ws.DType == "F8_E4M3" {
+			// A loader without wtscale (SDXL) takes a power-of-two tensor
+			// scale as uniform wcscales: the kernel multiplies its 16-bit
+			// output by wcscales[n], the same value rounded the same way
+			// (a power of two commutes with rounding, short of the 16-bit
+			// range's ends).
+			cs := 1.0
 			if t, ok := by[nunchaku.SuffixWTScale]; ok && l.NoWTScale {
-				if t.Data != nil && !isOne(t) {
-					return nil, fmt.Errorf("layer %s: NVFP4 tensor scale %v, but the %s loader ignores wtscale (it must be 1)",
-						layer, scalar(t), strings.Join(l.Engines, ", "))
+				if t.Data != nil {
+					cs = scalar(t)
+					if cs != 1 && (!l.NeedWCScale || !pow2In16(cs, sm.DType)) {
+						return nil, fmt.Errorf("layer %s: NVFP4 tensor scale %v, but the %s loader reads no wtscale (it must be 1, or a power of two it can take as wcscales)",
+							layer, cs, strings.Join(l.Engines, ", "))
+					}
 				}
 				drop(nunchaku.SuffixWTScale)
 			}
 			if _, ok := by[nunchaku.SuffixWCScales]; !ok && l.NeedWCScale {
 				var data []byte
 				if sm.Data != nil {
-					data = ones16(sm.DType, int(np))
+					data = fill16(sm.DType, int(np), cs)
 				}
 				add(nunchaku.Tensor{Suffix: nunchaku.SuffixWCScales, DType: sm.DType, Shape: []int64{np}, Data: data})
 			}
@@ -232,17 +241,37 @@ func zeros(like []byte, n int) []byte {
 	return make([]byte, n)
 }
 
-// ones16 returns n 16-bit ones of dtype ("BF16" or "F16").
-func ones16(dtype string, n int) []byte {
-	one := uint16(0x3F80) // BF16 1.0
+// fill16 returns n 16-bit values v of dtype ("BF16" or "F16"); v must be
+// exact in it (pow2In16).
+func fill16(dtype string, n int, v float64) []byte {
+	var h uint16
 	if dtype == "F16" {
-		one = 0x3C00
+		_, e := math.Frexp(v) // a power of two: v = 0.5·2^e
+		if e-1 >= -14 {
+			h = uint16(e-1+15) << 10
+		} else {
+			h = uint16(1) << uint(e-1+24) // subnormal
+		}
+	} else {
+		h = uint16(math.Float32bits(float32(v)) >> 16)
 	}
 	out := make([]byte, 2*n)
 	for i := 0; i < n; i++ {
-		binary.LittleEndian.PutUint16(out[2*i:], one)
+		binary.LittleEndian.PutUint16(out[2*i:], h)
 	}
 	return out
+}
+
+// pow2In16 reports whether v is a power of two that dtype holds exactly.
+func pow2In16(v float64, dtype string) bool {
+	fr, e := math.Frexp(v)
+	if fr != 0.5 {
+		return false
+	}
+	if dtype == "F16" {
+		return e-1 >= -24 && e-1 <= 15
+	}
+	return e-1 >= -133 && e-1 <= 127
 }
 
 // scalar reads a one-element F32/BF16/F16 tensor.
@@ -258,7 +287,6 @@ func scalar(t nunchaku.Tensor) float64 {
 	return math.NaN()
 }
 
-func isOne(t nunchaku.Tensor) bool { return scalar(t) == 1 }
 
 // f16 widens an IEEE half (normal values and zero suffice here).
 func f16(h uint16) float32 {

@@ -269,9 +269,11 @@ func UnpackW4A4(get Getter, opts W4A4Options) (*quant.Layer, error) {
 			}
 		}
 		if cn, cdt, csh, cd, ok := lookup(get, SuffixWCScales); ok {
-			if err := checkOnes(name, cn, cdt, csh, cd, np); err != nil {
+			c, err := uniformScale(name, cn, cdt, csh, cd, np)
+			if err != nil {
 				return nil, err
 			}
+			l.TensorScale *= c // a power of two: exact
 		}
 	}
 
@@ -366,25 +368,33 @@ func readScalar(layer, name, dtype string, shape []int64, data []byte) (float32,
 	return 0, fmt.Errorf("nunchaku: %s.%s: %d bytes for one %s", layer, name, len(data), dtype)
 }
 
-// checkOnes accepts a wcscales tensor only when every element is 1.
-func checkOnes(layer, name, dtype string, shape []int64, data []byte, np int) error {
+// uniformScale reads NVFP4 per-channel scales (wcscales) that are all one
+// power of two c — what svdq writes for loaders without wtscale (nunchaku's
+// SDXL), the tensor scale moved there — and returns c. The kernel
+// multiplies its 16-bit output by wcscales[n]; by a power of two that is
+// the same as scaling the FP32 accumulator first, so the layer's tensor
+// scale is c times wtscale. Other values are refused.
+func uniformScale(layer, name, dtype string, shape []int64, data []byte, np int) (float32, error) {
 	var v []float32
 	switch dtype {
 	case dtBF16, dtF16, dtE4M3, dtF32:
 		if err := checkTensor(layer, name, dtype, shape, data, dtype, np); err != nil {
-			return err
+			return 0, err
 		}
 		v = make([]float32, np)
 		if err := quant.Decode(v, dtype, data); err != nil {
-			return fmt.Errorf("nunchaku: %s.%s: %v", layer, name, err)
+			return 0, fmt.Errorf("nunchaku: %s.%s: %v", layer, name, err)
 		}
 	default:
-		return fmt.Errorf("nunchaku: %s.%s: dtype %s, want a float type", layer, name, dtype)
+		return 0, fmt.Errorf("nunchaku: %s.%s: dtype %s, want a float type", layer, name, dtype)
 	}
 	for i, f := range v {
-		if f != 1 {
-			return fmt.Errorf("nunchaku: %s.%s[%d] = %g: per-channel weight scales other than 1 are not supported", layer, name, i, f)
+		if f != v[0] {
+			return 0, fmt.Errorf("nunchaku: %s.%s[%d] = %g, [0] = %g: per-channel weight scales that differ are not supported", layer, name, i, f, v[0])
 		}
 	}
-	return nil
+	if fr, _ := math.Frexp(float64(v[0])); fr != 0.5 {
+		return 0, fmt.Errorf("nunchaku: %s.%s = %g: a uniform per-channel scale must be a power of two", layer, name, v[0])
+	}
+	return v[0], nil
 }

@@ -245,7 +245,7 @@ func TestUnpackW4A4Errors(t *testing.T) {
 		{"wcscales not one", fp4, func(ts []Tensor) Getter {
 			w := Tensor{Suffix: "wcscales", DType: "F16", Shape: []int64{256}, Data: quant.F16.Encode(make([]float32, 256))}
 			return MapGetter(append(append([]Tensor(nil), ts...), w))
-		}, opts, "wcscales[0] = 0"},
+		}, opts, "wcscales = 0: a uniform per-channel scale must be a power of two"},
 	}
 	for _, c := range cases {
 		_, err := UnpackW4A4(c.get(c.ts), c.opts)
@@ -298,6 +298,28 @@ func TestUnpackW4A4Variants(t *testing.T) {
 	w := Tensor{Suffix: "wcscales", DType: "BF16", Shape: []int64{256}, Data: quant.BF16.Encode(ones)}
 	if _, err = UnpackW4A4(MapGetter(append(append([]Tensor(nil), ts...), w)), opts); err != nil {
 		t.Fatalf("all-ones wcscales: %v", err)
+	}
+	// SDXL's layout: no wtscale, the tensor scale (a power of two) as
+	// uniform wcscales: read back as TensorScale 0.25.
+	quarter := make([]float32, 256)
+	for i := range quarter {
+		quarter[i] = 0.25
+	}
+	w = Tensor{Suffix: "wcscales", DType: "BF16", Shape: []int64{256}, Data: quant.BF16.Encode(quarter)}
+	noWT := edit(ts, "wtscale", func(x *Tensor) { x.Suffix = "" })
+	got, err = UnpackW4A4(func(s string) (string, []int64, []byte, bool) {
+		if s == "wcscales" {
+			return w.DType, w.Shape, w.Data, true
+		}
+		return noWT(s)
+	}, opts)
+	if err != nil || got.TensorScale != 0.25 {
+		t.Fatalf("uniform wcscales 0.25: %v, tensor scale %v", err, got.TensorScale)
+	}
+	quarter[7] = 0.5
+	w.Data = quant.BF16.Encode(quarter)
+	if _, err = UnpackW4A4(MapGetter(append(append([]Tensor(nil), ts...), w)), opts); err == nil {
+		t.Fatal("per-channel wcscales accepted")
 	}
 	got, err = UnpackW4A4(edit(ts, "bias", func(x *Tensor) { x.Suffix = "" }), opts)
 	if err != nil {

@@ -170,8 +170,8 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: family %s: %v", file, pp.Family, err)
 	}
-	if layout != nil && layout.NoWTScale && prec == quant.NVFP4 {
-		return nil, fmt.Errorf("%s: family %s: %s does not load an NVFP4 per-tensor scale (wtscale), which svdq's NVFP4 layers need; use --precision int4",
+	if layout != nil && layout.NoWTScale && !layout.NeedWCScale && prec == quant.NVFP4 {
+		return nil, fmt.Errorf("%s: family %s: %s loads neither an NVFP4 per-tensor scale (wtscale) nor per-channel scales, which svdq's NVFP4 layers need; use --precision int4",
 			file, pp.Family, strings.Join(layout.Engines, ", "))
 	}
 	p := &Plan{Model: file, Family: pp.Family, ModelClass: pp.ModelClass, Naming: pp.Naming,

@@ -49,7 +49,8 @@ func (q *quantizer) unit(u unit) error {
 	}
 	res, err := quant.QuantizeGroup(ins, first.Shifted, c, quant.Options{
 		Precision: q.plan.Precision, Rank: rank, Search: q.opt.Search, Iters: q.opt.Iters,
-		GPTQ: q.opt.GPTQ, DType: dt, Seed: layerSeed(u.name), MaxRows: q.opt.MaxRows})
+		GPTQ: q.opt.GPTQ, DType: dt, Seed: layerSeed(u.name), MaxRows: q.opt.MaxRows,
+		Pow2TensorScale: q.plan.Layout != nil && q.plan.Layout.NoWTScale})
 	if err != nil {
 		return fmt.Errorf("%s: %v", q.opt.Model, err)
 	}
