@@ -250,3 +250,105 @@ func writeSparse(t *testing.T, path string, specs []preset.TensorSpec) {
 		t.Fatal(err)
 	}
 }
+
+// oldLayout rewrites a file the way svdq wrote every file before the
+// loader contract (C++ tensor names everywhere, a bias on every W4A4 layer,
+// no comfy_config), so that inspect can be tested on such files.
+func oldLayout(t *testing.T, in, out string) {
+	t.Helper()
+	r, err := safetensors.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	md := r.Metadata()
+	delete(md, engine.MetaComfyConfig)
+	rename := map[string]string{"smooth_factor": "smooth", "smooth_factor_orig": "smooth_orig", "proj_down": "lora_down", "proj_up": "lora_up"}
+	var specs []safetensors.Spec
+	data := map[string][]byte{}
+	for _, n := range r.Names() {
+		info, _ := r.Info(n)
+		b, _ := r.Bytes(n)
+		name := n
+		if i := strings.LastIndexByte(n, '.'); i > 0 && rename[n[i+1:]] != "" {
+			name = n[:i+1] + rename[n[i+1:]]
+		}
+		specs = append(specs, safetensors.Spec{Name: name, DType: info.DType, Shape: info.Shape})
+		data[name] = b
+		if strings.HasSuffix(n, ".qweight") && info.DType == safetensors.I8 {
+			bias := strings.TrimSuffix(n, "qweight") + "bias"
+			if _, ok := r.Info(bias); !ok {
+				specs = append(specs, safetensors.Spec{Name: bias, DType: safetensors.BF16, Shape: []int64{info.Shape[0]}})
+				data[bias] = make([]byte, 2*info.Shape[0])
+			}
+		}
+	}
+	w, err := safetensors.Create(out, specs, md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	for _, s := range specs {
+		if err := w.Write(s.Name, data[s.Name]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestInspectOldLayout: inspect names, per engine, why a file in the
+// pre-contract layout does not load — the failures the loaders issue
+// lists: Qwen-Image's C++ names (diffusers and ComfyUI), SDXL's zero bias
+// on bias-free modules, FLUX's missing comfy_config (ComfyUI only; V1 and
+// V2 still load it, apart from the synthetic width) — and that convert
+// repairs each.
+func TestInspectOldLayout(t *testing.T) {
+	for _, c := range []struct {
+		arch  string
+		scale float64
+		want  map[string]string // engine → a problem it must name ("" : loads)
+	}{
+		{"qwen-image", 0.25, map[string]string{engine.Python: "tensor names the loader does not read", engine.ComfyUI: "tensor names the loader does not read"}},
+		{"sdxl", 0.2, map[string]string{engine.Python: "a bias tensor where the loader builds the module without one"}},
+		{"flux-dev", 0.25, map[string]string{engine.Python: "", engine.ComfyUI: "no comfy_config metadata"}},
+	} {
+		dir := t.TempDir()
+		if err := synth.Generate(synth.Options{Arch: c.arch, Out: dir, Scale: c.scale, Blocks: 1, Samples: 32, Seed: 9}); err != nil {
+			t.Fatal(err)
+		}
+		opt := fastOptions(filepath.Join(dir, synth.ModelFile), filepath.Join(dir, synth.CalibFile), filepath.Join(dir, "q.safetensors"))
+		opt.Iters, opt.Search = -1, quant.SearchOff
+		if _, err := Quantize(opt); err != nil {
+			t.Fatal(err)
+		}
+		old := filepath.Join(dir, "old.safetensors")
+		oldLayout(t, opt.Out, old)
+		in, err := Inspect(old, InspectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for e, want := range c.want {
+			var v *engine.Verdict
+			for i := range in.Engines {
+				if in.Engines[i].Engine == e {
+					v = &in.Engines[i]
+				}
+			}
+			switch {
+			case v == nil:
+				t.Errorf("%s: no verdict for %s", c.arch, e)
+			case want == "" && !v.Loads:
+				t.Errorf("%s: %s: %q, want it to load", c.arch, e, v.Problems)
+			case want != "" && !strings.Contains(strings.Join(v.Problems, "\n"), want):
+				t.Errorf("%s: %s: %q, want %q", c.arch, e, v.Problems, want)
+			}
+		}
+		fixed := filepath.Join(dir, "fixed.safetensors")
+		if _, err := Convert(ConvertOptions{In: old, Out: fixed}); err != nil {
+			t.Fatal(err)
+		}
+		checkFileContracts(t, fixed, unfixed(c.arch))
+	}
+}
