@@ -160,3 +160,21 @@ func (b *Branch) SetOn(l *quant.Layer) {
 	}
 	l.R, l.Down, l.Up = b.R, append([]float32(nil), b.Down...), append([]float32(nil), b.Up...)
 }
+
+// FirstNonZero returns "down[r, k] = v" or "up[n, r] = v" for the first
+// nonzero value of the branch, "" when every value is zero (the columns a
+// file's one rank adds to a layer's branch).
+func (b *Branch) FirstNonZero() string {
+	b.check("FirstNonZero")
+	for i, v := range b.Down {
+		if v != 0 {
+			return fmt.Sprintf("down[%d, %d] = %v", i/b.K, i%b.K, v)
+		}
+	}
+	for i, v := range b.Up {
+		if v != 0 {
+			return fmt.Sprintf("up[%d, %d] = %v", i/b.R, i%b.R, v)
+		}
+	}
+	return ""
+}

@@ -38,7 +38,13 @@
 //     nothing 4-bit is touched, so the layer computes its base output plus
 //     x·ΔWᵀ up to that rounding. The low-rank branch reads the raw input
 //     (before smoothing and before the MLP shift), so no λ and no shift
-//     enter. The packer pads the total rank to a multiple of 16.
+//     enter. The packer pads the total rank to a multiple of 16. Then every
+//     W4A4 layer of the file, touched or not, is stored at one rank, the
+//     largest any layer needs, the others widened with zero columns
+//     (nunchaku.PadRank; NarrowRank takes them off again), and the file's
+//     quantization_config records that rank: nunchaku's Python loaders
+//     build every module with it and load strictly, and nunchaku's C++
+//     engine needs the two linears of a fused MLP at one rank.
 //   - W4A16 (adaLN modulation): nunchaku's GEMV_AWQ (src/Linear.cpp) has
 //     optional unpacked lora_down [R, K] / lora_up [N, R] tensors in the
 //     model dtype and adds (x·lora_downᵀ)·lora_upᵀ to its output; its own
@@ -46,15 +52,16 @@
 //     rows interleaved like the weight (reorder_adanorm_lora_up). We write
 //     the same: an exact 16-bit branch, no requantization (which would
 //     re-round every weight and lose small LoRAs in the 4-bit grid; see
-//     TestW4A16Choice). nunchaku's newer Python W4A16 module has no such
-//     tensors: the job only writes them for model classes whose loader
-//     reads them unless told to.
+//     TestW4A16Choice). nunchaku's Python W4A16 module (AWQW4A16Linear) has
+//     no such tensors: fuse-lora writes them only where every engine the
+//     input loads in reads them (formats/engine), unless told to.
 //   - Kept 16-bit tensors: W ← round16(W_base + Σ s·B·A), the sum in float64.
-//     Rounding makes this irreversible by subtraction, so the file keeps the
-//     base tensor and the factors under ReservedPrefix (see Reserved*), and
-//     the merged weight is always recomputed from the base: fusing three
-//     LoRAs at once or one after another gives the same bytes, and removal
-//     restores the base bytes.
+//     Rounding makes this irreversible by subtraction, so the base tensor
+//     and the factors are kept (Reserved* names) in the fused file's
+//     sidecar (SidecarSuffix), never in the fused file, whose strict
+//     loaders would reject them; the merged weight is always recomputed
+//     from the base: fusing three LoRAs at once or one after another gives
+//     the same bytes, and removal restores the base bytes.
 //
 // Within one LoRA and one layer, each (module, input columns) pair is a rank
 // block whose up rows outside the module's rows are zero: fused q/k/v
@@ -70,8 +77,12 @@
 // # Provenance
 //
 // The fused file's metadata key MetaKey ("svdq_loras") holds a Provenance
-// JSON object: the base file's SHA-256 and header padding, the base rank of
-// every touched layer, and per fused LoRA its name, file SHA-256, strength,
-// style and the logical rank range [lo, hi) it occupies in each layer.
-// Ranges of one layer tile [base, rank) in fusion order.
+// JSON object: the base file's SHA-256, header padding and (when the fused
+// file's differs) quantization_config, the base rank of every touched
+// layer and of every widened one, per fused LoRA its name, file SHA-256,
+// strength, style and the logical rank range [lo, hi) it occupies in each
+// layer, and the sidecar's file name and SHA-256. Ranges of one layer tile
+// [base, rank) in fusion order; the columns past a W4A4 layer's rank, up
+// to the file's one rank, are zeros. Version 1 records (before the
+// sidecar) are still read: their reserved tensors are in the file itself.
 package lora

@@ -117,10 +117,58 @@ func representable(b *Branch, dt quant.Float16) error {
 
 // Reserved tensors of a kept (16-bit) tensor t that LoRAs were merged into:
 // its base bytes and the factors of every fused LoRA, F32, logical rank
-// (no padding). The loaders of nunchaku's FLUX model load the 16-bit part
-// with strict=False and read quantized layers by name, so these are ignored
-// there.
+// (no padding). fuse-lora writes them to the sidecar file (SidecarSuffix),
+// never into the fused checkpoint: nunchaku's strict loaders (FLUX V2,
+// Qwen-Image, SDXL, Z-Image, ComfyUI Qwen-Image) reject unknown keys, and
+// nunchaku V1's runtime LoRA reloads the 16-bit part strictly
+// (_update_unquantized_part_lora_params). Files fused by older svdq
+// (provenance version 1) carry them in their own tensor table; fuse-lora
+// still reads those.
 const ReservedPrefix = "svdq_lora."
+
+// SidecarSuffix is appended to a fused file's path to name its sidecar:
+// "flux-style.safetensors" → "flux-style.safetensors.lora-base". The name
+// keeps the fused file's whole name, so the two sort together, and does not
+// end in .safetensors, so that model pickers listing *.safetensors
+// (ComfyUI's folder_paths, used by ComfyUI-nunchaku's DiT loader nodes) do
+// not offer it as a model. It is a safetensors file all the same.
+const SidecarSuffix = ".lora-base"
+
+// SidecarMetaKey is the sidecar's metadata key; its value is the base
+// checkpoint's SHA-256 (Base.SHA256), which marks the file as a sidecar
+// and says which base it belongs to.
+const SidecarMetaKey = "svdq_lora_sidecar"
+
+// NarrowRank is the inverse of nunchaku.PadRank: it returns a packed
+// lora_down [Kp, R] or lora_up [Np, R] tensor cut to rank r (a multiple of
+// 16, at most R), and an error when a dropped column is not zero (the
+// columns PadRank added are). t is not modified.
+func NarrowRank(t nunchaku.Tensor, r int) (nunchaku.Tensor, error) {
+	if len(t.Shape) != 2 || t.Shape[0]%rankTile != 0 || t.Shape[1]%rankTile != 0 || (t.DType != "BF16" && t.DType != "F16") {
+		return nunchaku.Tensor{}, fmt.Errorf("lora: %s: %s %v is not a packed 16-bit low-rank tensor", t.Suffix, t.DType, t.Shape)
+	}
+	outer, rt := int(t.Shape[0])/rankTile, int(t.Shape[1])/rankTile
+	if r%rankTile != 0 || r < 0 || r > rt*rankTile {
+		return nunchaku.Tensor{}, fmt.Errorf("lora: %s: cannot narrow rank %d to %d", t.Suffix, rt*rankTile, r)
+	}
+	const tile = rankTile * rankTile * 2 // bytes
+	if len(t.Data) != outer*rt*tile {
+		return nunchaku.Tensor{}, fmt.Errorf("lora: %s: %d bytes for %v", t.Suffix, len(t.Data), t.Shape)
+	}
+	nt := r / rankTile
+	out := make([]byte, 0, outer*nt*tile)
+	for o := 0; o < outer; o++ {
+		row := t.Data[o*rt*tile : (o+1)*rt*tile]
+		for i, b := range row[nt*tile:] {
+			if b != 0 {
+				at := o*rt*tile + nt*tile + i
+				return nunchaku.Tensor{}, fmt.Errorf("lora: %s: rank column past %d is not zero (byte %d)", t.Suffix, r, at)
+			}
+		}
+		out = append(out, row[:nt*tile]...)
+	}
+	return nunchaku.Tensor{Suffix: t.Suffix, DType: t.DType, Shape: []int64{t.Shape[0], int64(r)}, Data: out}, nil
+}
 
 // ReservedBase, ReservedDown and ReservedUp name the reserved tensors of
 // kept tensor t: the base tensor (same dtype and shape as t), Down F32

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"strings"
 )
@@ -13,24 +14,50 @@ import (
 // MetaKey is the safetensors metadata key of the provenance record.
 const MetaKey = "svdq_loras"
 
-// ProvenanceVersion is the version Marshal writes and Parse accepts.
-const ProvenanceVersion = 1
+// ProvenanceVersion is the version fuse-lora writes. ParseProvenance also
+// reads version 1 records, written before the sidecar: their kept tensors'
+// base bytes and factors sit in the fused file's own tensor table, and no
+// layer is widened.
+const ProvenanceVersion = 2
+
+// provenanceV1 is the version without Sidecar, Widened and
+// Base.QuantizationConfig.
+const provenanceV1 = 1
 
 // Provenance records what was fused into a checkpoint, enough to take any
 // LoRA out again and, once all are out, to rewrite the base file exactly.
 //
 // Example (wrapped):
 //
-//	{"version":1,"base":{"sha256":"9f…","header_pad":0},
+//	{"version":2,"base":{"sha256":"9f…","header_pad":0,
+//	          "quantization_config":"{\"method\": \"svdquant\", … \"rank\": 32}"},
 //	 "layers":{"transformer_blocks.0.qkv_proj":{"kind":"w4a4","base":32},
 //	           "x_embedder.weight":{"kind":"kept","base":0}},
 //	 "loras":[{"name":"style","file":"style.safetensors","sha256":"1c…","strength":0.8,
-//	           "format":"kohya","ranges":{"transformer_blocks.0.qkv_proj":[32,80],"x_embedder.weight":[0,16]}}]}
+//	           "format":"kohya","ranges":{"transformer_blocks.0.qkv_proj":[32,80],"x_embedder.weight":[0,16]}}],
+//	 "widened":{"transformer_blocks.0.out_proj":32, …},
+//	 "sidecar":{"file":"flux-style.safetensors.lora-base","sha256":"77…"}}
 type Provenance struct {
 	Version int              `json:"version"`
 	Base    Base             `json:"base"`
 	Layers  map[string]Layer `json:"layers"` // every layer a fused LoRA occupies
 	LoRAs   []Applied        `json:"loras"`  // in fusion order
+	// Widened lists the W4A4 layers no LoRA occupies whose branch the file
+	// stores wider than their rank, with that rank: every W4A4 layer of a
+	// fused file is stored at one rank (quantization_config's), the
+	// columns past a layer's rank are zeros, and the svdq entry records
+	// the stored width. Taking every LoRA out narrows them back.
+	Widened map[string]int `json:"widened,omitempty"`
+	// Sidecar names the file that holds the kept (16-bit) tensors' base
+	// bytes and LoRA factors (the Reserved* tensors), written next to the
+	// fused file; nil when no kept tensor has a LoRA merged in.
+	Sidecar *Sidecar `json:"sidecar,omitempty"`
+}
+
+// Sidecar identifies the sidecar file of a fused checkpoint.
+type Sidecar struct {
+	File   string `json:"file"`   // base name, in the fused file's directory
+	SHA256 string `json:"sha256"` // of the whole sidecar file
 }
 
 // Base describes the checkpoint before any LoRA.
@@ -42,6 +69,10 @@ type Base struct {
 	// SVDQ is the base file's svdq metadata entry verbatim, kept only when
 	// re-encoding the parsed entry does not reproduce it.
 	SVDQ string `json:"svdq,omitempty"`
+	// QuantizationConfig is the base file's quantization_config metadata
+	// verbatim ("" when it had none), kept only when the fused file's
+	// differs (its rank is the one rank of the fused W4A4 layers).
+	QuantizationConfig *string `json:"quantization_config,omitempty"`
 }
 
 // Layer is the state of one layer before any LoRA: its kind (Kind.String)
@@ -150,15 +181,36 @@ func ParseProvenance(s string) (*Provenance, error) {
 	return p, nil
 }
 
-// Validate checks the record: version, unique non-empty names, finite
-// strengths, known kinds, non-negative base ranks, every range in a listed
-// layer, and the ranges of each layer tiling [base, rank) in LoRA order.
+// Validate checks the record: version (1 without the fields version 2
+// added), a sidecar named by a base name and a SHA-256, widened layers no
+// LoRA occupies, unique non-empty names, finite strengths, known kinds,
+// non-negative base ranks, every range in a listed layer, and the ranges
+// of each layer tiling [base, rank) in LoRA order.
 func (p *Provenance) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("lora: %s metadata: %s", MetaKey, fmt.Sprintf(format, args...))
 	}
-	if p.Version != ProvenanceVersion {
-		return bad("version %d, this build reads %d", p.Version, ProvenanceVersion)
+	switch p.Version {
+	case ProvenanceVersion:
+	case provenanceV1:
+		if p.Sidecar != nil || p.Widened != nil || p.Base.QuantizationConfig != nil {
+			return bad("version 1 has no sidecar, widened or base quantization_config")
+		}
+	default:
+		return bad("version %d, this build reads %d and %d", p.Version, provenanceV1, ProvenanceVersion)
+	}
+	if s := p.Sidecar; s != nil {
+		if s.File == "" || s.File != filepath.Base(s.File) || s.File == "." || s.File == ".." {
+			return bad("sidecar file name %q is not a base name", s.File)
+		}
+		if !isHex64(s.SHA256) {
+			return bad("sidecar sha256 %q is not 64 hex digits", s.SHA256)
+		}
+	}
+	for name, r := range p.Widened {
+		if _, ok := p.Layers[name]; ok || r < 0 {
+			return bad("widened layer %s: rank %d, or also occupied by a LoRA", name, r)
+		}
 	}
 	if p.Base.HeaderPad < 0 {
 		return bad("negative header padding %d", p.Base.HeaderPad)
@@ -209,6 +261,19 @@ func (p *Provenance) Validate() error {
 		}
 	}
 	return nil
+}
+
+// isHex64 reports whether s is 64 lowercase hex digits.
+func isHex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // ErrNotFused is returned by operations that need a provenance record on a

@@ -7,8 +7,11 @@ import (
 )
 
 func sampleProvenance() *Provenance {
-	return &Provenance{Version: 1, Base: Base{SHA256: "ab", HeaderPad: 3},
-		Layers: map[string]Layer{"q": {Kind: "w4a4", Base: 32}, "m": {Kind: "w4a16"}, "x.weight": {Kind: "kept"}},
+	qc := `{"rank": 16}`
+	return &Provenance{Version: ProvenanceVersion, Base: Base{SHA256: "ab", HeaderPad: 3, QuantizationConfig: &qc},
+		Widened: map[string]int{"o": 16},
+		Sidecar: &Sidecar{File: "f.safetensors.lora-base", SHA256: strings.Repeat("0a", 32)},
+		Layers:  map[string]Layer{"q": {Kind: "w4a4", Base: 32}, "m": {Kind: "w4a16"}, "x.weight": {Kind: "kept"}},
 		LoRAs: []Applied{
 			{Name: "a", File: "a.safetensors", SHA256: "01", Strength: 1, Format: "kohya",
 				Ranges: map[string][2]int{"q": {32, 40}, "m": {0, 4}}},
@@ -68,9 +71,28 @@ func TestProvenanceRemove(t *testing.T) {
 	}
 }
 
+// TestProvenanceV1: a record of the version before the sidecar still
+// parses.
+func TestProvenanceV1(t *testing.T) {
+	p := sampleProvenance()
+	p.Version, p.Sidecar, p.Widened, p.Base.QuantizationConfig = 1, nil, nil, nil
+	s, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, err := ParseProvenance(s); err != nil || !reflect.DeepEqual(p, q) {
+		t.Fatalf("version 1: %v %+v", err, q)
+	}
+}
+
 func TestProvenanceInvalid(t *testing.T) {
 	cases := map[string]func(p *Provenance){
-		"version":   func(p *Provenance) { p.Version = 2 },
+		"version":   func(p *Provenance) { p.Version = 3 },
+		"v1 fields": func(p *Provenance) { p.Version = 1 },
+		"side path": func(p *Provenance) { p.Sidecar.File = "../x.lora-base" },
+		"side hash": func(p *Provenance) { p.Sidecar.SHA256 = "0a" },
+		"widened":   func(p *Provenance) { p.Widened["q"] = 32 },
+		"wide neg":  func(p *Provenance) { p.Widened["o"] = -1 },
 		"dup name":  func(p *Provenance) { p.LoRAs[1].Name = "a" },
 		"gap":       func(p *Provenance) { p.LoRAs[1].Ranges["q"] = [2]int{41, 56} },
 		"empty":     func(p *Provenance) { p.LoRAs[1].Ranges["q"] = [2]int{40, 40} },
