@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/svdq/svdq/quant/model"
@@ -18,12 +19,23 @@ func init() {
 		ArgsUsage: " ",
 		Description: "Reads diffusers/PEFT, kohya (BFL or diffusers names) and ComfyUI LoRAs (F32/F16/BF16/F8) and\n" +
 			"fuses ΔW = strength·(alpha/r)·B·A exactly:\n" +
-			"  W4A4 layers   the 16-bit low-rank branch grows: proj_down ← [proj_down | Aᵀ], proj_up ← [proj_up | s·B]\n" +
+			"  W4A4 layers   the 16-bit low-rank branch grows: proj_down ← [proj_down | Aᵀ], proj_up ← [proj_up | s·B];\n" +
+			"                every W4A4 layer is then stored at one rank, the largest any layer needs (the others\n" +
+			"                widened with zero columns, exactly), and quantization_config records it, as nunchaku's\n" +
+			"                Python loaders build every module with that rank\n" +
 			"  W4A16 layers  an unpacked 16-bit lora_down/lora_up branch, as nunchaku's C++ GEMV_AWQ reads it\n" +
-			"                (--w4a16 auto: only for NunchakuFluxTransformer2dModel files)\n" +
-			"  16-bit layers W ← round16(W + ΔW); the base tensor and the factors are kept under svdq_lora.*\n" +
-			"Nothing 4-bit is re-quantized. The svdq_loras metadata records each LoRA's file hash, strength and\n" +
-			"rank ranges, so --remove NAME takes one out and --remove-all restores the base file byte for byte.\n" +
+			"                (--w4a16 auto: only when every engine the input loads in reads one; nunchaku-python's\n" +
+			"                AWQW4A16Linear does not: for a BF16 FLUX file pass --w4a16 skip, or --w4a16 branch if\n" +
+			"                it will run only on the C++ engine; --w4a16 branch warns per engine that then rejects it)\n" +
+			"  16-bit layers W ← round16(W + ΔW); the base tensor and the factors go to the sidecar OUT.lora-base\n" +
+			"Nothing 4-bit is re-quantized. The output loads in every engine the input loads in (checked against\n" +
+			"the loader contract before anything is written). The svdq_loras metadata records each LoRA's file\n" +
+			"hash, strength and rank ranges, the base's ranks and the sidecar's name and hash, so --remove NAME\n" +
+			"takes one out and --remove-all restores the base file byte for byte. Loading needs only OUT; keep\n" +
+			"OUT.lora-base next to it for --remove (copy or rename the two together).\n" +
+			"Runtime LoRAs on a fused file: nunchaku V1's set_lora_strength(s) scales every W4A4 rank column past\n" +
+			"the first 32 and every W4A16 branch by s; svdq's base branch comes first (rank 32 by default), so s\n" +
+			"scales the fused LoRAs too (not their 16-bit merges). ComfyUI-nunchaku never calls it. See docs/lora.md.\n" +
 			"Unknown keys or modules that match no layer are an error (--allow-unmatched: a warning); a LoRA\n" +
 			"whose shapes do not fit is an error naming the layer and both shapes. Nothing is written on error.\n\n" +
 			"Example: svdq fuse-lora --model flux-int4.safetensors --lora style.safetensors:0.8 --out flux-int4-style.safetensors\n" +
@@ -32,11 +44,11 @@ func init() {
 			&cli.StringFlag{Name: "model", Required: true, Usage: "SVDQuant `Q.safetensors` written by svdq (base or already fused)"},
 			&cli.StringSliceFlag{Name: "lora", Usage: "LoRA to fuse, `FILE[:STRENGTH]` (strength 1 by default; repeatable)"},
 			&cli.StringSliceFlag{Name: "name", Usage: "record `NAME` of the --lora at the same position (default: its file name without extension)"},
-			&cli.StringFlag{Name: "out", Required: true, Usage: "output .safetensors `FILE` (not the model)"},
+			&cli.StringFlag{Name: "out", Required: true, Usage: "output .safetensors `FILE` (not an input; its sidecar is FILE.lora-base)"},
 			&cli.StringSliceFlag{Name: "remove", Usage: "take the fused LoRA called `NAME` out (repeatable; done before --lora)"},
 			&cli.BoolFlag{Name: "remove-all", Usage: "take every fused LoRA out"},
 			&cli.BoolFlag{Name: "allow-unmatched", Usage: "warn about LoRA keys that match no layer instead of failing"},
-			&cli.StringFlag{Name: "w4a16", Value: model.W4A16Auto, Usage: "adaLN W4A16 layers: auto, branch or skip"},
+			&cli.StringFlag{Name: "w4a16", Value: model.W4A16Auto, Usage: "adaLN W4A16 layers: auto (branch where every engine the input loads in reads one), branch or skip"},
 			&cli.StringFlag{Name: "kept", Value: model.KeptMerge, Usage: "16-bit layers: merge or skip"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "check and list what would change; write nothing"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as one JSON object"},
@@ -128,6 +140,29 @@ func printFuse(w io.Writer, rep *model.FuseReport, opt model.FuseOptions) {
 		verb = "dry run: would write"
 	}
 	fmt.Fprintf(w, "%s %s (fused LoRAs: %s)\n", verb, rep.Out, fused)
+	switch {
+	case rep.Rank > 0:
+		fmt.Fprintf(w, "W4A4 layers stored at one rank, %d (quantization_config); %d untouched layers resized with zero columns\n", rep.Rank, rep.Resized)
+	case rep.Resized > 0:
+		fmt.Fprintf(w, "W4A4 layers back to the base's ranks (%d untouched layers narrowed)\n", rep.Resized)
+	}
+	if rep.Sidecar != "" {
+		fmt.Fprintf(w, "sidecar %s: the 16-bit base tensors and factors of the merged layers (keep it next to %s for --remove)\n", rep.Sidecar, filepath.Base(rep.Out))
+	}
+	var loads, not []string
+	for _, v := range rep.Engines {
+		if v.Loads {
+			loads = append(loads, v.Engine)
+		} else {
+			not = append(not, v.Engine)
+		}
+	}
+	if len(loads) > 0 {
+		fmt.Fprintf(w, "loads in: %s\n", strings.Join(loads, ", "))
+	}
+	if len(not) > 0 {
+		fmt.Fprintf(w, "does not load in: %s (svdq inspect says why)\n", strings.Join(not, ", "))
+	}
 	if rep.Restored {
 		fmt.Fprintln(w, "every LoRA is out: the file is the base checkpoint, byte for byte (sha256 match)")
 	}

@@ -50,13 +50,28 @@ func TestFuseLoRACommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	fused := filepath.Join(dir, "fused.safetensors")
-	out, _ := mustRun(t, 0, "fuse-lora", "--model", q, "--lora", lp+":0.75", "--out", fused)
+	// The tiny FLUX loads in nunchaku-python, which has no W4A16 branch:
+	// auto refuses the adaLN layers, branch writes them with a warning.
+	_, e := mustRun(t, 2, "fuse-lora", "--model", q, "--lora", lp+":0.75", "--out", fused)
+	if !strings.Contains(e, "nunchaku-python") || !strings.Contains(e, "--w4a16 skip") {
+		t.Errorf("auto on adaLN layers: %q", e)
+	}
+	oneLine(t, "auto", e)
+	absent(t, fused)
+	out, e := mustRun(t, 0, "fuse-lora", "--model", q, "--lora", lp+":0.75", "--out", fused, "--w4a16", "branch")
 	for _, want := range []string{"transformer_blocks.0.qkv_proj", "w4a4   r16 -> r20 (base r16)", "norm1.linear", "w4a16  r0 -> r2",
 		"x_embedder.weight", "kept   merged, LoRA rank 0 -> 2", "fused style: style.safetensors, kohya, strength 0.75, 7 layers, rank +24",
-		"wrote " + fused} {
+		"wrote " + fused, "W4A4 layers stored at one rank, 32 (quantization_config); 11 untouched layers resized",
+		"sidecar " + fused + ".lora-base", "does not load in: nunchaku-cpp, nunchaku-python, comfyui"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("fuse-lora output lacks %q:\n%s", want, out)
 		}
+	}
+	if !strings.Contains(e, "warning: nunchaku-python") || !strings.Contains(e, "--w4a16 branch") {
+		t.Errorf("branch warning: %q", e)
+	}
+	if _, err := os.Stat(fused + ".lora-base"); err != nil {
+		t.Error(err)
 	}
 	out, _ = mustRun(t, 0, "inspect", fused)
 	if !strings.Contains(out, "fused LoRAs (1;") || !strings.Contains(out, "style  strength 0.75  kohya  style.safetensors") {
@@ -72,7 +87,7 @@ func TestFuseLoRACommand(t *testing.T) {
 	if !strings.Contains(out, "passed") {
 		t.Errorf("check --lora:\n%s", out)
 	}
-	_, e := mustRun(t, 2, "check", "--model", fused, "--reference", m, "--calib", cal, "--lora", lp+":0.5")
+	_, e = mustRun(t, 2, "check", "--model", fused, "--reference", m, "--calib", cal, "--lora", lp+":0.5")
 	oneLine(t, "check with another strength", e)
 
 	// Dry run writes nothing; removal restores the base bytes.
@@ -92,6 +107,17 @@ func TestFuseLoRACommand(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Error("--remove did not restore the base file")
 	}
+	absent(t, back+".lora-base")
+	// Without its sidecar, the fused file cannot be changed.
+	if err := os.Rename(fused+".lora-base", fused+".away"); err != nil {
+		t.Fatal(err)
+	}
+	_, e = mustRun(t, 2, "fuse-lora", "--model", fused, "--remove-all", "--out", back+"2")
+	if !strings.Contains(e, fused+".lora-base is missing") {
+		t.Errorf("missing sidecar: %q", e)
+	}
+	oneLine(t, "missing sidecar", e)
+	absent(t, back+"2")
 
 	// Bad input: exit 2, one line naming the problem, nothing written.
 	bad := filepath.Join(dir, "bad.safetensors")
@@ -109,8 +135,8 @@ func TestFuseLoRACommand(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--lora", bad}, "transformer_blocks.0.qkv_proj"},
-		{[]string{"--lora", te}, "lora_unet_te1_text_model_encoder_layers_0_mlp_fc1"},
+		{[]string{"--lora", bad, "--w4a16", "branch"}, "transformer_blocks.0.qkv_proj"},
+		{[]string{"--lora", te, "--w4a16", "branch"}, "lora_unet_te1_text_model_encoder_layers_0_mlp_fc1"},
 		{[]string{"--lora", filepath.Join(dir, "missing.safetensors")}, "missing.safetensors"},
 		{[]string{"--remove", "style"}, "no LoRA is fused"},
 		{[]string{"--lora", lp, "--w4a16", "requant"}, "w4a16 policy"},
@@ -123,7 +149,7 @@ func TestFuseLoRACommand(t *testing.T) {
 		absent(t, o)
 	}
 	// --allow-unmatched: a warning on stderr, the rest fused.
-	_, e = mustRun(t, 0, "fuse-lora", "--model", q, "--out", o, "--lora", te, "--allow-unmatched")
+	_, e = mustRun(t, 0, "fuse-lora", "--model", q, "--out", o, "--lora", te, "--allow-unmatched", "--w4a16", "branch")
 	if !strings.Contains(e, "warning:") || !strings.Contains(e, "te1_text_model") {
 		t.Errorf("allow-unmatched stderr %q", e)
 	}

@@ -215,6 +215,18 @@ func TestIntegrityFuse(t *testing.T) {
 	if !touched["transformer_blocks.0.qkv_proj"] || !touched["transformer_blocks.0.norm1.linear"] {
 		t.Fatalf("the LoRA does not touch a W4A4 and a W4A16 layer: %+v", rep.Layers)
 	}
+	// The file's one rank (32 here, the base's 16) rewrites the W4A4
+	// layers the LoRA does not touch too: widened with zero columns.
+	bq, err := openQuantized(b.q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, lm := range bq.meta.Layers {
+		if lm.Kind == nunchaku.KindW4A4 && rep.Rank != lm.R {
+			touched[lm.Name] = true
+		}
+	}
+	bq.Close()
 	before, err := VerifyIntegrity(b.q, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/safetensors"
@@ -50,22 +51,20 @@ func (s LoRASpec) name() string {
 
 // Layer policies of FuseOptions.
 const (
-	W4A16Auto   = "auto"   // branch when the file's loader reads one (NunchakuFluxTransformer2dModel), else refuse
-	W4A16Branch = "branch" // unpacked 16-bit lora_down/lora_up on the layer (nunchaku GEMV_AWQ)
+	W4A16Auto   = "auto"   // branch when every engine the input loads in reads one (formats/engine W4A16Branch), else refuse
+	W4A16Branch = "branch" // unpacked 16-bit lora_down/lora_up on the layer (nunchaku GEMV_AWQ), with a warning per engine that then rejects the file
 	W4A16Skip   = "skip"   // leave W4A16 layers alone (the LoRA's part there is dropped, with a warning)
-	KeptMerge   = "merge"  // merge into the 16-bit weight, base and factors kept under lora.ReservedPrefix
+	KeptMerge   = "merge"  // merge into the 16-bit weight, base and factors kept in the sidecar (lora.SidecarSuffix)
 	KeptSkip    = "skip"   // leave 16-bit tensors alone (warning)
 )
-
-// w4a16LoRAClasses are the model classes whose loader reads a W4A16
-// layer's optional lora_down/lora_up (nunchaku's C++ GEMV_AWQ). Newer
-// Python classes (AWQW4A16Linear) have no such parameters.
-var w4a16LoRAClasses = map[string]bool{"NunchakuFluxTransformer2dModel": true}
 
 // FuseOptions configure FuseLoRA.
 type FuseOptions struct {
 	Model string // fused or base SVDQuant checkpoint (one .safetensors file with svdq metadata)
-	Out   string // output file; must not be Model
+	// Out is the output file; it must not be an input (Model, its sidecar,
+	// a LoRA). Its sidecar is Out + lora.SidecarSuffix, which must not be an
+	// input either.
+	Out   string
 	LoRAs []LoRASpec
 	// Remove names fused LoRAs to take out (before adding LoRAs);
 	// RemoveAll takes out every one.
@@ -106,6 +105,19 @@ type FuseReport struct {
 	// Restored is true when no LoRA is left and the output's SHA-256 is the
 	// base file's.
 	Restored bool `json:"restored"`
+	// Rank is the one rank every W4A4 layer of the output stores (also
+	// quantization_config's); 0 when no LoRA is left and the base's ranks
+	// are back.
+	Rank int `json:"rank"`
+	// Resized counts the W4A4 layers no LoRA changed whose branch was
+	// widened (or narrowed back) with zero columns to that rank.
+	Resized int `json:"resized"`
+	// Sidecar is the sidecar file written next to Out ("" when none: no
+	// kept tensor has a LoRA merged in).
+	Sidecar string `json:"sidecar,omitempty"`
+	// Engines says, per engine that runs the family, whether the output
+	// loads there (formats/engine, as inspect reports it).
+	Engines []engine.Verdict `json:"engines,omitempty"`
 }
 
 // fusion holds the state of one FuseLoRA call.
@@ -120,6 +132,17 @@ type fusion struct {
 	drops map[string][][2]int    // layer → input rank columns to drop
 	adds  map[string][]*addition // layer → blocks to append, in order
 	files []*lora.File           // open LoRA files (closed when FuseLoRA returns)
+	// side holds the input's reserved tensors (base bytes and factors of
+	// kept tensors): its sidecar, the file itself for a version-1 record,
+	// nil when no kept tensor has a LoRA; sidePath names it.
+	side     safetensors.Reader
+	sidePath string
+	// widened is the input record's Widened (layer → rank).
+	widened map[string]int
+	// contracts are those of the engines that run the input's family
+	// (Fixed cleared, see loraContracts); inLoads those whose loader loads
+	// the input: the output must load there too.
+	contracts, inLoads []*engine.Contract
 	// rewritten maps the name of every tensor the fusion rewrites to its
 	// output spec (nil: not in the output).
 	rewritten map[string]*safetensors.Spec
@@ -137,17 +160,30 @@ type addition struct {
 // validated before the output is created: unknown fused names, LoRA keys
 // that are not factors or match no layer (unless AllowUnmatched), shapes
 // that do not fit (the error names the layer and both shapes), values that
-// overflow the model's 16-bit type, W4A16 layers the file's loader cannot
-// take a branch on, and first of all a layer whose packed bytes differ
-// from the SHA-256 its svdq entry records (a corrupted input). On error
-// nothing is written. The hashes of the rewritten quantized layers are
-// recomputed over their output bytes; a layer without a recorded hash
-// stays without one, so that removal restores such a base byte for byte.
+// overflow the model's 16-bit type, W4A16 layers an engine the input
+// loads in has no branch on (--w4a16 auto), an output or sidecar path that
+// is an input, and first of all a layer whose packed bytes differ from the
+// SHA-256 its svdq entry records (a corrupted input); last, the planned
+// output's header and metadata are checked against the loader contract
+// (formats/engine): an engine that loads the input must load the output.
+// On error nothing is written. The hashes of the rewritten quantized
+// layers are recomputed over their output bytes; a layer without a
+// recorded hash stays without one, so that removal restores such a base
+// byte for byte.
 //
-// Taking every LoRA out rewrites the base checkpoint: the base ranks and
-// svdq entry, the kept tensors' base bytes and the header length come from
-// the record, so the output's bytes equal the base file's when the base
-// was written by svdq (Restored reports the SHA-256 comparison).
+// The output stores every W4A4 layer's branch at one rank, the largest
+// any layer needs, widening the others with zero columns, and its
+// quantization_config records that rank: nunchaku's Python loaders build
+// every module with it. The kept tensors' base bytes and factors go to the
+// sidecar Out + lora.SidecarSuffix, written first (atomically, as the
+// output); the record names it and holds its SHA-256.
+//
+// Taking every LoRA out rewrites the base checkpoint: the base ranks,
+// svdq entry and quantization_config, the kept tensors' base bytes (from
+// the sidecar) and the header length come from the record, so the
+// output's bytes equal the base file's when the base was written by svdq
+// (Restored reports the SHA-256 comparison); a sidecar an earlier run left
+// at Out's sidecar path is removed.
 func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	if len(opt.LoRAs) == 0 && len(opt.Remove) == 0 && !opt.RemoveAll {
 		return nil, errors.New("nothing to do: give a LoRA to fuse or one to remove")
@@ -169,6 +205,11 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	if err := checkOut(opt.Out, opt.Model); err != nil {
 		return nil, err
 	}
+	for _, l := range opt.LoRAs {
+		if sameFile(opt.Out, l.Path) {
+			return nil, fmt.Errorf("%s: output would overwrite the LoRA file %s", opt.Out, l.Path)
+		}
+	}
 	f, err := openQuantized(opt.Model)
 	if err != nil {
 		return nil, err
@@ -189,6 +230,9 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 		for _, lf := range fu.files {
 			lf.Close()
 		}
+		if fu.side != nil && fu.side != f.r {
+			fu.side.Close()
+		}
 	}()
 	if s, ok := f.r.Metadata()[lora.MetaKey]; ok {
 		if fu.prov, err = lora.ParseProvenance(s); err != nil {
@@ -198,7 +242,17 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 			fu.old[l] = fu.prov.Rank(l)
 			fu.base[l] = st
 		}
+		fu.widened = fu.prov.Widened
+		if err := fu.openSide(); err != nil {
+			return nil, err
+		}
 	}
+	if err := fu.checkSidecarPath(); err != nil {
+		return nil, err
+	}
+	in := engineFile(f.r)
+	fu.contracts = loraContracts(f.meta, in)
+	fu.inLoads = loadsIn(fu.contracts, in)
 	infos := make([]safetensors.Info, 0, len(f.r.Names()))
 	for _, n := range f.r.Names() {
 		i, _ := f.r.Info(n)
@@ -396,9 +450,20 @@ func (fu *fusion) skipLayer(path string, li *lora.LayerInfo) (bool, error) {
 		case W4A16Skip:
 			return true, nil
 		case W4A16Auto:
-			class := fu.f.r.Metadata()[nunchaku.MetaModelClass]
-			if !w4a16LoRAClasses[class] {
-				return false, fmt.Errorf("%s: touches W4A16 layer %s, and this file's loader (model_class %q) reads no branch on W4A16 layers: pass --w4a16 branch (nunchaku C++ GEMV_AWQ layout) or --w4a16 skip", path, li.Name, class)
+			if deny := fu.noW4A16Branch(); len(deny) > 0 {
+				var accept []*engine.Contract
+				for _, c := range fu.contracts {
+					if c.W4A16Branch != engine.Forbidden {
+						accept = append(accept, c)
+					}
+				}
+				alt := "no engine that runs this family reads one"
+				if len(accept) > 0 {
+					alt = fmt.Sprintf("or --w4a16 branch for a file you will load only in %s (whose loader reads the branch; %s will then reject the file)",
+						contractEngines(accept), contractEngines(deny))
+				}
+				return false, fmt.Errorf("%s: touches W4A16 (adaLN) layer %s, but the input loads in %s, whose loader has no lora_down/lora_up on W4A16 layers: "+
+					"pass --w4a16 skip (W4A16 layers then keep no part of the LoRA); %s", path, li.Name, contractEngines(deny), alt)
 			}
 		}
 	case lora.Kept:
@@ -421,7 +486,8 @@ func (fu *fusion) currentRank(li *lora.LayerInfo) int {
 	return fu.prov.Rank(li.Name)
 }
 
-// inputRank is the logical branch rank of a layer in the input file.
+// inputRank is the logical branch rank of a layer in the input file: a
+// W4A4 layer's columns past it are zeros (the file's one rank).
 func (fu *fusion) inputRank(li *lora.LayerInfo) int {
 	if r, ok := fu.old[li.Name]; ok {
 		return r
@@ -429,7 +495,10 @@ func (fu *fusion) inputRank(li *lora.LayerInfo) int {
 	var r int
 	switch li.Kind {
 	case lora.W4A4:
-		r = li.R
+		r = li.R // the svdq entry's: the stored width of a widened layer
+		if w, ok := fu.widened[li.Name]; ok {
+			r = w
+		}
 	case lora.W4A16:
 		// A base W4A16 branch (another tool's) is taken at its stored,
 		// padded rank: its zero rows then round-trip exactly.

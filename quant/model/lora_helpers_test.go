@@ -8,7 +8,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/lora"
+	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/safetensors"
 	"github.com/svdq/svdq/formats/synth"
 	"github.com/svdq/svdq/quant"
@@ -29,9 +31,12 @@ var loraBases = struct {
 }{}
 
 // loraCheckpoint returns a quantized checkpoint: "flux" (diffusers names,
-// the shared tiny FLUX), "flux-nvfp4" (the same in NVFP4), "flux-bfl" (BFL
-// names) or "pixart" (PixArt-Σ, width 128, two blocks), rank 16, INT4
-// unless named.
+// the shared tiny FLUX), "flux-nvfp4" (the same in NVFP4), "flux-f16-cpp"
+// (the same in F16 for nunchaku's C++ engine: nunchaku-python, BF16 only,
+// does not load it), "flux-bfl" (BFL names), "pixart" (PixArt-Σ, width
+// 128, two blocks), "qwen-image" (width 128, one block, Python names) or
+// "sdxl" (one block per stage), rank 16, INT4 unless named, for every
+// engine that runs the family unless named.
 func loraCheckpoint(t testing.TB, which string) loraBase {
 	t.Helper()
 	model, cal := tinyModel(t)
@@ -43,6 +48,8 @@ func loraCheckpoint(t testing.TB, which string) loraBase {
 		}{
 			{"flux-bfl", synth.Options{Arch: "flux-dev", Scale: 0.04, Blocks: 1, Samples: 64, Seed: 2, Naming: "bfl"}},
 			{"pixart", synth.Options{Arch: "pixart-sigma", Scale: 0.12, Blocks: 2, Samples: 64, Seed: 3}},
+			{"qwen-image", synth.Options{Arch: "qwen-image", Scale: 0.05, Blocks: 1, Samples: 32, Seed: 4}},
+			{"sdxl", synth.Options{Arch: "sdxl", Scale: 0.1, Blocks: 1, Samples: 32, Seed: 5}},
 		} {
 			g.opt.Out = filepath.Join(tinyFLUX.dir, "lora-"+g.name)
 			if err := os.MkdirAll(g.opt.Out, 0o755); err != nil {
@@ -56,11 +63,15 @@ func loraCheckpoint(t testing.TB, which string) loraBase {
 			loraBases.m[g.name] = loraBase{src: filepath.Join(g.opt.Out, synth.ModelFile), calib: filepath.Join(g.opt.Out, synth.CalibFile)}
 		}
 		loraBases.m["flux-nvfp4"] = loraBases.m["flux"]
+		loraBases.m["flux-f16-cpp"] = loraBases.m["flux"]
 		for name, b := range loraBases.m {
 			b.q = filepath.Join(tinyFLUX.dir, "lora-q-"+name+".safetensors")
 			opt := fastOptions(b.src, b.calib, b.q)
-			if name == "flux-nvfp4" {
+			switch name {
+			case "flux-nvfp4":
 				opt.Precision = quant.NVFP4
+			case "flux-f16-cpp":
+				opt.Target, opt.DType = engine.CPP, quant.F16
 			}
 			if _, err := Quantize(opt); err != nil {
 				loraBases.err = fmt.Errorf("%s: %v", name, err)
@@ -200,4 +211,35 @@ func tensorsOf(t testing.TB, path string) (map[string]string, map[string]string)
 		out[n] = fmt.Sprintf("%s%v:%s", info.DType, info.Shape, b)
 	}
 	return out, f.Metadata()
+}
+
+// rawTensor returns a tensor of f as a nunchaku.Tensor (suffix: its name).
+func (f *qfile) rawTensor(t testing.TB, name string) nunchaku.Tensor {
+	t.Helper()
+	info, ok := f.r.Info(name)
+	if !ok {
+		t.Fatalf("%s: no tensor %s", f.path, name)
+	}
+	b, err := f.r.Bytes(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nunchaku.Tensor{Suffix: name, DType: string(info.DType), Shape: info.Shape, Data: b}
+}
+
+// widen returns a packed branch tensor widened to rank r by
+// nunchaku.PadRank, as a comparable string.
+func widen(t testing.TB, x nunchaku.Tensor, r int) string {
+	t.Helper()
+	if int(x.Shape[1]) != r {
+		var err error
+		if x, err = nunchaku.PadRank(x, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tensorString(x)
+}
+
+func tensorString(x nunchaku.Tensor) string {
+	return fmt.Sprintf("%s%v:%s", x.DType, x.Shape, x.Data)
 }

@@ -17,9 +17,15 @@ import (
 	"github.com/svdq/svdq/quant"
 )
 
-// fuse runs FuseLoRA and fails the test on error.
+// fuse runs FuseLoRA and fails the test on error. The W4A16 policy
+// defaults to branch: the tiny FLUX loads in nunchaku-python, whose loader
+// has no branch on W4A16 layers, so auto would refuse the adaLN layers
+// these tests fuse into (TestFuseW4A16Auto tests auto).
 func fuse(t *testing.T, opt FuseOptions) *FuseReport {
 	t.Helper()
+	if opt.W4A16 == "" {
+		opt.W4A16 = W4A16Branch
+	}
 	rep, err := FuseLoRA(opt)
 	if err != nil {
 		t.Fatal(err)
@@ -188,16 +194,43 @@ func fuseExact(t *testing.T, which string) {
 	}
 	bt, _ := tensorsOf(t, b.q)
 	ft, _ := tensorsOf(t, out)
+	st, _ := tensorsOf(t, out+lora.SidecarSuffix)
+	// The untouched W4A4 branches are the base's widened with zero
+	// columns to the file's one rank, quantization_config's.
+	_, one, err := nunchaku.ParseQuantizationConfig(fused.r.Metadata()[nunchaku.MetaQuantizationConfig])
+	if err != nil || one != 32 {
+		t.Fatalf("quantization_config rank %d (%v), want 32", one, err)
+	}
+	for _, lm := range base.meta.Layers {
+		for _, suf := range []string{".lora_down", ".lora_up"} {
+			if n := lm.Name + suf; lm.Kind == nunchaku.KindW4A4 && !changed[n] {
+				if got, want := tensorString(fused.rawTensor(t, n)), widen(t, base.rawTensor(t, n), one); got != want {
+					t.Errorf("untouched branch %s is not the base's widened to rank %d", n, one)
+				}
+				changed[n] = true
+			}
+		}
+	}
 	for n, v := range bt {
 		if !changed[n] && ft[n] != v {
 			t.Errorf("untouched tensor %s changed", n)
 		}
 	}
 	for n := range ft {
-		if _, ok := bt[n]; !ok && !changed[n] {
+		if _, ok := bt[n]; !ok && !changed[n] || strings.HasPrefix(n, lora.ReservedPrefix) {
 			t.Errorf("unexpected new tensor %s", n)
 		}
 	}
+	for n := range st {
+		if !changed[n] || !strings.HasPrefix(n, lora.ReservedPrefix) {
+			t.Errorf("unexpected sidecar tensor %s", n)
+		}
+	}
+	side, err := safetensors.Open(out + lora.SidecarSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer side.Close()
 
 	rng := rand.New(rand.NewPCG(3, 3))
 	const m = 16
@@ -212,7 +245,7 @@ func fuseExact(t *testing.T, which string) {
 					t.Fatalf("%s[%d] = %v, want round16(%v + %v) = %v", name, i, w1[i], w0[i], dl.exact[i], want)
 				}
 			}
-			if !bytes.Equal(rawOf(t, fused.r, lora.ReservedBase(name)), rawOf(t, base.r, name)) {
+			if !bytes.Equal(rawOf(t, side, lora.ReservedBase(name)), rawOf(t, base.r, name)) {
 				t.Errorf("%s: reserved base is not the base bytes", name)
 			}
 		default:
@@ -353,7 +386,15 @@ func TestFuseSequentialAndRemove(t *testing.T) {
 			p := writeLoRA(t, dir, fam+style+".safetensors", mods, lora.WriteOptions{Style: style, DType: safetensors.BF16})
 			specs = append(specs, LoRASpec{Path: p, Strength: []float64{1, -0.5, 0.8}[i]})
 		}
-		at := func(name string) string { return filepath.Join(dir, fam+"-"+name+".safetensors") }
+		// One name in a folder per state: a fused file records its
+		// sidecar's name, so files compared byte for byte share a name.
+		at := func(name string) string {
+			d := filepath.Join(dir, fam+"-"+name)
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			return filepath.Join(d, "fused.safetensors")
+		}
 		fuse(t, FuseOptions{Model: b.q, Out: at("abc"), LoRAs: specs})
 		fuse(t, FuseOptions{Model: b.q, Out: at("a"), LoRAs: specs[:1]})
 		fuse(t, FuseOptions{Model: at("a"), Out: at("ab"), LoRAs: specs[1:2]})
@@ -433,6 +474,9 @@ func TestFuseErrors(t *testing.T) {
 		c.opt.Model = b.q
 		if c.opt.Out == "" {
 			c.opt.Out = out
+		}
+		if c.opt.W4A16 == "" {
+			c.opt.W4A16 = W4A16Branch
 		}
 		_, err := FuseLoRA(c.opt)
 		if err == nil {

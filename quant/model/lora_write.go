@@ -1,8 +1,12 @@
 package model
 
 import (
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
@@ -18,9 +22,36 @@ type touched struct {
 	// names of the tensors this layer's branch lives in (input and output).
 	down, up string
 	// sum is the layer's integrity hash in the output (set by writeLayer
-	// for quantized layers whose input records one).
+	// for W4A16 layers whose input records one).
 	sum string
+	// plan is a W4A4 layer's stored widths.
+	plan *w4a4Plan
 }
+
+// w4a4Plan is one W4A4 layer's branch in the input and in the output.
+// Every W4A4 layer of a fused file stores one rank, the largest any layer
+// needs (nunchaku's Python loaders build every module with
+// quantization_config's rank and load strictly): the columns past a
+// layer's logical rank are zeros, added to the packed tensors by
+// nunchaku.PadRank and cut again by lora.NarrowRank, exactly. Once no
+// LoRA is left, every layer goes back to its base width.
+type w4a4Plan struct {
+	name     string
+	down, up string // tensor names (C++ or Python)
+	// inRank, outRank: logical ranks in the input and the output;
+	// inStored, outStored: the stored widths.
+	inRank, inStored   int
+	outRank, outStored int
+	// metaR is the svdq entry's r in the output: the logical rank, or the
+	// stored width where that is more than the rank rounded up to 16
+	// (the entry's r must pad to the stored width).
+	metaR int
+	t     *touched // the layer's drops and additions; nil when only resized
+	sum   string   // integrity hash in the output (set when rewritten)
+}
+
+// rewritten reports whether the layer's branch tensors change.
+func (p *w4a4Plan) rewritten() bool { return p.t != nil || p.outStored != p.inStored }
 
 // touchedLayers lists the layers with drops or additions, sorted by name,
 // with their input and output ranks.
@@ -75,40 +106,171 @@ func (fu *fusion) suffixName(layer, suffix, alias string) string {
 	return layer + "." + suffix
 }
 
-// write builds the output's specs and metadata, then streams every tensor:
-// untouched ones copied byte for byte, touched branches rebuilt; last, the
-// svdq entry gets the rewritten layers' hashes (same length as the
-// input's, which sized the header).
+// planRanks plans every W4A4 layer's branch width (see w4a4Plan), records
+// the widened layers no LoRA occupies in the provenance, and sets the
+// report's Rank and Resized.
+func (fu *fusion) planRanks(layers []*touched) ([]*w4a4Plan, error) {
+	byName := map[string]*touched{}
+	for _, t := range layers {
+		if t.info.Kind == lora.W4A4 {
+			byName[t.info.Name] = t
+		}
+	}
+	var plans []*w4a4Plan
+	one := 0
+	for i := range fu.f.meta.Layers {
+		lm := &fu.f.meta.Layers[i]
+		if lm.Kind != nunchaku.KindW4A4 {
+			continue
+		}
+		li := fu.ix.Layers[lm.Name]
+		p := &w4a4Plan{name: lm.Name, down: fu.suffixName(lm.Name, nunchaku.SuffixLoraDown, "proj_down"),
+			up: fu.suffixName(lm.Name, nunchaku.SuffixLoraUp, "proj_up")}
+		d, okd := fu.f.r.Info(p.down)
+		u, oku := fu.f.r.Info(p.up)
+		if !okd || !oku || len(d.Shape) != 2 || len(u.Shape) != 2 || d.Shape[1] != u.Shape[1] {
+			return nil, fmt.Errorf("%s: layer %s: no 2-D %s / %s of one rank", fu.opt.Model, lm.Name, p.down, p.up)
+		}
+		p.inStored, p.inRank = int(d.Shape[1]), fu.inputRank(li)
+		if lora.PadRank(p.inRank) > p.inStored {
+			return nil, fmt.Errorf("%s: layer %s: rank %d recorded, %d stored", fu.opt.Model, lm.Name, p.inRank, p.inStored)
+		}
+		p.outRank = p.inRank
+		if t := byName[lm.Name]; t != nil {
+			p.t, t.plan, p.outRank = t, p, t.newRank
+		}
+		one = max(one, lora.PadRank(p.outRank))
+		plans = append(plans, p)
+	}
+	fused := len(fu.prov.LoRAs) > 0
+	fu.prov.Widened = nil
+	for _, p := range plans {
+		p.outStored, p.metaR = lora.PadRank(p.outRank), p.outRank
+		if fused {
+			p.outStored = one
+		}
+		if p.outStored != lora.PadRank(p.outRank) {
+			p.metaR = p.outStored
+			if _, occupied := fu.prov.Layers[p.name]; !occupied {
+				if fu.prov.Widened == nil {
+					fu.prov.Widened = map[string]int{}
+				}
+				fu.prov.Widened[p.name] = p.outRank
+			}
+		}
+		if p.t == nil && p.outStored != p.inStored {
+			fu.rep.Resized++
+		}
+	}
+	if fused {
+		fu.rep.Rank = one
+	}
+	return plans, nil
+}
+
+// quantConfig sets the output's quantization_config: the base's while it
+// records the rank every W4A4 layer stores (and once no LoRA is left),
+// else the base's with that rank (nunchaku.QuantizationConfig when the
+// base's is in that form, precision kept; otherwise the base's JSON with
+// "rank" replaced), the base's kept verbatim in the record.
+func (fu *fusion) quantConfig(md map[string]string, rank int) error {
+	const key = nunchaku.MetaQuantizationConfig
+	base, had := md[key]
+	if q := fu.prov.Base.QuantizationConfig; q != nil {
+		base, had = *q, *q != ""
+	}
+	fu.prov.Base.QuantizationConfig = nil
+	put := func(v string, ok bool) {
+		if ok {
+			md[key] = v
+		} else {
+			delete(md, key)
+		}
+	}
+	if len(fu.prov.LoRAs) == 0 {
+		put(base, had)
+		return nil
+	}
+	var want string
+	switch {
+	case !had && rank == 32: // the loaders' default
+		return nil
+	case !had:
+		p, err := quant.ParsePrecision(fu.f.meta.Precision)
+		if err != nil {
+			return fmt.Errorf("%s: svdq entry: %v", fu.opt.Model, err)
+		}
+		want = nunchaku.QuantizationConfig(p, rank)
+	default:
+		p, r, err := nunchaku.ParseQuantizationConfig(base)
+		switch {
+		case err == nil && r == rank:
+			put(base, true)
+			return nil
+		case err == nil && base == nunchaku.QuantizationConfig(p, r):
+			want = nunchaku.QuantizationConfig(p, rank)
+		default:
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(base), &m); err != nil || m == nil {
+				return fmt.Errorf("%s: metadata %s is not a JSON object, so its rank cannot be set to %d", fu.opt.Model, key, rank)
+			}
+			m["rank"] = json.RawMessage(strconv.Itoa(rank))
+			b, err := json.Marshal(m)
+			if err != nil {
+				return err
+			}
+			want = string(b)
+		}
+	}
+	md[key] = want
+	if !had {
+		base = ""
+	}
+	fu.prov.Base.QuantizationConfig = &base
+	return nil
+}
+
+// write builds the output's specs and metadata, checks that the output
+// loads wherever the input does, then streams every tensor: untouched
+// ones copied byte for byte, touched branches rebuilt, W4A4 branches
+// widened or narrowed to the file's one rank, the kept tensors' bases and
+// factors into the sidecar; last, the sidecar's hash goes into the record
+// and the svdq entry gets the rewritten layers' hashes (same lengths as
+// the placeholders that sized the header).
 func (fu *fusion) write() error {
 	layers, err := fu.touchedLayers()
 	if err != nil {
 		return err
 	}
+	plans, err := fu.planRanks(layers)
+	if err != nil {
+		return err
+	}
+	fu.prov.Version = lora.ProvenanceVersion
 	replaced := map[string]bool{}
-	var specs []safetensors.Spec
+	var specs, sideSpecs []safetensors.Spec
 	meta := *fu.f.meta
 	meta.Layers = append([]nunchaku.LayerMeta(nil), fu.f.meta.Layers...)
+	metaOf := map[string]*nunchaku.LayerMeta{}
+	for i := range meta.Layers {
+		metaOf[meta.Layers[i].Name] = &meta.Layers[i]
+	}
+	for _, p := range plans {
+		metaOf[p.name].R = p.metaR
+		if !p.rewritten() {
+			continue
+		}
+		dinfo, _ := fu.f.r.Info(p.down)
+		uinfo, _ := fu.f.r.Info(p.up)
+		replaced[p.down], replaced[p.up] = true, true
+		specs = append(specs, safetensors.Spec{Name: p.down, DType: dinfo.DType, Shape: []int64{dinfo.Shape[0], int64(p.outStored)}},
+			safetensors.Spec{Name: p.up, DType: uinfo.DType, Shape: []int64{uinfo.Shape[0], int64(p.outStored)}})
+	}
 	for _, t := range layers {
 		li := t.info
-		for _, n := range []string{t.down, t.up} {
-			replaced[n] = true
-		}
 		switch li.Kind {
-		case lora.W4A4:
-			dinfo, ok1 := fu.f.r.Info(t.down)
-			uinfo, ok2 := fu.f.r.Info(t.up)
-			if !ok1 || !ok2 || len(dinfo.Shape) != 2 || len(uinfo.Shape) != 2 {
-				return fmt.Errorf("%s: layer %s: no 2-D %s / %s", fu.opt.Model, li.Name, t.down, t.up)
-			}
-			rp := int64(lora.PadRank(t.newRank))
-			specs = append(specs, safetensors.Spec{Name: t.down, DType: dinfo.DType, Shape: []int64{dinfo.Shape[0], rp}},
-				safetensors.Spec{Name: t.up, DType: uinfo.DType, Shape: []int64{uinfo.Shape[0], rp}})
-			for i := range meta.Layers {
-				if meta.Layers[i].Name == li.Name {
-					meta.Layers[i].R = t.newRank
-				}
-			}
 		case lora.W4A16:
+			replaced[t.down], replaced[t.up] = true, true
 			if t.newRank > 0 {
 				rp := int64(lora.PadRank(t.newRank))
 				dt := safetensors.DType(li.DType.String())
@@ -118,15 +280,7 @@ func (fu *fusion) write() error {
 		case lora.Kept:
 			main, _ := fu.f.r.Info(li.Name)
 			replaced[li.Name] = true
-			replaced[lora.ReservedBase(li.Name)] = true
 			specs = append(specs, main.Spec())
-			if t.newRank > 0 {
-				b := main.Spec()
-				b.Name = lora.ReservedBase(li.Name)
-				specs = append(specs, b,
-					safetensors.Spec{Name: t.down, DType: safetensors.F32, Shape: []int64{int64(t.newRank), int64(li.K)}},
-					safetensors.Spec{Name: t.up, DType: safetensors.F32, Shape: []int64{int64(li.N), int64(t.newRank)}})
-			}
 		}
 		fu.rep.Layers = append(fu.rep.Layers, FuseLayer{Name: li.Name, Kind: li.Kind.String(),
 			Base: fu.prov.Layers[li.Name].Base, From: t.oldRank, Rank: t.newRank})
@@ -134,9 +288,36 @@ func (fu *fusion) write() error {
 			fu.rep.Layers[len(fu.rep.Layers)-1].Base = t.newRank
 		}
 	}
+	// The sidecar: every kept tensor that still has LoRAs merged in, its
+	// base and factors rebuilt (touched) or copied from the input's.
+	touchedKept := map[string]*touched{}
+	for _, t := range layers {
+		if t.info.Kind == lora.Kept {
+			touchedKept[t.info.Name] = t
+		}
+	}
+	var keptCopied []string
+	for _, l := range sortedKeys(fu.prov.Layers) {
+		if fu.prov.Layers[l].Kind != lora.Kept.String() {
+			continue
+		}
+		li, r := fu.ix.Layers[l], fu.prov.Rank(l)
+		if li == nil {
+			return fmt.Errorf("%s: the %s record names layer %s, which the file does not have", fu.opt.Model, lora.MetaKey, l)
+		}
+		if touchedKept[l] == nil {
+			keptCopied = append(keptCopied, l)
+		}
+		main, _ := fu.f.r.Info(l)
+		b := main.Spec()
+		b.Name = lora.ReservedBase(l)
+		sideSpecs = append(sideSpecs, b,
+			safetensors.Spec{Name: lora.ReservedDown(l), DType: safetensors.F32, Shape: []int64{int64(r), int64(li.K)}},
+			safetensors.Spec{Name: lora.ReservedUp(l), DType: safetensors.F32, Shape: []int64{int64(li.N), int64(r)}})
+	}
 	var copied []string
 	for _, n := range fu.f.r.Names() {
-		if replaced[n] {
+		if replaced[n] || strings.HasPrefix(n, lora.ReservedPrefix) { // reserved tensors: sidecar only
 			continue
 		}
 		info, _ := fu.f.r.Info(n)
@@ -154,10 +335,21 @@ func (fu *fusion) write() error {
 		}
 	}
 
-	// The svdq entry is written with the input's hashes of the touched
-	// layers (placeholders of the same length) and completed once their
-	// tensors are: a hash covers the layer's bytes in the output.
+	// Metadata. The svdq entry is written with the input's hashes of the
+	// rewritten layers (placeholders of the same length) and completed
+	// once their tensors are: a hash covers the layer's bytes in the
+	// output. The sidecar's hash is a placeholder until it is written.
 	md := fu.f.r.Metadata()
+	if err := fu.quantConfig(md, fu.rep.Rank); err != nil {
+		return err
+	}
+	sidePath := ""
+	fu.prov.Sidecar = nil
+	if len(sideSpecs) > 0 {
+		sidePath = sidecarOf(fu.opt.Out)
+		fu.prov.Sidecar = &lora.Sidecar{File: filepath.Base(sidePath), SHA256: nunchaku.PlaceholderHash}
+		fu.rep.Sidecar = sidePath
+	}
 	verbatim := len(fu.prov.LoRAs) == 0 && fu.prov.Base.SVDQ != ""
 	svdqEntry := func() (string, error) {
 		if verbatim {
@@ -175,8 +367,19 @@ func (fu *fusion) write() error {
 	} else if md[lora.MetaKey], err = fu.prov.Marshal(); err != nil {
 		return err
 	}
+	if err := fu.checkEngines(specs, md); err != nil {
+		return err
+	}
 	if fu.opt.DryRun {
 		return nil
+	}
+
+	var ws *safetensors.Writer
+	if sidePath != "" {
+		if ws, err = safetensors.Create(sidePath, sideSpecs, map[string]string{lora.SidecarMetaKey: fu.prov.Base.SHA256}); err != nil {
+			return err
+		}
+		defer ws.Abort()
 	}
 	w, err := safetensors.Create(fu.opt.Out, specs, md, opts...)
 	if err != nil {
@@ -188,26 +391,84 @@ func (fu *fusion) write() error {
 			return err
 		}
 	}
-	if err := eachParallel(len(layers), func(i int) error { return fu.writeLayer(w, layers[i]) }); err != nil {
-		return err
+	for _, l := range keptCopied {
+		for _, n := range []string{lora.ReservedBase(l), lora.ReservedDown(l), lora.ReservedUp(l)} {
+			if _, ok := fu.sideInfo(n); !ok {
+				return fmt.Errorf("%s: tensor %q: missing (the %s record lists a LoRA merged into %s)", fu.sidePath, n, lora.MetaKey, l)
+			}
+			if err := ws.Copy(n, fu.side, n); err != nil {
+				return err
+			}
+		}
+	}
+	var jobs []func() error
+	for _, p := range plans {
+		if p.rewritten() {
+			jobs = append(jobs, func() error { return fu.writeW4A4(w, p) })
+		}
 	}
 	for _, t := range layers {
-		if t.sum == "" {
-			continue
+		switch t.info.Kind {
+		case lora.W4A16:
+			jobs = append(jobs, func() error { return fu.writeW4A16(w, t) })
+		case lora.Kept:
+			jobs = append(jobs, func() error { return fu.writeKept(w, ws, t) })
 		}
-		for i := range meta.Layers {
-			if meta.Layers[i].Name == t.info.Name {
-				meta.Layers[i].SHA256 = t.sum
-			}
+	}
+	if err := eachParallel(len(jobs), func(i int) error { return jobs[i]() }); err != nil {
+		return err
+	}
+	for _, p := range plans {
+		if p.sum != "" {
+			metaOf[p.name].SHA256 = p.sum
+		}
+	}
+	for _, t := range layers {
+		if t.sum != "" {
+			metaOf[t.info.Name].SHA256 = t.sum
 		}
 	}
 	if md[nunchaku.MetaSVDQ], err = svdqEntry(); err != nil {
 		return err
 	}
+	if ws != nil {
+		if err := ws.Close(); err != nil {
+			return err
+		}
+		if fu.prov.Sidecar.SHA256, err = hashFile(sidePath); err != nil {
+			return err
+		}
+		if md[lora.MetaKey], err = fu.prov.Marshal(); err != nil {
+			return err
+		}
+	}
 	if err := w.SetMetadata(md); err != nil {
 		return err
 	}
-	return w.Close()
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if ws == nil {
+		fu.removeStaleSidecar()
+	}
+	return nil
+}
+
+// sideInfo looks a reserved tensor up in the input's reserved source.
+func (fu *fusion) sideInfo(name string) (safetensors.Info, bool) {
+	if fu.side == nil {
+		return safetensors.Info{}, false
+	}
+	return fu.side.Info(name)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // outputHash returns the integrity hash of a quantized layer's tensors in
@@ -269,89 +530,134 @@ func (fu *fusion) branch(t *touched, cur *lora.Branch) (*lora.Branch, error) {
 	return cur, nil
 }
 
-// writeLayer rewrites one touched layer's tensors.
-func (fu *fusion) writeLayer(w *safetensors.Writer, t *touched) error {
-	li := t.info
-	switch li.Kind {
-	case lora.W4A4:
-		lm, ok := fu.f.meta.Layer(li.Name)
+// writeW4A4 writes a W4A4 layer's branch at its output width: a touched
+// layer's rebuilt (the input's branch cut to its logical rank, minus the
+// dropped columns, plus the added LoRAs, packed, then widened with zero
+// columns), an untouched one's widened or narrowed as stored.
+func (fu *fusion) writeW4A4(w *safetensors.Writer, p *w4a4Plan) error {
+	var down, up nunchaku.Tensor
+	if t := p.t; t != nil {
+		lm, ok := fu.f.meta.Layer(p.name)
 		if !ok {
-			return fmt.Errorf("%s: no svdq entry for layer %s", fu.opt.Model, li.Name)
+			return fmt.Errorf("%s: no svdq entry for layer %s", fu.opt.Model, p.name)
 		}
 		ql, err := fu.f.unpackW4A4(lm)
 		if err != nil {
 			return err
 		}
-		br, err := fu.branch(t, lora.LayerBranch(ql))
+		cur := lora.LayerBranch(ql)
+		if cur.R > t.oldRank { // zero columns up to the file's one rank
+			if pad := cur.Slice(t.oldRank, cur.R); pad.FirstNonZero() != "" {
+				return fmt.Errorf("%s: layer %s: branch columns past its rank %d are not zero (%s)", fu.opt.Model, p.name, t.oldRank, pad.FirstNonZero())
+			}
+			cur.Drop(t.oldRank, cur.R)
+		}
+		br, err := fu.branch(t, cur)
 		if err != nil {
 			return err
 		}
 		br.SetOn(ql)
 		ts, err := nunchaku.PackW4A4(ql)
 		if err != nil {
-			return fmt.Errorf("%s: layer %s: %v", fu.opt.Out, li.Name, err)
+			return fmt.Errorf("%s: layer %s: %v", fu.opt.Out, p.name, err)
 		}
-		written := map[string][]byte{}
 		for _, x := range ts {
 			switch x.Suffix {
 			case nunchaku.SuffixLoraDown:
-				written[t.down] = x.Data
+				down = x
 			case nunchaku.SuffixLoraUp:
-				written[t.up] = x.Data
+				up = x
 			}
 		}
+	} else {
+		var err error
+		if down, err = fu.rawTensor(p.down); err != nil {
+			return err
+		}
+		if up, err = fu.rawTensor(p.up); err != nil {
+			return err
+		}
+	}
+	written := map[string][]byte{}
+	for _, x := range []struct {
+		name string
+		t    nunchaku.Tensor
+	}{{p.down, down}, {p.up, up}} {
+		t, err := x.t, error(nil)
+		switch have := int(t.Shape[1]); {
+		case have < p.outStored:
+			t, err = nunchaku.PadRank(t, p.outStored)
+		case have > p.outStored:
+			t, err = lora.NarrowRank(t, p.outStored)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: layer %s: %v", fu.opt.Model, p.name, err)
+		}
+		written[x.name] = t.Data
+		if err := w.Write(x.name, t.Data); err != nil {
+			return err
+		}
+	}
+	var err error
+	p.sum, err = fu.outputHash(p.name, written)
+	return err
+}
+
+// rawTensor reads a tensor of the input as stored.
+func (fu *fusion) rawTensor(name string) (nunchaku.Tensor, error) {
+	info, _ := fu.f.r.Info(name)
+	b, err := fu.f.r.Bytes(name)
+	if err != nil {
+		return nunchaku.Tensor{}, err
+	}
+	return nunchaku.Tensor{Suffix: name, DType: string(info.DType), Shape: info.Shape, Data: b}, nil
+}
+
+// writeW4A16 rewrites a touched W4A16 layer's unpacked branch.
+func (fu *fusion) writeW4A16(w *safetensors.Writer, t *touched) error {
+	li := t.info
+	get, errp := fu.f.getter(li.Name)
+	cur, err := lora.UnpackW4A16Branch(get, fu.opt.Model+": "+li.Name, li.N, li.K, max(li.Chunks, 1), t.oldRank)
+	if *errp != nil {
+		return *errp
+	}
+	if err != nil {
+		return err
+	}
+	br, err := fu.branch(t, cur)
+	if err != nil {
+		return err
+	}
+	written := map[string][]byte{}
+	if br.R > 0 {
+		ts, err := lora.PackW4A16Branch(br, max(li.Chunks, 1), li.DType)
+		if err != nil {
+			return fmt.Errorf("%s: layer %s: %v", fu.opt.Out, li.Name, err)
+		}
+		written[t.down], written[t.up] = ts[0].Data, ts[1].Data
 		for _, n := range []string{t.down, t.up} {
 			if err := w.Write(n, written[n]); err != nil {
 				return err
 			}
 		}
-		if t.sum, err = fu.outputHash(li.Name, written); err != nil {
-			return err
-		}
-	case lora.W4A16:
-		get, errp := fu.f.getter(li.Name)
-		cur, err := lora.UnpackW4A16Branch(get, fu.opt.Model+": "+li.Name, li.N, li.K, max(li.Chunks, 1), t.oldRank)
-		if *errp != nil {
-			return *errp
-		}
-		if err != nil {
-			return err
-		}
-		br, err := fu.branch(t, cur)
-		if err != nil {
-			return err
-		}
-		written := map[string][]byte{}
-		if br.R > 0 {
-			ts, err := lora.PackW4A16Branch(br, max(li.Chunks, 1), li.DType)
-			if err != nil {
-				return fmt.Errorf("%s: layer %s: %v", fu.opt.Out, li.Name, err)
-			}
-			written[t.down], written[t.up] = ts[0].Data, ts[1].Data
-			for _, n := range []string{t.down, t.up} {
-				if err := w.Write(n, written[n]); err != nil {
-					return err
-				}
-			}
-		}
-		t.sum, err = fu.outputHash(li.Name, written)
-		return err
-	case lora.Kept:
-		return fu.writeKept(w, t)
 	}
-	return nil
+	t.sum, err = fu.outputHash(li.Name, written)
+	return err
 }
 
 // writeKept rewrites a 16-bit tensor LoRAs are merged into: the merged
-// weight recomputed from the base, and the base and factors alongside.
-func (fu *fusion) writeKept(w *safetensors.Writer, t *touched) error {
+// weight, recomputed from the base, into the fused file; the base and the
+// factors into the sidecar (ws).
+func (fu *fusion) writeKept(w, ws *safetensors.Writer, t *touched) error {
 	li := t.info
-	baseName := li.Name
-	if _, ok := fu.f.r.Info(lora.ReservedBase(li.Name)); ok {
-		baseName = lora.ReservedBase(li.Name)
+	src, baseName := fu.f.r, li.Name
+	if _, ok := fu.sideInfo(lora.ReservedBase(li.Name)); ok {
+		src, baseName = fu.side, lora.ReservedBase(li.Name)
+	} else if t.oldRank > 0 {
+		return fmt.Errorf("%s: no tensor %q, the base of %s (the %s record lists LoRAs merged into it)", fu.sideName(), lora.ReservedBase(li.Name), li.Name, lora.MetaKey)
 	}
-	info, _ := fu.f.r.Info(baseName)
-	baseRaw, err := fu.f.r.Bytes(baseName)
+	info, _ := src.Info(baseName)
+	baseRaw, err := src.Bytes(baseName)
 	if err != nil {
 		return err
 	}
@@ -374,7 +680,7 @@ func (fu *fusion) writeKept(w *safetensors.Writer, t *touched) error {
 	}
 	base := make([]float32, li.N*li.K)
 	if err := quant.Decode(base, string(info.DType), baseRaw); err != nil {
-		return fmt.Errorf("%s: tensor %q: %v", fu.opt.Model, baseName, err)
+		return fmt.Errorf("%s: tensor %q: %v", fu.sideName(), baseName, err)
 	}
 	merged := br.Merge(base, li.DType, li.Float32)
 	if i := quant.FirstNonFinite(merged); i >= 0 {
@@ -386,30 +692,42 @@ func (fu *fusion) writeKept(w *safetensors.Writer, t *touched) error {
 	} else {
 		data = li.DType.Encode(merged)
 	}
+	if err := w.Write(li.Name, data); err != nil {
+		return err
+	}
 	for _, x := range []struct {
 		name string
 		data []byte
-	}{{li.Name, data}, {lora.ReservedBase(li.Name), baseRaw}, {t.down, lora.EncodeF32(br.Down)}, {t.up, lora.EncodeF32(br.Up)}} {
-		if err := w.Write(x.name, x.data); err != nil {
+	}{{lora.ReservedBase(li.Name), baseRaw}, {t.down, lora.EncodeF32(br.Down)}, {t.up, lora.EncodeF32(br.Up)}} {
+		if err := ws.Write(x.name, x.data); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// readF32 reads an F32 [rows, cols] reserved tensor.
-func (fu *fusion) readF32(name string, rows, cols int) ([]float32, error) {
-	info, ok := fu.f.r.Info(name)
-	if !ok || info.DType != safetensors.F32 || len(info.Shape) != 2 || info.Shape[0] != int64(rows) || info.Shape[1] != int64(cols) {
-		return nil, fmt.Errorf("%s: tensor %q: want F32 [%d %d] (the %s record), got %s %v", fu.opt.Model, name, rows, cols, lora.MetaKey, info.DType, info.Shape)
+// sideName names the input's reserved source in messages.
+func (fu *fusion) sideName() string {
+	if fu.sidePath != "" {
+		return fu.sidePath
 	}
-	raw, err := fu.f.r.Bytes(name)
+	return fu.opt.Model
+}
+
+// readF32 reads an F32 [rows, cols] reserved tensor from the input's
+// sidecar (or, for a version-1 record, the input itself).
+func (fu *fusion) readF32(name string, rows, cols int) ([]float32, error) {
+	info, ok := fu.sideInfo(name)
+	if !ok || info.DType != safetensors.F32 || len(info.Shape) != 2 || info.Shape[0] != int64(rows) || info.Shape[1] != int64(cols) {
+		return nil, fmt.Errorf("%s: tensor %q: want F32 [%d %d] (the %s record), got %s %v", fu.sideName(), name, rows, cols, lora.MetaKey, info.DType, info.Shape)
+	}
+	raw, err := fu.side.Bytes(name)
 	if err != nil {
 		return nil, err
 	}
 	v := make([]float32, rows*cols)
 	if err := quant.Decode(v, "F32", raw); err != nil {
-		return nil, fmt.Errorf("%s: tensor %q: %v", fu.opt.Model, name, err)
+		return nil, fmt.Errorf("%s: tensor %q: %v", fu.sideName(), name, err)
 	}
 	return v, nil
 }
