@@ -609,3 +609,44 @@ func TestFuseSidecarPaths(t *testing.T) {
 	}
 	refuse("changed sidecar", FuseOptions{Model: g, Out: filepath.Join(dir, "w.safetensors"), RemoveAll: true}, "not this file's sidecar")
 }
+
+// TestFuseQuantConfig: the output's quantization_config records the one
+// rank, keeps the precision (and any other key), and the record keeps the
+// base's (or its absence) until the rank is the base's again.
+func TestFuseQuantConfig(t *testing.T) {
+	const key = nunchaku.MetaQuantizationConfig
+	fu := &fusion{opt: FuseOptions{Model: "m"}, f: &qfile{meta: &nunchaku.Meta{Precision: "nvfp4"}},
+		prov: &lora.Provenance{LoRAs: []lora.Applied{{Name: "a"}}}}
+	step := func(md map[string]string, rank int, want string, wantRecord *string) map[string]string {
+		t.Helper()
+		if err := fu.quantConfig(md, rank); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := md[key]
+		if (want == "" && ok) || (want != "" && got != want) {
+			t.Errorf("rank %d: quantization_config %q (present %v), want %q", rank, got, ok, want)
+		}
+		if rec := fu.prov.Base.QuantizationConfig; (rec == nil) != (wantRecord == nil) || rec != nil && *rec != *wantRecord {
+			t.Errorf("rank %d: record %v, want %v", rank, rec, wantRecord)
+		}
+		return md
+	}
+	base := nunchaku.QuantizationConfig(quant.INT4, 16)
+	md := step(map[string]string{key: base}, 48, nunchaku.QuantizationConfig(quant.INT4, 48), &base)
+	md = step(md, 16, base, nil)
+	md = step(md, 32, nunchaku.QuantizationConfig(quant.INT4, 32), &base)
+	fu.prov.LoRAs = nil
+	step(md, 0, base, nil)
+
+	fu.prov.LoRAs = []lora.Applied{{Name: "a"}}
+	other := `{"method": "svdquant", "weight": {"dtype": "int4"}, "rank": 32, "skip_refiners": true}`
+	step(map[string]string{key: other}, 48, `{"method":"svdquant","rank":48,"skip_refiners":true,"weight":{"dtype":"int4"}}`, &other)
+
+	none := ""
+	fu.prov.Base.QuantizationConfig = nil
+	md = step(map[string]string{}, 48, nunchaku.QuantizationConfig(quant.NVFP4, 48), &none)
+	md = step(md, 32, "", nil)
+	md = step(md, 64, nunchaku.QuantizationConfig(quant.NVFP4, 64), &none)
+	fu.prov.LoRAs = nil
+	step(md, 0, "", nil)
+}

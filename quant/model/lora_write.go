@@ -194,6 +194,7 @@ func (fu *fusion) quantConfig(md map[string]string, rank int) error {
 	var want string
 	switch {
 	case !had && rank == 32: // the loaders' default
+		put(base, had)
 		return nil
 	case !had:
 		p, err := quant.ParsePrecision(fu.f.meta.Precision)
