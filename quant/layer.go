@@ -109,13 +109,17 @@ func (l *Layer) Validate() error {
 	return nil
 }
 
-// WeightOnly is a W4A16 layer (adaLN modulation) in logical form: unsigned
-// codes with a scale and zero per group of 64 input channels,
-// w[n,k] = Codes[n,k]·Scales[n,k/64] + Zeros[n,k/64]; activations stay 16-bit.
-// Codes [N, K] in 0..15; Scales, Zeros [N, ceil(K/64)]; Bias [N]. Rows are in
-// the checkpoint's order (the nunchaku packer interleaves them).
+// WeightOnly is a W4A16 layer (adaLN modulation, T5 linears) in logical
+// form: unsigned codes with a scale and zero per group of G = GroupSize()
+// input channels (64, or Group when set), w[n,k] = Codes[n,k]·Scales[n,k/G]
+// + Zeros[n,k/G]; activations stay 16-bit. Codes [N, K] in 0..15; Scales,
+// Zeros [N, ceil(K/G)]; Bias [N]. Rows are in the checkpoint's order (the
+// nunchaku packer interleaves them).
 type WeightOnly struct {
-	N, K   int
+	N, K int
+	// Group is the number of input channels per scale and zero; 0 means 64
+	// (Int4Group), the value of every layer written before the field.
+	Group  int
 	Codes  []uint8
 	Scales []float32
 	Zeros  []float32

@@ -7,10 +7,19 @@ import (
 	"github.com/svdq/svdq/svd"
 )
 
-// W4A16 weight-only quantization (adaLN modulation layers).
+// W4A16 weight-only quantization (adaLN modulation layers; nunchaku's
+// 4-bit T5 text encoder).
 //
-//	format  codes  group  scale, zero          bits per weight
-//	w4a16   0..15  64     16-bit each          4 + 32/64 = 4.5
+//	format     codes  group  scale, zero          bits per weight
+//	w4a16      0..15  64     16-bit each          4 + 32/64 = 4.5
+//	w4a16g128  0..15  128    16-bit each          4 + 32/128 = 4.25
+//
+// The group size is WeightOnly.Group (0: 64, the adaLN layers' and every
+// file before the field existed). nunchaku's T5 W4Linear
+// (nunchaku/models/text_encoders/linear.py, tinychat_utils.py
+// convert_to_tinychat_w4x16y16_linear_weight) uses group 128 and stores
+// scaled_zeros = −zero with q = round((w + zero)/scale), i.e. the same
+// w = q·scale + z with z the stored scaled_zeros, so one grid serves both.
 //
 // nunchaku's GEMV dequantizes w = q·wscales + wzeros. The reference
 // converter (deepcompressor backend/nunchaku/utils.py,
@@ -26,10 +35,19 @@ import (
 // codes 0.
 
 // QuantizeWeightOnly returns the W4A16 form of W [n, k] with optional bias [n]
-// (nil: zeros), every stored value rounded to dt. The result's slices are
-// newly allocated; w and bias are not modified. It panics when a slice is
-// too short or w or bias holds NaN or ±Inf.
+// (nil: zeros), every stored value rounded to dt, in groups of 64
+// (WeightOnly.Group 0). The result's slices are newly allocated; w and bias
+// are not modified. It panics when a slice is too short or w or bias holds
+// NaN or ±Inf.
 func QuantizeWeightOnly(w []float32, n, k int, bias []float32, dt Float16) *WeightOnly {
+	return QuantizeWeightOnlyGroup(w, n, k, 0, bias, dt)
+}
+
+// QuantizeWeightOnlyGroup is QuantizeWeightOnly with groups of `group`
+// input channels (0: 64); the result's Group is group as given. A last
+// group shorter than group (k not a multiple) takes the remaining columns.
+// It also panics when group is negative.
+func QuantizeWeightOnlyGroup(w []float32, n, k, group int, bias []float32, dt Float16) *WeightOnly {
 	const fn = "QuantizeWeightOnly"
 	if n <= 0 || k <= 0 || len(w) < n*k {
 		panic(fmt.Sprintf("quant: %s: weight has %d values for n=%d k=%d", fn, len(w), n, k))
@@ -37,18 +55,19 @@ func QuantizeWeightOnly(w []float32, n, k int, bias []float32, dt Float16) *Weig
 	if bias != nil && len(bias) < n {
 		panic(fmt.Sprintf("quant: %s: bias has %d values, want %d", fn, len(bias), n))
 	}
-	g := (k + Int4Group - 1) / Int4Group
-	wo := &WeightOnly{
-		N: n, K: k, DType: dt,
-		Codes:  make([]uint8, n*k),
-		Scales: make([]float32, n*g),
-		Zeros:  make([]float32, n*g),
-		Bias:   make([]float32, n),
+	if group < 0 {
+		panic(fmt.Sprintf("quant: %s: group %d", fn, group))
 	}
+	wo := &WeightOnly{N: n, K: k, Group: group, DType: dt}
+	gs, g := wo.GroupSize(), wo.Groups()
+	wo.Codes = make([]uint8, n*k)
+	wo.Scales = make([]float32, n*g)
+	wo.Zeros = make([]float32, n*g)
+	wo.Bias = make([]float32, n)
 	for r := 0; r < n; r++ {
 		row := w[r*k : (r+1)*k]
 		for j := 0; j < g; j++ {
-			b, e := j*Int4Group, min((j+1)*Int4Group, k)
+			b, e := j*gs, min((j+1)*gs, k)
 			lo, hi := float32(math.Inf(1)), float32(math.Inf(-1))
 			for i, x := range row[b:e] {
 				if x-x != 0 {
@@ -75,14 +94,29 @@ func QuantizeWeightOnly(w []float32, n, k int, bias []float32, dt Float16) *Weig
 	return wo
 }
 
+// GroupSize is the number of input channels sharing a scale and zero:
+// Group, or 64 when Group is 0.
+func (w *WeightOnly) GroupSize() int {
+	if w.Group == 0 {
+		return Int4Group
+	}
+	return w.Group
+}
+
+// Groups is the number of groups per output row, ceil(K / GroupSize).
+func (w *WeightOnly) Groups() int {
+	gs := w.GroupSize()
+	return (w.K + gs - 1) / gs
+}
+
 // Dequantize returns the [N, K] float32 weight q·scale + zero (a new slice).
 func (w *WeightOnly) Dequantize() []float32 {
 	w.check("Dequantize")
-	g := (w.K + Int4Group - 1) / Int4Group
+	gs, g := w.GroupSize(), w.Groups()
 	out := make([]float32, w.N*w.K)
 	for r := 0; r < w.N; r++ {
 		for i := 0; i < w.K; i++ {
-			j := r*g + i/Int4Group
+			j := r*g + i/gs
 			out[r*w.K+i] = float32(w.Codes[r*w.K+i])*w.Scales[j] + w.Zeros[j]
 		}
 	}
@@ -112,7 +146,9 @@ func (w *WeightOnly) Forward(y, x []float32, m int) {
 
 // ForwardKernel computes y = x·Wᵀ + b for the [m, K] input x into the
 // [m, N] output y the way nunchaku's W4A16 GEMV does (src/kernels/awq/
-// gemv_awq.cu, then Linear.cpp's add_bias_dim0), every output a value of
+// gemv_awq.cu, then Linear.cpp's add_bias_dim0; the T5 W4Linear calls the
+// same gemv_awq below 8 tokens, gemm_awq from 8, whose order of
+// accumulation is not emulated), every output a value of
 // w.DType: x rounded to 16 bits; w = round16(q·scale + zero) (__hfma2);
 // each product round16(w·x) (__hmul2) accumulated in float32 (we add in
 // index order; the GPU's warp reduction order differs, so its sums may
@@ -124,11 +160,11 @@ func (w *WeightOnly) ForwardKernel(y, x []float32, m int) {
 	if m < 0 || len(x) < m*w.K || len(y) < m*w.N {
 		panic(fmt.Sprintf("quant: WeightOnly.ForwardKernel: x has %d values, y %d, for m=%d K=%d N=%d", len(x), len(y), m, w.K, w.N))
 	}
-	dt, g := w.DType, (w.K+Int4Group-1)/Int4Group
+	dt, gs, g := w.DType, w.GroupSize(), w.Groups()
 	wd := make([]float32, w.N*w.K)
 	for r := 0; r < w.N; r++ {
 		for i := 0; i < w.K; i++ {
-			j := r*g + i/Int4Group
+			j := r*g + i/gs
 			wd[r*w.K+i] = fma16(dt, float32(w.Codes[r*w.K+i]), w.Scales[j], w.Zeros[j])
 		}
 	}
@@ -150,11 +186,14 @@ func (w *WeightOnly) ForwardKernel(y, x []float32, m int) {
 }
 
 func (w *WeightOnly) check(fn string) {
-	g := (w.K + Int4Group - 1) / Int4Group
+	if w.Group < 0 {
+		panic(fmt.Sprintf("quant: WeightOnly.%s: group %d", fn, w.Group))
+	}
+	g := w.Groups()
 	if w.N <= 0 || w.K <= 0 || len(w.Codes) != w.N*w.K || len(w.Scales) != w.N*g ||
 		len(w.Zeros) != w.N*g || len(w.Bias) != w.N {
-		panic(fmt.Sprintf("quant: WeightOnly.%s: inconsistent layer N=%d K=%d: codes %d, scales %d, zeros %d, bias %d",
-			fn, w.N, w.K, len(w.Codes), len(w.Scales), len(w.Zeros), len(w.Bias)))
+		panic(fmt.Sprintf("quant: WeightOnly.%s: inconsistent layer N=%d K=%d group %d: codes %d, scales %d, zeros %d, bias %d",
+			fn, w.N, w.K, w.GroupSize(), len(w.Codes), len(w.Scales), len(w.Zeros), len(w.Bias)))
 	}
 }
 
@@ -184,10 +223,17 @@ func w4a16Code(x, s, z float32) uint8 {
 // positive definite. It panics like QuantizeWeightOnly, or when x holds
 // fewer than s·k values.
 func GPTQWeightOnly(w []float32, n, k int, bias []float32, dt Float16, x []float32, s int) (*WeightOnly, bool) {
+	return GPTQWeightOnlyGroup(w, n, k, 0, bias, dt, x, s)
+}
+
+// GPTQWeightOnlyGroup is GPTQWeightOnly with groups of `group` columns (0:
+// 64). It also panics when group does not divide GPTQ's block of 128
+// columns (a group must start inside one block).
+func GPTQWeightOnlyGroup(w []float32, n, k, group int, bias []float32, dt Float16, x []float32, s int) (*WeightOnly, bool) {
 	if s <= 0 || len(x) < s*k {
 		panic(fmt.Sprintf("quant: GPTQWeightOnly: %d calibration values for s=%d k=%d", len(x), s, k))
 	}
-	rtn := QuantizeWeightOnly(w, n, k, bias, dt)
+	rtn := QuantizeWeightOnlyGroup(w, n, k, group, bias, dt)
 	f, ok := gptqPrepare(gptqHessian(x, s, k, nil), k)
 	if !ok {
 		return rtn, false
@@ -196,22 +242,26 @@ func GPTQWeightOnly(w []float32, n, k int, bias []float32, dt Float16, x []float
 }
 
 // gptqWeightOnly runs GPTQ with the factored Hessian f on the W4A16 grid;
-// rtn is QuantizeWeightOnly's result for w (validated; its bias is kept).
+// rtn is QuantizeWeightOnlyGroup's result for w (validated; its group and
+// bias are kept).
 func gptqWeightOnly(w []float32, rtn *WeightOnly, f *gptqFactored) *WeightOnly {
-	n, k := rtn.N, rtn.K
-	g := (k + Int4Group - 1) / Int4Group
-	wo := &WeightOnly{N: n, K: k, DType: rtn.DType, Codes: make([]uint8, n*k), Scales: make([]float32, n*g),
+	n, k, gs := rtn.N, rtn.K, rtn.GroupSize()
+	if gptqBlock%gs != 0 {
+		panic(fmt.Sprintf("quant: GPTQ on W4A16: group %d does not divide the block of %d columns", gs, gptqBlock))
+	}
+	g := rtn.Groups()
+	wo := &WeightOnly{N: n, K: k, Group: rtn.Group, DType: rtn.DType, Codes: make([]uint8, n*k), Scales: make([]float32, n*g),
 		Zeros: make([]float32, n*g), Bias: rtn.Bias}
 	wq := append([]float32(nil), w[:n*k]...)
-	gptqRun(wq, n, k, f, Int4Group, &w4a16Grid{wo: wo, ng: g})
+	gptqRun(wq, n, k, f, gs, &w4a16Grid{wo: wo, ng: g, gs: gs})
 	return wo
 }
 
 // w4a16Grid is the W4A16 grid for GPTQ: per row and group, the min/max
 // scale and zero of QuantizeWeightOnly and codes 0..15.
 type w4a16Grid struct {
-	wo *WeightOnly
-	ng int
+	wo     *WeightOnly
+	ng, gs int // groups per row, group size
 }
 
 func (q *w4a16Grid) group(grp []float32, n, gw, j int) {
@@ -221,12 +271,12 @@ func (q *w4a16Grid) group(grp []float32, n, gw, j int) {
 		for _, x := range grp[i*gw : (i+1)*gw] {
 			lo, hi = min(lo, x), max(hi, x)
 		}
-		q.wo.Scales[i*q.ng+j/Int4Group], q.wo.Zeros[i*q.ng+j/Int4Group] = w4a16Params(lo, hi, dt)
+		q.wo.Scales[i*q.ng+j/q.gs], q.wo.Zeros[i*q.ng+j/q.gs] = w4a16Params(lo, hi, dt)
 	}
 }
 
 func (q *w4a16Grid) round(i, j int, v float32) float32 {
-	s, z := q.wo.Scales[i*q.ng+j/Int4Group], q.wo.Zeros[i*q.ng+j/Int4Group]
+	s, z := q.wo.Scales[i*q.ng+j/q.gs], q.wo.Zeros[i*q.ng+j/q.gs]
 	c := w4a16Code(v, s, z)
 	q.wo.Codes[i*q.wo.K+j] = c
 	return float32(c)*s + z
@@ -274,7 +324,13 @@ func NewWeightOnlyCalib(x []float32, s, k int) *WeightOnlyCalib {
 // GPTQ. A nil c gives round-to-nearest. It panics like QuantizeWeightOnly,
 // or when k is not c's.
 func (c *WeightOnlyCalib) Best(w []float32, n, k int, bias []float32, dt Float16) (*WeightOnly, bool) {
-	rtn := QuantizeWeightOnly(w, n, k, bias, dt)
+	return c.BestGroup(w, n, k, 0, bias, dt)
+}
+
+// BestGroup is Best with groups of `group` columns (0: 64; GPTQ needs a
+// group dividing 128, see GPTQWeightOnlyGroup).
+func (c *WeightOnlyCalib) BestGroup(w []float32, n, k, group int, bias []float32, dt Float16) (*WeightOnly, bool) {
+	rtn := QuantizeWeightOnlyGroup(w, n, k, group, bias, dt)
 	if c == nil {
 		return rtn, false
 	}

@@ -266,3 +266,105 @@ func equalWO(a, b *WeightOnly) bool {
 	}
 	return true
 }
+
+// TestWeightOnlyGroup128: group 128 (nunchaku's T5 W4Linear) takes its
+// scale and zero from 128 columns; Group 0 stays 64. A group-128 layer is
+// the group-64 layer whose scales and zeros repeat twice, so Dequantize,
+// Forward and ForwardKernel must agree with that expansion exactly.
+func TestWeightOnlyGroup128(t *testing.T) {
+	// Hand case: row 0 spans a step-1 grid over columns 0..127 (min −4 in
+	// column 100, max 11 in column 3), row 1 is constant.
+	const k = 256
+	w := make([]float32, 2*k)
+	for i := 0; i < k; i++ {
+		w[i] = float32(i%16) - 4
+		w[k+i] = 0.75
+	}
+	w[128] = 100 // second group of row 0: its own range
+	wo := QuantizeWeightOnlyGroup(w, 2, k, 128, nil, BF16)
+	if wo.Group != 128 || wo.GroupSize() != 128 || wo.Groups() != 2 || len(wo.Scales) != 4 {
+		t.Fatalf("group %d size %d groups %d scales %d", wo.Group, wo.GroupSize(), wo.Groups(), len(wo.Scales))
+	}
+	if wo.Scales[0] != 1 || wo.Zeros[0] != -4 || wo.Scales[2] != 0 || wo.Zeros[2] != 0.75 {
+		t.Fatalf("scales %v zeros %v", wo.Scales, wo.Zeros)
+	}
+	if want := BF16.Round(104.0 / 15); wo.Scales[1] != want || wo.Zeros[1] != -4 {
+		t.Fatalf("second group scale %v zero %v, want %v, -4", wo.Scales[1], wo.Zeros[1], want)
+	}
+	for i := 0; i < 128; i++ {
+		if wo.Codes[i] != uint8(i%16) {
+			t.Fatalf("code %d = %d", i, wo.Codes[i])
+		}
+	}
+	if g64 := QuantizeWeightOnly(w, 2, k, nil, BF16); g64.Group != 0 || g64.Groups() != 4 || g64.Scales[2] != BF16.Round(104.0/15) || g64.Scales[3] != 1 || g64.Zeros[4] != 0.75 {
+		t.Fatalf("group 0: %d groups, zeros %v", g64.Groups(), g64.Zeros)
+	}
+
+	for _, dt := range []Float16{BF16, F16} {
+		rng := rand.New(rand.NewPCG(7, uint64(dt)))
+		const n, k = 12, 384
+		w := testMatrix(rng, n, k, 64, false, false)
+		bias := make([]float32, n)
+		for i := range bias {
+			bias[i] = float32(rng.NormFloat64())
+		}
+		wo := QuantizeWeightOnlyGroup(w, n, k, 128, bias, dt)
+		for r := 0; r < n; r++ {
+			for j := 0; j < 3; j++ {
+				lo, hi := float32(math.Inf(1)), float32(math.Inf(-1))
+				for _, x := range w[r*k+j*128 : r*k+(j+1)*128] {
+					lo, hi = min(lo, x), max(hi, x)
+				}
+				if s, z := wo.Scales[r*3+j], wo.Zeros[r*3+j]; s != dt.Round((hi-lo)/15) || z != dt.Round(lo) {
+					t.Fatalf("%v row %d group %d: scale %v zero %v, range [%v, %v]", dt, r, j, s, z, lo, hi)
+				}
+			}
+		}
+		ex := &WeightOnly{N: n, K: k, DType: dt, Codes: wo.Codes, Bias: wo.Bias,
+			Scales: make([]float32, n*6), Zeros: make([]float32, n*6)}
+		for i := range ex.Scales {
+			ex.Scales[i], ex.Zeros[i] = wo.Scales[i/2], wo.Zeros[i/2]
+		}
+		a, b := wo.Dequantize(), ex.Dequantize()
+		for i := range a {
+			if a[i] != b[i] {
+				t.Fatalf("%v: dequantized %d = %v, expanded group-64 layer %v", dt, i, a[i], b[i])
+			}
+		}
+		const m = 5
+		x := randInput(rng, m, k, false)
+		for name, f := range map[string]func(*WeightOnly, []float32){
+			"Forward":       func(l *WeightOnly, y []float32) { l.Forward(y, x, m) },
+			"ForwardKernel": func(l *WeightOnly, y []float32) { l.ForwardKernel(y, x, m) },
+		} {
+			ya, yb := make([]float32, m*n), make([]float32, m*n)
+			f(wo, ya)
+			f(ex, yb)
+			for i := range ya {
+				if ya[i] != yb[i] {
+					t.Fatalf("%v %s: output %d = %v, expanded %v", dt, name, i, ya[i], yb[i])
+				}
+			}
+		}
+		// GPTQ keeps the group: groups of 128 columns, valid codes.
+		xs := woInputs(rng, 64, k, true)
+		gq, ok := GPTQWeightOnlyGroup(w, n, k, 128, bias, dt, xs, 64)
+		if !ok || gq.Group != 128 || len(gq.Scales) != n*3 {
+			t.Fatalf("%v GPTQ: ok %v group %d scales %d", dt, ok, gq.Group, len(gq.Scales))
+		}
+		c := NewWeightOnlyCalib(xs, 64, k)
+		best, _ := c.BestGroup(w, n, k, 128, bias, dt)
+		if best.Group != 128 || len(best.Scales) != n*3 {
+			t.Fatalf("%v BestGroup: group %d scales %d", dt, best.Group, len(best.Scales))
+		}
+		yq := make([]float32, m*n)
+		gq.Forward(yq, x, m) // panics on an inconsistent layer
+	}
+	mustPanic(t, "quant: QuantizeWeightOnly", func() { QuantizeWeightOnlyGroup(w, 2, k, -1, nil, BF16) })
+	bad := *wo
+	bad.Group = 64 // scales sized for 128
+	mustPanic(t, "quant: WeightOnly.Dequantize", func() { bad.Dequantize() })
+	mustPanic(t, "quant: GPTQ on W4A16", func() {
+		GPTQWeightOnlyGroup(w, 2, k, 96, nil, BF16, woInputs(rand.New(rand.NewPCG(1, 2)), 8, k, true), 8)
+	})
+}
