@@ -12,7 +12,7 @@ import (
 var knownSuffixes = func() map[string]bool {
 	m := map[string]bool{}
 	for _, s := range []string{SuffixQWeight, SuffixWScales, SuffixWTScale, SuffixWCScales, SuffixWZeros,
-		SuffixBias, SuffixSmooth, SuffixSmoothOrig, SuffixLoraDown, SuffixLoraUp} {
+		SuffixBias, SuffixSmooth, SuffixSmoothOrig, SuffixLoraDown, SuffixLoraUp, SuffixScales, SuffixScaledZeros} {
 		m[s] = true
 	}
 	for _, a := range aliases {
@@ -24,15 +24,16 @@ var knownSuffixes = func() map[string]bool {
 // Group is one quantized layer found among a file's tensor names.
 type Group struct {
 	Name     string   // tensor prefix, e.g. "transformer_blocks.0.qkv_proj"
-	Kind     string   // KindW4A4 or KindW4A16
+	Kind     string   // KindW4A4, KindW4A16 or KindW4A16G128
 	Suffixes []string // suffixes of its tensors, sorted
 }
 
 // Layers groups the tensor names of a file into quantized layers by suffix:
 // prefix p is a W4A16 layer when p.qweight, p.wscales and p.wzeros exist,
-// and a W4A4 layer when p.qweight, p.wscales and p.smooth (or
-// p.smooth_factor) exist. Names that belong to no such layer (16-bit
-// tensors, norms) are left out. The result is sorted by name, digit runs
+// a W4A4 layer when p.qweight, p.wscales and p.smooth (or p.smooth_factor)
+// exist, and a W4Linear (KindW4A16G128, nunchaku's T5) when p.qweight,
+// p.scales and p.scaled_zeros exist. Names that belong to no such layer
+// (16-bit tensors, norms) are left out. The result is sorted by name, digit runs
 // compared as numbers.
 func Layers(names []string) []Group {
 	bySuffix := map[string]map[string]bool{}
@@ -49,15 +50,17 @@ func Layers(names []string) []Group {
 	}
 	var out []Group
 	for p, s := range bySuffix {
-		if !s[SuffixQWeight] || !s[SuffixWScales] {
+		if !s[SuffixQWeight] {
 			continue
 		}
 		g := Group{Name: p}
 		switch {
-		case s[SuffixWZeros]:
+		case s[SuffixWScales] && s[SuffixWZeros]:
 			g.Kind = KindW4A16
-		case s[SuffixSmooth] || s[aliases[SuffixSmooth]]:
+		case s[SuffixWScales] && (s[SuffixSmooth] || s[aliases[SuffixSmooth]]):
 			g.Kind = KindW4A4
+		case s[SuffixScales] && s[SuffixScaledZeros]:
+			g.Kind = KindW4A16G128
 		default:
 			continue
 		}
@@ -81,7 +84,7 @@ type TensorInfo struct {
 // LayerSummary describes one quantized layer of a file for display.
 type LayerSummary struct {
 	Group
-	Precision string // "int4" or "nvfp4" (W4A16: "int4")
+	Precision string // "int4" or "nvfp4" (weight-only kinds: "int4")
 	N, K, R   int    // sizes as stored (padded); 0 where a shape is not as expected
 	DType     string // model dtype of its 16-bit tensors
 	Bytes     int64  // total bytes of its tensors
@@ -114,13 +117,21 @@ func Describe(ts []TensorInfo) []LayerSummary {
 		}
 		q, _ := tensor(SuffixQWeight)
 		w, _ := tensor(SuffixWScales)
-		if g.Kind == KindW4A16 {
+		switch g.Kind {
+		case KindW4A16G128:
+			sc, _ := tensor(SuffixScales)
+			s.Precision = quant.INT4.String()
+			s.DType = sc.DType
+			if len(q.Shape) == 2 {
+				s.N, s.K = int(4*q.Shape[0]), int(q.Shape[1])
+			}
+		case KindW4A16:
 			s.Precision = quant.INT4.String()
 			s.DType = w.DType
 			if len(q.Shape) == 2 {
 				s.N, s.K = int(4*q.Shape[0]), int(2*q.Shape[1])
 			}
-		} else {
+		default:
 			s.Precision = quant.INT4.String()
 			if w.DType == dtE4M3 {
 				s.Precision = quant.NVFP4.String()

@@ -7,8 +7,10 @@
 // pack_lowrank_weight), deepcompressor's converter
 // (deepcompressor/backend/nunchaku/{utils,convert}.py and
 // backend/tinychat/utils.py for W4A16), the C++ loader src/Linear.cpp
-// (GEMM_W4A4, GEMV_AWQ: tensor names, dtypes, shapes) and
-// nunchaku/merge_safetensors.py (quantization_config), as restated in the
+// (GEMM_W4A4, GEMV_AWQ: tensor names, dtypes, shapes), nunchaku's T5
+// encoder (nunchaku/models/text_encoders/{t5_encoder,linear,
+// tinychat_utils}.py) and nunchaku/merge_safetensors.py
+// (quantization_config), as restated in the
 // workspace spec nunchaku-format.md. The code here is written from those
 // descriptions; the tests check it against index tables built independently
 // from the spec text.
@@ -38,6 +40,13 @@
 // q[j] | q[j+8]<<4 | q[j+16]<<8 | q[j+24]<<12 in order t,chunk,u,word of
 // rows 4t+u and 16-word chunks, stored I32 [N/4, K/2]; wscales and wzeros
 // model dtype [G', N], G' = K/64 rounded up to a multiple of 16 (zero rows).
+//
+// W4Linear layer (nunchaku's 4-bit T5 encoder, text_encoders/linear.py;
+// qweight, scales, scaled_zeros, bias only where the module has one): the
+// same 16-bit words and order t,chunk,u,word as W4A16 (tinychat_utils.py
+// pack_w4), no interleave, stored I16 [N/4, K]; scales and scaled_zeros
+// model dtype [G', N], G' = ceil_num_groups(K, 128) = K/128 rounded up to a
+// multiple of 8 (zero rows); w = q·scales + scaled_zeros.
 //
 // Packing does no arithmetic on values beyond layout (and the W4A16 bias +1
 // the format prescribes): every value of quant.Layer / quant.WeightOnly must

@@ -36,6 +36,9 @@ const MetaVersion = 1
 const (
 	KindW4A4  = "w4a4"  // SVDQuant layer (PackW4A4)
 	KindW4A16 = "w4a16" // weight-only adaLN layer (PackW4A16)
+	// KindW4A16G128 is a weight-only layer of nunchaku's 4-bit T5 text
+	// encoder: TinyChat's W4Linear layout (PackW4Linear), group 128.
+	KindW4A16G128 = "w4a16g128"
 )
 
 // Meta is the svdq metadata entry of a checkpoint.
@@ -51,12 +54,12 @@ type Meta struct {
 // LayerMeta describes one quantized layer of the file.
 type LayerMeta struct {
 	Name      string `json:"name"` // tensor prefix in the file, e.g. "transformer_blocks.0.qkv_proj"
-	Kind      string `json:"kind"` // KindW4A4 or KindW4A16
+	Kind      string `json:"kind"` // KindW4A4, KindW4A16 or KindW4A16G128
 	N         int    `json:"n"`    // logical out-features (before padding)
 	K         int    `json:"k"`    // logical in-features
-	R         int    `json:"r"`    // logical rank (0 for W4A16)
+	R         int    `json:"r"`    // logical rank (0 for the weight-only kinds)
 	Group     int    `json:"group"`
-	Precision string `json:"precision"` // "int4" or "nvfp4" (W4A16: "int4")
+	Precision string `json:"precision"` // "int4" or "nvfp4" (weight-only kinds: "int4")
 	DType     string `json:"dtype"`     // model dtype of the 16-bit tensors: "BF16" or "F16"
 	// Smooth is the chosen smoothing λ = ax^α / aw^β; required for W4A4
 	// (α = β = 0: none), absent for W4A16.
@@ -152,6 +155,12 @@ func W4A16Meta(name string, w *quant.WeightOnly, chunks int, sources []SourceMet
 		Precision: quant.INT4.String(), DType: w.DType.String(), Chunks: chunks, Sources: sources}
 }
 
+// W4A16G128Meta returns the entry of a W4Linear layer (PackW4Linear).
+func W4A16G128Meta(name string, w *quant.WeightOnly, sources []SourceMeta) LayerMeta {
+	return LayerMeta{Name: name, Kind: KindW4A16G128, N: w.N, K: w.K, Group: W4LinearGroup,
+		Precision: quant.INT4.String(), DType: w.DType.String(), Sources: sources}
+}
+
 // W4A4Options returns the UnpackW4A4 options of the layer; file prefixes
 // error messages.
 func (lm *LayerMeta) W4A4Options(file string) W4A4Options {
@@ -163,6 +172,15 @@ func (lm *LayerMeta) W4A4Options(file string) W4A4Options {
 func (lm *LayerMeta) W4A16Options(file string) W4A16Options {
 	return W4A16Options{Name: file + ": " + lm.Name, Chunks: lm.Chunks, N: lm.N, K: lm.K}
 }
+
+// W4LinearOptions returns the UnpackW4Linear options of the layer.
+func (lm *LayerMeta) W4LinearOptions(file string) W4LinearOptions {
+	return W4LinearOptions{Name: file + ": " + lm.Name, Group: lm.Group, N: lm.N, K: lm.K}
+}
+
+// WeightOnly reports whether the layer is one of the weight-only kinds
+// (KindW4A16, KindW4A16G128): no smoothing, no low-rank branch.
+func (lm *LayerMeta) WeightOnly() bool { return lm.Kind == KindW4A16 || lm.Kind == KindW4A16G128 }
 
 // Layer returns the entry named name.
 func (m *Meta) Layer(name string) (*LayerMeta, bool) {
@@ -294,8 +312,15 @@ func (lm *LayerMeta) validate() error {
 		if lm.Chunks < 1 || lm.N%lm.Chunks != 0 {
 			return fmt.Errorf("n=%d does not split into %d chunks", lm.N, lm.Chunks)
 		}
+	case KindW4A16G128:
+		if p != quant.INT4 || lm.Group != W4LinearGroup || lm.R != 0 || lm.Smooth != nil || lm.Shifted || lm.Chunks != 0 {
+			return fmt.Errorf("%s layer must be int4, group %d, r 0, without smoothing, shift or chunks", KindW4A16G128, W4LinearGroup)
+		}
+		if lm.K%W4LinearGroup != 0 || lm.N%8 != 0 {
+			return fmt.Errorf("%s layer [%d %d]: k must be a multiple of %d and n of 8", KindW4A16G128, lm.N, lm.K, W4LinearGroup)
+		}
 	default:
-		return fmt.Errorf("kind %q, want %s or %s", lm.Kind, KindW4A4, KindW4A16)
+		return fmt.Errorf("kind %q, want %s, %s or %s", lm.Kind, KindW4A4, KindW4A16, KindW4A16G128)
 	}
 	if err := checkHash(lm.SHA256); err != nil {
 		return err

@@ -42,9 +42,10 @@ import (
 
 // HashSuffixes lists, in digest order, the tensors LayerHash covers: every
 // tensor a W4A4 or W4A16 layer may have, including the W4A16 LoRA branch
-// that fuse-lora adds.
+// that fuse-lora adds, then a W4Linear's scales and scaled_zeros (last, so
+// that the digests of the other kinds did not change when they were added).
 var HashSuffixes = []string{SuffixQWeight, SuffixWScales, SuffixWTScale, SuffixWCScales, SuffixWZeros,
-	SuffixBias, SuffixSmooth, SuffixSmoothOrig, SuffixLoraDown, SuffixLoraUp}
+	SuffixBias, SuffixSmooth, SuffixSmoothOrig, SuffixLoraDown, SuffixLoraUp, SuffixScales, SuffixScaledZeros}
 
 // HashLen is the length of a LayerMeta.SHA256 value (hex digits).
 const HashLen = 2 * sha256.Size

@@ -21,6 +21,10 @@ const (
 	SuffixSmoothOrig = "smooth_orig"
 	SuffixLoraDown   = "lora_down"
 	SuffixLoraUp     = "lora_up"
+	// nunchaku's T5 W4Linear (text_encoders/linear.py) names its scales and
+	// zero points differently from the C++ GEMV_AWQ.
+	SuffixScales      = "scales"
+	SuffixScaledZeros = "scaled_zeros"
 )
 
 // aliases maps the C++ suffixes to the names nunchaku's newer Python modules
@@ -36,6 +40,7 @@ var aliases = map[string]string{
 // Safetensors dtype names used by the layouts.
 const (
 	dtI8   = "I8"
+	dtI16  = "I16"
 	dtI32  = "I32"
 	dtF32  = "F32"
 	dtBF16 = "BF16"
@@ -91,7 +96,7 @@ func dtypeSize(dt string) int {
 	switch dt {
 	case dtI8, dtE4M3:
 		return 1
-	case dtBF16, dtF16:
+	case dtBF16, dtF16, dtI16:
 		return 2
 	case dtI32, dtF32:
 		return 4
