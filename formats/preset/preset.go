@@ -17,15 +17,21 @@ const (
 	// W4A16 is a 4-bit weight-only layer (adaLN modulation linears): no
 	// smoothing, no low-rank branch, 16-bit activations.
 	W4A16
+	// W4A16G128 is a 4-bit weight-only layer in the layout of nunchaku's
+	// T5 W4Linear (TinyChat packing, groups of 128 input channels, no row
+	// interleave, no bias change).
+	W4A16G128
 )
 
-// String returns "w4a4" or "w4a16".
+// String returns "w4a4", "w4a16" or "w4a16g128".
 func (r Role) String() string {
 	switch r {
 	case W4A4:
 		return "w4a4"
 	case W4A16:
 		return "w4a16"
+	case W4A16G128:
+		return "w4a16g128"
 	}
 	return fmt.Sprintf("Role(%d)", uint8(r))
 }
