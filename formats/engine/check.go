@@ -171,7 +171,9 @@ func Check(c *Contract, f *File) []string {
 		switch {
 		case !ok && m.Need == Required:
 			p.add(fmt.Sprintf("no %s metadata (%s)", m.Key, m.Why), "")
-		case ok && !json.Valid([]byte(v)):
+		case ok && m.Value != "" && v != m.Value:
+			p.add(fmt.Sprintf("metadata %s is %q, not %q (%s)", m.Key, v, m.Value, m.Why), "")
+		case ok && m.Value == "" && !json.Valid([]byte(v)):
 			p.add(fmt.Sprintf("metadata %s is not JSON", m.Key), "")
 		}
 	}
@@ -229,6 +231,12 @@ func Check(c *Contract, f *File) []string {
 			p.add("a bias tensor where the loader builds the module without one (unexpected key)", g.Name)
 		}
 		qw, _ := has(g.Name, nunchaku.SuffixQWeight)
+		if g.Kind == w4a16g128 {
+			if d := checkW4Linear(c, f, g, qw, &p); dtype == "" {
+				dtype = d
+			}
+			continue
+		}
 		if g.Kind == w4a16 {
 			ws, _ := has(g.Name, nunchaku.SuffixWScales)
 			if _, ok := has(g.Name, nunchaku.SuffixWZeros); !ok {
@@ -322,6 +330,9 @@ func Check(c *Contract, f *File) []string {
 	// Every module of every block present.
 	for prefix, rels := range seen {
 		b := blockOf[prefix]
+		if b.ByPresence {
+			continue // checkPresence
+		}
 		if b.Skippable && qc.SkipRefiners {
 			p.add("quantized refiner layers while quantization_config.skip_refiners is true", prefix)
 			continue
@@ -344,6 +355,7 @@ func Check(c *Contract, f *File) []string {
 			}
 		}
 	}
+	checkPresence(c, fam, all, seen, f, &p)
 	if c.Fixed != nil {
 		checkFixed(c, fam, all, groups, f, &p)
 	}
@@ -367,6 +379,91 @@ func Check(c *Contract, f *File) []string {
 		}
 	}
 	return p.list()
+}
+
+// w4linearSuffixes are the tensors of nunchaku's T5 W4Linear module.
+var w4linearSuffixes = map[string]bool{nunchaku.SuffixQWeight: true, nunchaku.SuffixScales: true,
+	nunchaku.SuffixScaledZeros: true, nunchaku.SuffixBias: true}
+
+// checkW4Linear checks a W4Linear layer (text_encoders/linear.py
+// W4Linear.__init__ with group_size 128) and returns its 16-bit dtype.
+func checkW4Linear(c *Contract, f *File, g nunchaku.Group, qw TensorInfo, p *problems) string {
+	sc, _ := f.Tensors[g.Name+"."+nunchaku.SuffixScales]
+	sz, _ := f.Tensors[g.Name+"."+nunchaku.SuffixScaledZeros]
+	if qw.DType != "I16" {
+		p.add("W4Linear qweight not I16 (the module's buffer is torch.int16 [out/4, in])", g.Name)
+	}
+	if (sc.DType != "BF16" && sc.DType != "F16") || sz.DType != sc.DType {
+		p.add("W4Linear scales/scaled_zeros not of one 16-bit dtype", g.Name)
+	}
+	if len(qw.Shape) == 2 && len(sc.Shape) == 2 && len(sz.Shape) == 2 {
+		n, k := 4*qw.Shape[0], qw.Shape[1]
+		rows, err := nunchaku.W4LinearScaleRows(int(k), nunchaku.W4LinearGroup)
+		switch {
+		case err != nil || n%8 != 0:
+			p.add("W4Linear in-features not a multiple of 128 or out-features not of 8 (W4Linear(group_size=128) asserts both)", g.Name)
+		case sc.Shape[0] != int64(rows) || sc.Shape[1] != n || sz.Shape[0] != sc.Shape[0] || sz.Shape[1] != n:
+			p.add("W4Linear scales/scaled_zeros not [ceil_num_groups(in, 128), out] (in/128 rounded up to a multiple of 8 rows)", g.Name)
+		}
+	} else {
+		p.add("W4Linear qweight/scales/scaled_zeros not 2-D", g.Name)
+	}
+	if c.Strict {
+		for _, s := range g.Suffixes {
+			if !w4linearSuffixes[s] {
+				p.add("tensors W4Linear does not have (unexpected keys in the strict load)", g.Name+"."+s)
+			}
+		}
+		if _, ok := f.Tensors[g.Name+".weight"]; ok {
+			p.add("a 16-bit weight next to the qweight (W4Linear registers no weight: unexpected key)", g.Name)
+		}
+	}
+	return sc.DType
+}
+
+// checkPresence checks, for a strict loader, the 16-bit tensors it needs:
+// the family's and every block's Required tensors, and in a ByPresence
+// block a 16-bit weight for every module the file does not quantize.
+func checkPresence(c *Contract, fam *Family, all []string, seen map[string]map[string]bool, f *File, p *problems) {
+	if !c.Strict {
+		return
+	}
+	for _, n := range fam.Required {
+		if _, ok := f.Tensors[n]; !ok {
+			p.add("missing 16-bit tensors the strict load needs", n)
+		}
+	}
+	for _, b := range fam.Blocks {
+		var prefixes []string
+		got := map[string]bool{}
+		for _, n := range all {
+			if loc := b.Re.FindStringIndex(n); loc != nil && loc[0] == 0 && !got[n[:loc[1]]] {
+				got[n[:loc[1]]] = true
+				prefixes = append(prefixes, n[:loc[1]])
+			}
+		}
+		sort.Slice(prefixes, func(i, j int) bool {
+			return blockIndex(prefixes[i]) < blockIndex(prefixes[j]) || blockIndex(prefixes[i]) == blockIndex(prefixes[j]) && prefixes[i] < prefixes[j]
+		})
+		for _, prefix := range prefixes {
+			for _, r := range b.Required {
+				if _, ok := f.Tensors[prefix+r]; !ok {
+					p.add("missing 16-bit tensors the strict load needs", prefix+r)
+				}
+			}
+			if !b.ByPresence {
+				continue
+			}
+			for _, s := range b.Layers {
+				if seen[prefix][s.Name] {
+					continue
+				}
+				if _, ok := f.Tensors[prefix+s.Name+".weight"]; !ok {
+					p.add("linears with neither a qweight nor a 16-bit weight", prefix+s.Name)
+				}
+			}
+		}
+	}
 }
 
 // reservedPrefix is the prefix of fuse-lora's former provenance tensors.

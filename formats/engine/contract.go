@@ -12,7 +12,8 @@ const (
 	// (NunchakuFluxTransformer2dModel, "V1"; NunchakuSanaTransformer2DModel).
 	CPP = "nunchaku-cpp"
 	// Python is nunchaku's pure-Python model classes built of
-	// SVDQW4A4Linear / AWQW4A16Linear (FLUX "V2", Qwen-Image, SDXL, Z-Image).
+	// SVDQW4A4Linear / AWQW4A16Linear (FLUX "V2", Qwen-Image, SDXL, Z-Image)
+	// or W4Linear (the T5 text encoder).
 	Python = "nunchaku-python"
 	// ComfyUI is ComfyUI-nunchaku's loader nodes.
 	ComfyUI = "comfyui"
@@ -95,6 +96,10 @@ type MetaNeed struct {
 	Key  string
 	Need Need   // Required or Optional
 	Why  string // what the loader does with it
+	// Value, when set, is the plain string the key must hold (the loader
+	// compares it; ComfyUI-nunchaku's model_class). Keys without a Value
+	// hold JSON.
+	Value string
 }
 
 // Fixed is an architecture the engine hard-codes instead of reading the

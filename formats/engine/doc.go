@@ -20,4 +20,9 @@
 // load (convert_flux_state_dict, convert_sdxl_state_dict) and would mangle
 // Python names (smooth_factor → smooth_factor_factor), so their files carry
 // the C++ names; Qwen-Image and Z-Image load Python names unchanged.
+//
+// nunchaku's 4-bit T5 encoder (family "t5") has no W4A4 layer: its
+// quantized linears are W4Linear modules (kind w4a16g128: qweight I16,
+// scales, scaled_zeros), and which linears are quantized is decided by
+// the file (a linear without qweight stays a 16-bit nn.Linear).
 package engine

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -26,7 +27,8 @@ func TestTableRows(t *testing.T) {
 		seen[c.Key()] = true
 	}
 	for _, k := range []string{"nunchaku-cpp/flux", "nunchaku-python/flux", "comfyui/flux", "nunchaku-cpp/sana",
-		"nunchaku-python/qwen-image", "comfyui/qwen-image", "nunchaku-python/sdxl", "nunchaku-python/z-image"} {
+		"nunchaku-python/qwen-image", "comfyui/qwen-image", "nunchaku-python/sdxl", "nunchaku-python/z-image",
+		"nunchaku-python/t5", "comfyui/t5"} {
 		if !seen[k] {
 			t.Errorf("no row %s", k)
 		}
@@ -336,5 +338,148 @@ func TestAdaptSDXLNVFP4(t *testing.T) {
 	}
 	if _, err := l.Adapt("sdxl", "mid_block.attentions.0.transformer_blocks.0.ff.net.2", ts([]byte{0, 0, 0x40, 0x3e})); err == nil {
 		t.Fatal("a tensor scale of 0.1875 (not a power of two) was accepted")
+	}
+}
+
+// t5Lines is a T5 encoder of width 256 (4 heads of 64), feed-forward 384,
+// `blocks` blocks, every linear a W4Linear (N, K of 256/384: scale rows
+// ceil_num_groups = 8), plus the 16-bit tensors the strict load needs.
+func t5Lines(blocks int) []string {
+	out := []string{"shared.weight BF16 32128,256", "encoder.embed_tokens.weight BF16 32128,256",
+		"encoder.final_layer_norm.weight BF16 256",
+		"encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight BF16 32,4"}
+	for b := range blocks {
+		p := "encoder.block." + string(rune('0'+b)) + "."
+		out = append(out, p+"layer.0.layer_norm.weight BF16 256", p+"layer.1.layer_norm.weight BF16 256")
+		for _, l := range []struct{ name, n, k string }{
+			{"layer.0.SelfAttention.q", "256", "256"}, {"layer.0.SelfAttention.k", "256", "256"},
+			{"layer.0.SelfAttention.v", "256", "256"}, {"layer.0.SelfAttention.o", "256", "256"},
+			{"layer.1.DenseReluDense.wi_0", "384", "256"}, {"layer.1.DenseReluDense.wi_1", "384", "256"},
+			{"layer.1.DenseReluDense.wo", "256", "384"}} {
+			q := map[string]string{"256": "64", "384": "96"}[l.n]
+			out = append(out, p+l.name+".qweight I16 "+q+","+l.k, p+l.name+".scales BF16 8,"+l.n, p+l.name+".scaled_zeros BF16 8,"+l.n)
+		}
+	}
+	return out
+}
+
+// TestCheckT5: a W4Linear file loads in nunchaku's T5 class and, with
+// model_class, in ComfyUI's V2 loader; each rule of W4Linear and of the
+// strict load is caught and named.
+func TestCheckT5(t *testing.T) {
+	md := func() map[string]string {
+		return map[string]string{MetaConfig: `{"d_model":256}`, MetaModelClass: "NunchakuT5EncoderModel"}
+	}
+	py, comfy := For("t5-xxl")[0], For("t5-xxl")[1]
+	if py.Key() != "nunchaku-python/t5" || comfy.Key() != "comfyui/t5" {
+		t.Fatalf("contracts %s %s", py.Key(), comfy.Key())
+	}
+	good := fileOf(md(), t5Lines(2)...)
+	for _, c := range []*Contract{py, comfy} {
+		if pr := Check(c, good); len(pr) != 0 {
+			t.Fatalf("%s: %q", c.Key(), pr)
+		}
+	}
+	if g := Guess(good); g != "t5" {
+		t.Errorf("Guess = %q", g)
+	}
+	const q = "encoder.block.1.layer.0.SelfAttention.q"
+	for _, c := range []struct {
+		name  string
+		edit  func(f *File)
+		py    string // problem for nunchaku-python ("" none)
+		comfy string
+	}{
+		{"no config", func(f *File) { delete(f.Metadata, MetaConfig) }, "no config metadata", "no config metadata"},
+		{"no model_class", func(f *File) { delete(f.Metadata, MetaModelClass) }, "", "no model_class metadata"},
+		{"other model_class", func(f *File) { f.Metadata[MetaModelClass] = "T5EncoderModel" }, "", `metadata model_class is "T5EncoderModel"`},
+		{"I32 qweight", func(f *File) { f.Tensors[q+".qweight"] = TensorInfo{DType: "I32", Shape: []int64{64, 128}} }, "qweight not I16", "qweight not I16"},
+		{"scale rows K/128", func(f *File) {
+			f.Tensors[q+".scales"] = TensorInfo{DType: "BF16", Shape: []int64{2, 256}}
+		}, "not [ceil_num_groups(in, 128), out]", "not [ceil_num_groups(in, 128), out]"},
+		{"mixed scale dtypes", func(f *File) { f.Tensors[q+".scaled_zeros"] = TensorInfo{DType: "F16", Shape: []int64{8, 256}} }, "not of one 16-bit dtype", "not of one 16-bit dtype"},
+		{"in-features 192", func(f *File) { f.Tensors[q+".qweight"] = TensorInfo{DType: "I16", Shape: []int64{64, 192}} }, "not a multiple of 128", "not a multiple of 128"},
+		{"bias", func(f *File) { f.Tensors[q+".bias"] = TensorInfo{DType: "BF16", Shape: []int64{256}} }, "a bias tensor where", "a bias tensor where"},
+		{"branch", func(f *File) { f.Tensors[q+".lora_down"] = TensorInfo{DType: "BF16", Shape: []int64{256, 16}} }, "tensors W4Linear does not have", "tensors W4Linear does not have"},
+		{"weight twin", func(f *File) { f.Tensors[q+".weight"] = TensorInfo{DType: "BF16", Shape: []int64{256, 256}} }, "W4Linear registers no weight", "W4Linear registers no weight"},
+		{"no embed_tokens", func(f *File) { delete(f.Tensors, "encoder.embed_tokens.weight") }, "missing 16-bit tensors the strict load needs: encoder.embed_tokens.weight", "encoder.embed_tokens.weight"},
+		{"no layer norm", func(f *File) { delete(f.Tensors, "encoder.block.1.layer.1.layer_norm.weight") }, "encoder.block.1.layer.1.layer_norm.weight", "layer_norm"},
+		{"neither", func(f *File) {
+			for _, s := range []string{"qweight", "scales", "scaled_zeros"} {
+				delete(f.Tensors, q+"."+s)
+			}
+		}, "neither a qweight nor a 16-bit weight: " + q, "neither"},
+		{"W4A16 layout", func(f *File) {
+			for _, s := range []string{"scales", "scaled_zeros"} {
+				delete(f.Tensors, q+"."+s)
+			}
+			f.Tensors[q+".qweight"] = TensorInfo{DType: "I32", Shape: []int64{64, 128}}
+			f.Tensors[q+".wscales"] = TensorInfo{DType: "BF16", Shape: []int64{4, 256}}
+			f.Tensors[q+".wzeros"] = TensorInfo{DType: "BF16", Shape: []int64{4, 256}}
+		}, "layer kind differs", "layer kind differs"},
+	} {
+		f := fileOf(md(), t5Lines(2)...)
+		c.edit(f)
+		for _, x := range []struct {
+			c    *Contract
+			want string
+		}{{py, c.py}, {comfy, c.comfy}} {
+			pr := strings.Join(Check(x.c, f), "; ")
+			if (x.want == "") != (pr == "") || !strings.Contains(pr, x.want) {
+				t.Errorf("%s, %s: %q (want %q)", c.name, x.c.Key(), pr, x.want)
+			}
+		}
+	}
+	// A 16-bit linear where the file has no qweight is what the loader
+	// keeps: partially quantized files load.
+	f := fileOf(md(), t5Lines(2)...)
+	for _, s := range []string{"qweight", "scales", "scaled_zeros"} {
+		delete(f.Tensors, q+"."+s)
+	}
+	f.Tensors[q+".weight"] = TensorInfo{DType: "BF16", Shape: []int64{256, 256}}
+	if pr := Check(py, f); len(pr) != 0 {
+		t.Errorf("16-bit q: %q", pr)
+	}
+}
+
+// TestAdaptT5: a W4Linear passes through unchanged (no renames, no row
+// trimming), a zero bias is dropped for the bias-free module and a
+// non-zero one refused, a branch refused.
+func TestAdaptT5(t *testing.T) {
+	l, err := LayoutFor(For("t5-xxl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Family != "t5" || !l.Strict || strings.Join(l.Engines, " ") != "nunchaku-python comfyui" {
+		t.Fatalf("layout %+v", l)
+	}
+	ts := []nunchaku.Tensor{
+		{Suffix: "qweight", DType: "I16", Shape: []int64{64, 256}, Data: make([]byte, 64*256*2)},
+		{Suffix: "scales", DType: "BF16", Shape: []int64{8, 256}, Data: make([]byte, 8*256*2)},
+		{Suffix: "scaled_zeros", DType: "BF16", Shape: []int64{8, 256}, Data: make([]byte, 8*256*2)},
+		{Suffix: "bias", DType: "BF16", Shape: []int64{256}, Data: make([]byte, 512)},
+	}
+	const layer = "encoder.block.3.layer.1.DenseReluDense.wo"
+	out, err := l.Adapt("t5-xxl", layer, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, x := range out {
+		got = append(got, fmt.Sprintf("%s%v", x.Suffix, x.Shape))
+	}
+	if strings.Join(got, " ") != "qweight[64 256] scales[8 256] scaled_zeros[8 256]" {
+		t.Fatalf("adapted %v", got)
+	}
+	ts[3].Data = append([]byte{0, 1}, ts[3].Data[2:]...)
+	if _, err := l.Adapt("t5-xxl", layer, ts); err == nil || !strings.Contains(err.Error(), "bias is not zero") {
+		t.Errorf("non-zero bias: %v", err)
+	}
+	br := append(ts[:3:3], nunchaku.Tensor{Suffix: "lora_down", DType: "BF16", Shape: []int64{256, 16}})
+	if _, err := l.Adapt("t5-xxl", layer, br); err == nil || !strings.Contains(err.Error(), "low-rank branch") {
+		t.Errorf("branch: %v", err)
+	}
+	if _, err := l.Adapt("t5-xxl", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias", ts[:3]); err == nil {
+		t.Error("a module the loader does not quantize was adapted")
 	}
 }

@@ -3,12 +3,14 @@ package engine
 import (
 	"regexp"
 	"strings"
+
+	"github.com/svdq/svdq/formats/nunchaku"
 )
 
 // LayerSpec is one quantized module of a block as the file names it.
 type LayerSpec struct {
 	Name string // relative to the block prefix, e.g. "attn.to_qkv"
-	Kind string // "w4a4" or "w4a16"
+	Kind string // "w4a4", "w4a16" or "w4a16g128" (nunchaku.Kind*)
 	// Bias: the loader's module has a bias (only read by contracts whose
 	// BiasAlways is false).
 	Bias bool
@@ -29,12 +31,23 @@ type BlockSpec struct {
 	// Skippable: the loader may build the block unquantized
 	// (Z-Image refiners with quantization_config.skip_refiners).
 	Skippable bool
+	// ByPresence: the loader quantizes a module only where the file holds
+	// its qweight and keeps a 16-bit nn.Linear (which needs "<name>.weight")
+	// elsewhere (nunchaku's T5), so a module may be either.
+	ByPresence bool
+	// Required are 16-bit tensors of every block (relative names) a strict
+	// loader needs.
+	Required []string
 }
 
 // Family is the file-side layer table of one model family.
 type Family struct {
 	Name   string
 	Blocks []BlockSpec
+	// Required are 16-bit tensors outside the blocks a strict loader needs
+	// (only listed where svdq has seen a file miss one: T5's tied
+	// encoder.embed_tokens.weight).
+	Required []string
 }
 
 // Block finds the block spec and the relative layer name of a quantized
@@ -59,7 +72,7 @@ func (b *BlockSpec) Spec(rel string) (*LayerSpec, bool) {
 	return nil, false
 }
 
-const w4a4, w4a16 = "w4a4", "w4a16"
+const w4a4, w4a16, w4a16g128 = nunchaku.KindW4A4, nunchaku.KindW4A16, nunchaku.KindW4A16G128
 
 // familyOf maps svdq's preset family names to the table's families.
 var familyOf = map[string]string{
@@ -69,6 +82,7 @@ var familyOf = map[string]string{
 	"qwen-image":   "qwen-image",
 	"sdxl":         "sdxl",
 	"z-image":      "z-image",
+	"t5-xxl":       "t5",
 }
 
 // FamilyOf returns the table family of a preset family ("" when nunchaku
@@ -96,6 +110,14 @@ func stem(s string) *regexp.Regexp { return regexp.MustCompile(`^` + regexp.Quot
 //   - z-image: transformer_zimage.py NunchakuZImageAttention,
 //     NunchakuZImageFeedForward (diffusers Attention bias=False,
 //     out_bias=False; SwiGLU FeedForward bias=False; act_unsigned never set).
+//   - t5: text_encoders/t5_encoder.py NunchakuT5EncoderModel.from_pretrained
+//     swaps any nn.Linear of transformers' T5EncoderModel whose qweight is
+//     in the file for a W4Linear (group 128, no bias: T5's linears have
+//     none); the names are transformers' (encoder.block.N.layer.0.
+//     SelfAttention.{q,k,v,o}, layer.1.DenseReluDense.{wi_0,wi_1,wo} of the
+//     gated v1.1 feed-forward), and the strict load needs every other
+//     tensor of T5EncoderModel.state_dict(), the tied embedding under both
+//     of its names included.
 var Families = map[string]*Family{
 	"flux": {Name: "flux", Blocks: []BlockSpec{
 		{Stem: "transformer_blocks", Re: stem("transformer_blocks"), Layers: []LayerSpec{
@@ -159,6 +181,23 @@ var Families = map[string]*Family{
 		{Stem: "noise_refiner", Re: stem("noise_refiner"), Layers: zimageLayers, Skippable: true},
 		{Stem: "context_refiner", Re: stem("context_refiner"), Layers: zimageLayers, Skippable: true},
 	}},
+	"t5": t5Family,
+}
+
+var t5Family = &Family{Name: "t5",
+	Blocks: []BlockSpec{{Stem: "encoder.block", Re: stem("encoder.block"), ByPresence: true,
+		Layers: []LayerSpec{
+			{Name: "layer.0.SelfAttention.q", Kind: w4a16g128},
+			{Name: "layer.0.SelfAttention.k", Kind: w4a16g128},
+			{Name: "layer.0.SelfAttention.v", Kind: w4a16g128},
+			{Name: "layer.0.SelfAttention.o", Kind: w4a16g128},
+			{Name: "layer.1.DenseReluDense.wi_0", Kind: w4a16g128},
+			{Name: "layer.1.DenseReluDense.wi_1", Kind: w4a16g128},
+			{Name: "layer.1.DenseReluDense.wo", Kind: w4a16g128},
+		},
+		Required: []string{"layer.0.layer_norm.weight", "layer.1.layer_norm.weight"}}},
+	Required: []string{"shared.weight", "encoder.embed_tokens.weight", "encoder.final_layer_norm.weight",
+		"encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"},
 }
 
 var zimageLayers = []LayerSpec{

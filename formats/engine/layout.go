@@ -110,7 +110,8 @@ func (l *Layout) FileSuffix(suffix string) string {
 // Adapt returns the tensors of quantized layer `layer` (C++ or Python
 // suffixes, as a packer or a file gives them) laid out for l: the bias
 // dropped where the targets build none (it must be zero) or added as zeros
-// where they need one, W4A16 scale rows trimmed to ceil(K/64), an NVFP4
+// where they need one (W4A4, and a W4Linear's where its module has one),
+// W4A16 scale rows trimmed to ceil(K/64), an NVFP4
 // wtscale of 1 dropped or wcscales of ones added where a target demands,
 // and the W4A4 tensors renamed to l.Naming. Tensors whose Data is nil
 // (shape-only specs) are adapted without value checks. The input is not
@@ -145,7 +146,28 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 		}
 		by[t.Suffix] = t
 	}
-	if spec.Kind == w4a16 {
+	if spec.Kind == w4a16g128 {
+		// W4Linear (nunchaku's T5): nothing to rename or trim; no branch;
+		// a bias only where the module has one.
+		if _, ok := by[nunchaku.SuffixLoraDown]; ok {
+			return nil, fmt.Errorf("layer %s: a low-rank branch on a W4Linear layer, which the %s loaders do not have",
+				layer, strings.Join(l.Engines, ", "))
+		}
+		sc, ok := by[nunchaku.SuffixScales]
+		if !ok || len(sc.Shape) != 2 {
+			return nil, fmt.Errorf("layer %s: no 2-D scales tensor", layer)
+		}
+		if b, ok := by[nunchaku.SuffixBias]; ok && !spec.Bias && l.Strict {
+			if b.Data != nil && !allZero(b.Data) {
+				return nil, fmt.Errorf("layer %s: the %s loaders build it without a bias, but its bias is not zero",
+					layer, strings.Join(l.Engines, ", "))
+			}
+			drop(nunchaku.SuffixBias)
+		} else if !ok && spec.Bias {
+			np := int(sc.Shape[len(sc.Shape)-1])
+			add(nunchaku.Tensor{Suffix: nunchaku.SuffixBias, DType: sc.DType, Shape: []int64{int64(np)}, Data: zeros(sc.Data, np*2)})
+		}
+	} else if spec.Kind == w4a16 {
 		if l.NoW4A16Branch {
 			if _, ok := by[nunchaku.SuffixLoraDown]; ok {
 				return nil, fmt.Errorf("layer %s: a low-rank branch on a W4A16 layer, which the %s loaders do not have",
@@ -286,7 +308,6 @@ func scalar(t nunchaku.Tensor) float64 {
 	}
 	return math.NaN()
 }
-
 
 // f16 widens an IEEE half (normal values and zero suffice here).
 func f16(h uint16) float32 {

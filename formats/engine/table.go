@@ -9,6 +9,8 @@ const (
 )
 
 var (
+	needT5Config = MetaNeed{Key: MetaConfig, Need: Required,
+		Why: "T5Config(**json.loads(metadata[\"config\"])) builds the T5EncoderModel (t5_encoder.py from_pretrained)"}
 	needConfig = MetaNeed{Key: MetaConfig, Need: Required,
 		Why: "json.loads(metadata[\"config\"]) builds the diffusers model (transformers/utils.py _build_model)"}
 	needQCRank = MetaNeed{Key: MetaQuantizationConfig, Need: Optional,
@@ -131,5 +133,35 @@ var table = []*Contract{
 		Meta: []MetaNeed{{Key: MetaQuantizationConfig, Need: Required,
 			Why: "get_precision_from_quantization_config reads weight.dtype (KeyError without it); rank (default 32) sizes every W4A4 module"}},
 		Fixed: &Fixed{Width: 3072, Blocks: map[string]int{"transformer_blocks": 60}},
+	},
+	{
+		Engine: Python, Family: "t5", Loader: "nunchaku NunchakuT5EncoderModel.from_pretrained",
+		Source: []string{
+			"nunchaku nunchaku/models/text_encoders/t5_encoder.py NunchakuT5EncoderModel.from_pretrained (T5Config from metadata config; W4Linear.from_linear(group_size=128) for every nn.Linear whose qweight the file holds; load_state_dict strict=True)",
+			"nunchaku nunchaku/models/text_encoders/linear.py W4Linear.__init__ (qweight int16 [out/4, in], scales and scaled_zeros [ceil_num_groups(in, 128), out] in the module dtype, bias only where the nn.Linear had one; in % 128 == 0, out % 8 == 0)",
+			"nunchaku nunchaku/models/text_encoders/tinychat_utils.py ceil_num_groups, pack_w4, convert_to_tinychat_w4x16y16_linear_weight",
+			"transformers models/t5/modeling_t5.py T5EncoderModel.__init__ (T5Stack(encoder_config, self.shared): state_dict lists shared.weight and encoder.embed_tokens.weight)",
+		},
+		Naming: CPPNames, Strict: true, Padded: false, BiasAlways: false, Rank: RankPerLayer, DType: DTypeCast,
+		SmoothOrig: Ignored, WTScale: Ignored, WCScales: Ignored, W4A16Branch: Forbidden,
+		Reserved: "unexpected keys in the strict load_state_dict",
+		Meta:     []MetaNeed{needT5Config},
+		Notes: "which linears are 4-bit is the file's choice (qweight present); quantization_config is not read; modules are built in torch_dtype " +
+			"(default BF16; load_state_dict casts the file's 16-bit tensors); below 8 tokens W4Linear calls gemv_awq, whose C++ asserts group 64",
+	},
+	{
+		Engine: ComfyUI, Family: "t5", Loader: "ComfyUI-nunchaku node \"Nunchaku Text Encoder Loader V2\" (NunchakuTextEncoderLoaderV2)",
+		Source: []string{
+			"ComfyUI-nunchaku nodes/models/text_encoder.py load_text_encoder_state_dicts (a file whose metadata model_class is \"NunchakuT5EncoderModel\" is the nunchaku T5; model_type flux.1, exactly two files)",
+			"ComfyUI-nunchaku nodes/models/text_encoder.py nunchaku_flux_clip (NunchakuT5EncoderModel.from_pretrained(path, device, torch_dtype = ComfyUI's pick_weight_dtype))",
+			"nunchaku nunchaku/models/text_encoders/t5_encoder.py from_pretrained (as nunchaku-python)",
+		},
+		Naming: CPPNames, Strict: true, Padded: false, BiasAlways: false, Rank: RankPerLayer, DType: DTypeCast,
+		SmoothOrig: Ignored, WTScale: Ignored, WCScales: Ignored, W4A16Branch: Forbidden,
+		Reserved: "unexpected keys in the strict load_state_dict",
+		Meta: []MetaNeed{needT5Config,
+			{Key: MetaModelClass, Need: Required, Value: "NunchakuT5EncoderModel",
+				Why: "metadata.get(\"model_class\") == \"NunchakuT5EncoderModel\" tells the nunchaku T5 from a 16-bit one, which clip.load_sd would load instead"}},
+		Notes: "FLUX.1 only, next to a CLIP-L file; the T5 runs in ComfyUI's CLIP dtype; needs CUDA; the deprecated NunchakuTextEncoderLoader lists folders, which from_pretrained cannot open as a file (not run)",
 	},
 }
