@@ -152,7 +152,7 @@ func printCheck(w io.Writer, rep *model.CheckReport, maxErr float64) {
 		}
 		fmt.Fprintln(w)
 	}
-	for _, group := range [][]string{{"int4", "nvfp4"}, {"w4a16"}} {
+	for _, group := range [][]string{{"int4", "nvfp4"}, {"w4a16"}, {"w4a16g128"}} {
 		mean, count := rep.MeanErrors(group...)
 		if count[model.MethodSVDQuant] == 0 {
 			continue

@@ -17,7 +17,8 @@ func init() {
 		Usage:     "run every quantized layer on the GPU from the file's packed bytes and compare with the emulation",
 		ArgsUsage: " ",
 		Description: "Uploads each W4A4 layer's tensors exactly as stored and runs the fused CUDA kernels (INT4\n" +
-			"and NVFP4, on the tensor cores) on the layer's calibration rows. Reports\n" +
+			"and NVFP4, on the tensor cores) on the layer's calibration rows (weight-only layers, w4a16 and\n" +
+			"the T5's w4a16g128, are not run: a file with no W4A4 layer is refused). Reports\n" +
 			"the max and relative difference against the CPU emulation of the same file (tolerance:\n" +
 			"2 ulps of the model dtype, after checking the low-rank sums within their FP32 bound), and the error of\n" +
 			"the GPU output against the 16-bit reference layer. Exit status 1 when a layer mismatches,\n" +

@@ -94,21 +94,21 @@ func printInspection(w io.Writer, in *model.Inspection) {
 	for _, l := range in.Layers {
 		lw = max(lw, len(l.Name))
 		form := l.Precision
-		if l.Kind == nunchaku.KindW4A16 {
-			form = "w4a16"
+		if l.Kind == nunchaku.KindW4A16 || l.Kind == nunchaku.KindW4A16G128 {
+			form = l.Kind
 		}
 		count[form]++
 	}
 	fmt.Fprintf(w, "quantized layers (%d; sizes and rank from %s):\n", len(in.Layers), in.Layers[0].Source)
 	for _, l := range in.Layers {
 		form := fmt.Sprintf("%s r%d", l.Precision, l.Rank)
-		if l.Kind == nunchaku.KindW4A16 {
-			form = "w4a16"
+		if l.Kind == nunchaku.KindW4A16 || l.Kind == nunchaku.KindW4A16G128 {
+			form = l.Kind
 		}
 		fmt.Fprintf(w, "  %-*s  %-13s  %-9s  %s\n", lw, l.Name, fmt.Sprintf("[%d %d]", l.N, l.K), form, mib(l.Bytes))
 	}
 	var parts []string
-	for _, f := range []string{"int4", "nvfp4", "w4a16"} {
+	for _, f := range []string{"int4", "nvfp4", "w4a16", "w4a16g128"} {
 		if count[f] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", count[f], f))
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/svdq/svdq/formats/engine"
+	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/quant"
 	"github.com/svdq/svdq/quant/model"
@@ -23,7 +24,8 @@ func init() {
 		Usage:     "quantize a 16-bit checkpoint to an SVDQuant W4A4 file nunchaku loads",
 		ArgsUsage: " ",
 		Description: "Streams the checkpoint layer by layer (peak memory: about --workers layers), runs the\n" +
-			"SVDQuant pipeline on every layer the model's preset marks W4A4 (adaLN modulation: W4A16),\n" +
+			"SVDQuant pipeline on every layer the model's preset marks W4A4 (adaLN modulation: W4A16; the\n" +
+			"t5-xxl text encoder's linears: weight-only, group 128, as nunchaku's T5 W4Linear),\n" +
 			"writes each packed layer as soon as it is done and copies 16-bit tensors unchanged.\n" +
 			"The same inputs and options give a byte-identical file.\n\n" +
 			"Example: svdq quantize --model flux1-dev.safetensors --calib calib.safetensors --out flux1-dev-int4.safetensors",
@@ -186,13 +188,17 @@ func dirExists(path string) error {
 	return nil
 }
 
+// weightOnlyForm reports whether a layer precision is a weight-only form
+// (no low-rank branch): w4a16, or w4a16g128 (nunchaku's T5 W4Linear).
+func weightOnlyForm(p string) bool { return p == "w4a16" || p == nunchaku.KindW4A16G128 }
+
 // layerLine formats one finished layer:
 //
 //	[ 12/342] transformer_blocks.0.qkv_proj [9216 3072] bf16 -> int4 r32  err 0.031  54.0 MiB -> 14.6 MiB
 func layerLine(l model.LayerReport, width int) string {
 	digits := len(fmt.Sprint(l.Total))
 	form := l.Precision
-	if l.Precision != "w4a16" {
+	if !weightOnlyForm(l.Precision) {
 		form += fmt.Sprintf(" r%d", l.Rank)
 	}
 	return fmt.Sprintf("[%*d/%d] %-*s %-13s %s -> %-9s err %.3f  %s -> %s",
@@ -204,7 +210,11 @@ func layerLine(l model.LayerReport, width int) string {
 // reason and time.
 func printSummary(w io.Writer, rep *model.QuantizeReport, out string) {
 	p, t := rep.Plan, rep.Totals
-	fmt.Fprintf(w, "\nwrote %s: %d layers %s (rank %d), %d tensors kept 16-bit\n", out, t.Layers, p.Precision, p.Rank, t.Kept)
+	form := fmt.Sprintf("%s (rank %d)", p.Precision, p.Rank)
+	if !p.HasW4A4() && len(p.Layers) > 0 { // weight-only (t5-xxl): no precision or rank choice
+		form = p.Layers[0].Precision
+	}
+	fmt.Fprintf(w, "\nwrote %s: %d layers %s, %d tensors kept 16-bit\n", out, t.Layers, form, t.Kept)
 	fmt.Fprintf(w, "size: %s -> %s (%.2fx smaller); quantized layers %.2f bits per weight\n",
 		human(t.InBytes), human(t.OutBytes), float64(t.InBytes)/float64(max(t.OutBytes, 1)), t.BitsPerWeight)
 	worst := ""
@@ -241,7 +251,7 @@ func printPlan(w io.Writer, p *model.Plan) {
 	}
 	for i, l := range p.Layers {
 		form := l.Precision
-		if l.Precision != "w4a16" {
+		if !weightOnlyForm(l.Precision) {
 			form += fmt.Sprintf(" r%d", l.R)
 		}
 		extra := ""

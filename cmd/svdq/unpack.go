@@ -14,7 +14,8 @@ func init() {
 		ArgsUsage: " ",
 		Description: "Writes DIR/" + model.UnpackFile + " with, for each W4A4 layer L: L.codes I8 [N,K], L.scales F32 [N,K/G],\n" +
 			"L.tensor_scale F32 [1], L.smooth [K], L.lora_down [R,K], L.lora_up [N,R], L.bias [N] (16-bit tensors in the\n" +
-			"model dtype); for each W4A16 layer: L.codes U8 [N,K], L.scales and L.zeros F32 [N,K/64], L.bias [N].\n" +
+			"model dtype); for each weight-only layer (w4a16: G = 64; w4a16g128, nunchaku's T5 W4Linear: G = 128):\n" +
+			"L.codes U8 [N,K], L.scales and L.zeros F32 [N,K/G], L.bias [N] (w = codes·scales + zeros).\n" +
 			"Metadata \"layers\" lists sizes, precision, group and the unsigned-input flag as JSON.\n" +
 			"A layer whose packed bytes differ from the SHA-256 recorded at quantize time is refused (exit 2).\n\n" +
 			"Example: svdq unpack --model flux-int4.safetensors --out /tmp/flux-int4-unpacked",

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"sort"
+	"strings"
 	"sync"
 
 	"github.com/svdq/svdq/calib"
@@ -88,10 +90,11 @@ func Check(opt CheckOptions) (*CheckReport, *Spectrum, error) {
 	return rep, c.spectrum, nil
 }
 
-// precisionOf is a layer's CheckLayer.Precision: int4, nvfp4 or w4a16.
+// precisionOf is a layer's CheckLayer.Precision: int4, nvfp4, w4a16 or
+// w4a16g128 (the weight-only kinds' names).
 func precisionOf(lm *nunchaku.LayerMeta) string {
-	if lm.Kind == nunchaku.KindW4A16 {
-		return "w4a16"
+	if lm.WeightOnly() {
+		return lm.Kind
 	}
 	return lm.Precision
 }
@@ -139,13 +142,31 @@ func openCheckInputs(model, reference, calibPath string, re *regexp.Regexp, what
 	if err != nil {
 		return nil, err
 	}
+	other := map[string]int{} // kinds of the matching layers keep refused
 	for _, l := range all {
-		if (re == nil || re.MatchString(l.meta.Name)) && (keep == nil || keep(&l.meta)) {
-			in.layers = append(in.layers, l)
+		if re != nil && !re.MatchString(l.meta.Name) {
+			continue
 		}
+		if keep != nil && !keep(&l.meta) {
+			other[l.meta.Kind]++
+			continue
+		}
+		in.layers = append(in.layers, l)
 	}
 	if len(in.layers) == 0 {
-		return nil, fmt.Errorf("%s: no %s matches --layers %v", model, what, re)
+		if len(other) == 0 {
+			return nil, fmt.Errorf("%s: no %s matches --layers %v", model, what, re)
+		}
+		var kinds []string
+		for k, n := range other {
+			kinds = append(kinds, fmt.Sprintf("%d %s", n, k))
+		}
+		sort.Strings(kinds)
+		where := "its quantized layers are"
+		if re != nil {
+			where = fmt.Sprintf("the layers matching --layers %v are", re)
+		}
+		return nil, fmt.Errorf("%s: no %s: %s %s, which this command does not run", model, what, where, strings.Join(kinds, ", "))
 	}
 	in.refs = make([]CalibRef, len(in.layers))
 	for i := range in.layers {
@@ -271,6 +292,18 @@ func (c *checker) layer(i int) error {
 		}
 		row.Precision = "w4a16"
 		row.RelError[MethodW4A16] = weightOnlyError(quant.QuantizeWeightOnly(w, lm.N, lm.K, bias, dt), w, bias, cal, c.opt.MaxRows)
+	case nunchaku.KindW4A16G128:
+		wo, err := c.in.f.unpackW4Linear(lm)
+		if err == nil {
+			err = c.sameShape(lm, wo.N, wo.K)
+		}
+		if err != nil {
+			return err
+		}
+		wo.Forward(yq, x, s)
+		row.Precision = nunchaku.KindW4A16G128
+		// The baseline: round-to-nearest on the same grid (group 128).
+		row.RelError[MethodW4A16] = weightOnlyError(quant.QuantizeWeightOnlyGroup(w, lm.N, lm.K, lm.Group, bias, dt), w, bias, cal, c.opt.MaxRows)
 	default:
 		ql, err := c.in.f.unpackW4A4(lm)
 		if err == nil {

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -231,7 +232,8 @@ func Convert(opt ConvertOptions) (*ConvertReport, error) {
 			}
 		}
 	}
-	if qc, ok := md[nunchaku.MetaQuantizationConfig]; !ok || (layout.UniformRank && !qcHasRank(qc, qcRank)) {
+	hasW4A4 := slices.ContainsFunc(groups, func(g nunchaku.Group) bool { return g.Kind == nunchaku.KindW4A4 })
+	if qc, ok := md[nunchaku.MetaQuantizationConfig]; hasW4A4 && (!ok || (layout.UniformRank && !qcHasRank(qc, qcRank))) {
 		out[nunchaku.MetaQuantizationConfig] = nunchaku.QuantizationConfig(prec, qcRank)
 		rep.Added = append(rep.Added, nunchaku.MetaQuantizationConfig)
 	}

@@ -84,8 +84,12 @@ func presetSources(l *preset.Layer) []source {
 func (p *Plan) layerMeta(pl *PlannedLayer, alpha, beta float64) nunchaku.LayerMeta {
 	lm := nunchaku.LayerMeta{Name: pl.Name, N: pl.N, K: pl.K, DType: p.DType.String(), Sources: sourceMetas(&pl.Layer),
 		SHA256: nunchaku.PlaceholderHash}
-	if pl.Role == preset.W4A16 {
+	switch pl.Role {
+	case preset.W4A16:
 		lm.Kind, lm.Group, lm.Precision, lm.Chunks = nunchaku.KindW4A16, 64, quant.INT4.String(), max(pl.Chunks, 1)
+		return lm
+	case preset.W4A16G128:
+		lm.Kind, lm.Group, lm.Precision = nunchaku.KindW4A16G128, nunchaku.W4LinearGroup, quant.INT4.String()
 		return lm
 	}
 	lm.Kind, lm.R, lm.Group, lm.Precision = nunchaku.KindW4A4, pl.R, p.Precision.GroupSize(), p.Precision.String()
@@ -94,9 +98,10 @@ func (p *Plan) layerMeta(pl *PlannedLayer, alpha, beta float64) nunchaku.LayerMe
 	return lm
 }
 
-// metadata returns the output file's metadata: quantization_config, config,
-// model_class (when the preset names one), the svdq entry built from metas
-// and the calibration references.
+// metadata returns the output file's metadata: quantization_config (when
+// the plan has W4A4 layers: it describes them, and nunchaku's T5 loader
+// reads none), config, model_class (when the preset names one), the svdq
+// entry built from metas and the calibration references.
 func (p *Plan) metadata(tool string, metas []nunchaku.LayerMeta, refs map[string]CalibRef) (map[string]string, error) {
 	m := &nunchaku.Meta{Version: nunchaku.MetaVersion, Tool: tool, Family: p.Family,
 		Precision: p.Precision.String(), Rank: p.Rank, Layers: metas}
@@ -109,9 +114,11 @@ func (p *Plan) metadata(tool string, metas []nunchaku.LayerMeta, refs map[string
 		return nil, err
 	}
 	out := map[string]string{
-		nunchaku.MetaQuantizationConfig: nunchaku.QuantizationConfig(p.Precision, p.Rank),
-		nunchaku.MetaSVDQ:               svdq,
-		MetaCalib:                       string(cal),
+		nunchaku.MetaSVDQ: svdq,
+		MetaCalib:         string(cal),
+	}
+	if p.HasW4A4() {
+		out[nunchaku.MetaQuantizationConfig] = nunchaku.QuantizationConfig(p.Precision, p.Rank)
 	}
 	if p.preset.Config != "" {
 		out[nunchaku.MetaConfig] = p.preset.Config

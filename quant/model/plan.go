@@ -38,8 +38,8 @@ type PlanOptions struct {
 // PlannedLayer is one layer of a plan with its output form and sizes.
 type PlannedLayer struct {
 	preset.Layer
-	Precision string // "int4", "nvfp4" or "w4a16"
-	R         int    // rank of the branch (min(rank, N, K)); 0 for W4A16
+	Precision string // "int4", "nvfp4", "w4a16" or "w4a16g128"
+	R         int    // rank of the branch (min(rank, N, K)); 0 for the weight-only forms
 	DType     string // dtype of the first source tensor ("BF16", ...)
 	InBytes   int64  // bytes of the source rows read
 	OutBytes  int64  // bytes of the packed tensors
@@ -79,6 +79,12 @@ type Plan struct {
 	QuantParams, QuantBytes int64
 
 	preset *preset.Plan
+}
+
+// HasW4A4 reports whether the plan has an SVDQuant (W4A4) layer; without
+// one (the t5-xxl family) precision and rank do not apply.
+func (p *Plan) HasW4A4() bool {
+	return slices.ContainsFunc(p.Layers, func(l PlannedLayer) bool { return l.Role == preset.W4A4 })
 }
 
 // BitsPerWeight returns the packed bits per weight of the quantized layers
@@ -223,6 +229,9 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 		case preset.W4A16:
 			pl.Precision = "w4a16"
 			key.w4a16, key.chunks = true, max(l.Chunks, 1)
+		case preset.W4A16G128:
+			pl.Precision = nunchaku.KindW4A16G128
+			key.w4linear, key.bias = true, hasBias(&l)
 		default:
 			return nil, fmt.Errorf("%s: layer %s has role %v", file, l.Name, l.Role)
 		}
@@ -244,6 +253,10 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 		p.OutBytes += pl.OutBytes
 		p.QuantBytes += pl.OutBytes
 		p.QuantParams += int64(l.N) * int64(l.K)
+	}
+	if opt.Precision == quant.NVFP4 && len(p.Layers) > 0 && !p.HasW4A4() {
+		return nil, fmt.Errorf("%s: family %s has no W4A4 layer (its %d layers are weight-only, %s): --precision nvfp4 does not apply",
+			file, pp.Family, len(p.Layers), p.Layers[0].Precision)
 	}
 	for _, k := range pp.Kept {
 		info, ok := r.Info(k.Tensor)
@@ -272,6 +285,13 @@ type specKey struct {
 	chunks   int
 	w4a16    bool
 	unsigned bool
+	w4linear bool // W4A16G128: nunchaku's T5 W4Linear
+	bias     bool // W4Linear with a bias tensor
+}
+
+// hasBias reports whether a preset layer has a source bias.
+func hasBias(l *preset.Layer) bool {
+	return slices.ContainsFunc(l.Sources, func(s preset.Source) bool { return s.Bias != "" })
 }
 
 // specs packs an all-zero layer of the key's shape and returns its tensors'
@@ -280,7 +300,11 @@ type specKey struct {
 func (key specKey) specs() ([]nunchaku.Tensor, error) {
 	var ts []nunchaku.Tensor
 	var err error
-	if key.w4a16 {
+	if key.w4linear {
+		g := key.k / nunchaku.W4LinearGroup
+		ts, err = nunchaku.PackW4Linear(&quant.WeightOnly{N: key.n, K: key.k, Group: nunchaku.W4LinearGroup, Codes: make([]uint8, key.n*key.k),
+			Scales: make([]float32, key.n*g), Zeros: make([]float32, key.n*g), Bias: make([]float32, key.n), DType: key.dt}, key.bias)
+	} else if key.w4a16 {
 		g := (key.k + 63) / 64
 		ts, err = nunchaku.PackW4A16(&quant.WeightOnly{N: key.n, K: key.k, Codes: make([]uint8, key.n*key.k),
 			Scales: make([]float32, key.n*g), Zeros: make([]float32, key.n*g), Bias: make([]float32, key.n), DType: key.dt}, key.chunks)

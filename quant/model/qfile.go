@@ -88,6 +88,24 @@ func (f *qfile) unpackW4A16(lm *nunchaku.LayerMeta) (*quant.WeightOnly, error) {
 	return w, err
 }
 
+// unpackW4Linear reads the W4Linear (KindW4A16G128) layer described by lm.
+func (f *qfile) unpackW4Linear(lm *nunchaku.LayerMeta) (*quant.WeightOnly, error) {
+	get, errp := f.getter(lm.Name)
+	w, err := nunchaku.UnpackW4Linear(get, lm.W4LinearOptions(f.path))
+	if *errp != nil {
+		return nil, *errp
+	}
+	return w, err
+}
+
+// unpackWeightOnly reads a layer of either weight-only kind.
+func (f *qfile) unpackWeightOnly(lm *nunchaku.LayerMeta) (*quant.WeightOnly, error) {
+	if lm.Kind == nunchaku.KindW4A16G128 {
+		return f.unpackW4Linear(lm)
+	}
+	return f.unpackW4A16(lm)
+}
+
 // fileLayer is a quantized layer of a file with where its reference weight
 // and calibration rows are.
 type fileLayer struct {
@@ -128,8 +146,11 @@ func (f *qfile) layers(ref *preset.Plan) ([]fileLayer, error) {
 		p, _ := quant.ParsePrecision(s.Precision)
 		lm.Group = p.GroupSize()
 		fl := fileLayer{}
-		if s.Kind == nunchaku.KindW4A16 {
+		switch s.Kind {
+		case nunchaku.KindW4A16:
 			lm.Group, lm.R, lm.Chunks = 64, 0, 1
+		case nunchaku.KindW4A16G128:
+			lm.Group, lm.R = nunchaku.W4LinearGroup, 0
 		}
 		if ref != nil {
 			pl, ok := ref.Layer(s.Name)
@@ -137,9 +158,11 @@ func (f *qfile) layers(ref *preset.Plan) ([]fileLayer, error) {
 				return nil, fmt.Errorf("%s: layer %s is not in the reference's %s plan", f.path, s.Name, ref.Family)
 			}
 			lm.N, lm.K, lm.Sources = pl.N, pl.K, sourceMetas(pl)
-			if s.Kind == nunchaku.KindW4A16 {
+			switch s.Kind {
+			case nunchaku.KindW4A16:
 				lm.Chunks = max(pl.Chunks, 1)
-			} else {
+			case nunchaku.KindW4A16G128: // no chunks, no rank, no shift
+			default:
 				lm.R = min(lm.R, pl.N, pl.K)
 				lm.Shifted = pl.Shifted && p == quant.INT4
 			}
@@ -149,7 +172,7 @@ func (f *qfile) layers(ref *preset.Plan) ([]fileLayer, error) {
 		out = append(out, fl)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no quantized layers (no svdq metadata and no qweight/wscales tensors)", f.path)
+		return nil, fmt.Errorf("%s: no quantized layers (no svdq metadata and no qweight with wscales or scales tensors)", f.path)
 	}
 	return out, nil
 }

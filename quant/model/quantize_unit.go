@@ -22,7 +22,7 @@ func (q *quantizer) unit(u unit) error {
 	if err != nil {
 		return err
 	}
-	if first.Role == preset.W4A16 {
+	if first.Role == preset.W4A16 || first.Role == preset.W4A16G128 {
 		return q.weightOnly(u.layers[0], c, start)
 	}
 	ins := make([]quant.Input, len(u.layers))
@@ -77,7 +77,9 @@ func (q *quantizer) unit(u unit) error {
 	return nil
 }
 
-// weightOnly quantizes one W4A16 layer and measures it on its rows.
+// weightOnly quantizes one weight-only layer (W4A16, groups of 64, packed
+// for GEMV_AWQ / AWQW4A16Linear; or W4A16G128, groups of 128, packed as
+// nunchaku's T5 W4Linear) and measures it on its rows.
 func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 	pl := &q.plan.Layers[li]
 	srcs := presetSources(&pl.Layer)
@@ -89,15 +91,24 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 		dt = q.plan.DType
 	}
 	q.release(srcs)
+	group := 0 // 64
+	if pl.Role == preset.W4A16G128 {
+		group = nunchaku.W4LinearGroup
+	}
 	var wo *quant.WeightOnly
 	gptq := false
 	if q.opt.GPTQ { // fitted on half the rows, kept where it wins on the other half
-		wo, gptq = q.weightOnlyCalib(c, pl.K).Best(w, pl.N, pl.K, b, dt)
+		wo, gptq = q.weightOnlyCalib(c, pl.K).BestGroup(w, pl.N, pl.K, group, b, dt)
 	} else {
-		wo = quant.QuantizeWeightOnly(w, pl.N, pl.K, b, dt)
+		wo = quant.QuantizeWeightOnlyGroup(w, pl.N, pl.K, group, b, dt)
 	}
 	rel := weightOnlyError(wo, w, b, c, q.opt.MaxRows)
-	ts, err := nunchaku.PackW4A16(wo, max(pl.Chunks, 1))
+	var ts []nunchaku.Tensor
+	if pl.Role == preset.W4A16G128 {
+		ts, err = nunchaku.PackW4Linear(wo, hasBias(&pl.Layer))
+	} else {
+		ts, err = nunchaku.PackW4A16(wo, max(pl.Chunks, 1))
+	}
 	if err != nil {
 		return fmt.Errorf("%s: layer %s: %v", q.opt.Model, pl.Name, err)
 	}

@@ -29,8 +29,8 @@ type UnpackOptions struct {
 // "layers" entry).
 type UnpackedLayer struct {
 	Name      string `json:"name"`
-	Kind      string `json:"kind"`      // w4a4 or w4a16
-	Precision string `json:"precision"` // int4, nvfp4 (w4a16: int4)
+	Kind      string `json:"kind"`      // w4a4, w4a16 or w4a16g128
+	Precision string `json:"precision"` // int4, nvfp4 (weight-only kinds: int4)
 	N         int    `json:"n"`
 	K         int    `json:"k"`
 	R         int    `json:"r"`
@@ -59,12 +59,14 @@ type UnpackResult struct {
 //	L.lora_up       model dtype [N, R]
 //	L.bias          model dtype [N]     with the shift correction of an unsigned layer
 //
-// and for a W4A16 layer, rows in checkpoint order (interleave undone when
-// the chunk count is known from the svdq metadata):
+// and for a weight-only layer (W4A16, group G = 64, rows in checkpoint
+// order, interleave undone when the chunk count is known from the svdq
+// metadata; W4A16G128, nunchaku's T5 W4Linear, G = 128, its scaled_zeros
+// as zeros):
 //
-//	L.codes  U8 [N, K] 0..15;  L.scales, L.zeros F32 [N, K/64];  L.bias model dtype [N]
+//	L.codes  U8 [N, K] 0..15;  L.scales, L.zeros F32 [N, K/G];  L.bias model dtype [N]
 //
-// with w = codes·scales + zeros. The metadata holds "format" =
+// with w = codes·scales + zeros (a W4Linear without bias: zeros). The metadata holds "format" =
 // svdq-unpacked/1 and "layers", a JSON list of UnpackedLayer. A layer whose
 // packed bytes differ from the SHA-256 its svdq entry records is an error
 // (naming the layer) before anything is written.
@@ -96,7 +98,7 @@ func Unpack(opt UnpackOptions) (*UnpackResult, error) {
 			Group: lm.Group, Unsigned: lm.Shifted, DType: string(dt)}
 		g := int64((lm.K + lm.Group - 1) / lm.Group)
 		n, k, r := int64(lm.N), int64(lm.K), int64(lm.R)
-		if lm.Kind == nunchaku.KindW4A16 {
+		if lm.WeightOnly() {
 			specs = append(specs,
 				safetensors.Spec{Name: lm.Name + ".codes", DType: safetensors.U8, Shape: []int64{n, k}},
 				safetensors.Spec{Name: lm.Name + ".scales", DType: safetensors.F32, Shape: []int64{n, g}},
@@ -144,8 +146,8 @@ func Unpack(opt UnpackOptions) (*UnpackResult, error) {
 // unpackLayer reads one layer and writes its logical tensors.
 func unpackLayer(f *qfile, w *safetensors.Writer, lm *nunchaku.LayerMeta) error {
 	put := func(suffix string, data []byte) error { return w.Write(lm.Name+"."+suffix, data) }
-	if lm.Kind == nunchaku.KindW4A16 {
-		wo, err := f.unpackW4A16(lm)
+	if lm.WeightOnly() {
+		wo, err := f.unpackWeightOnly(lm)
 		if err != nil {
 			return err
 		}
