@@ -172,16 +172,7 @@ func fileTensors(t *testing.T, path string) map[string]string {
 // diffusers and ComfyUI.
 func TestContractFullSize(t *testing.T) {
 	for _, arch := range []string{"flux-dev", "flux-schnell", "qwen-image"} {
-		fam, err := preset.Lookup(arch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		specs, err := fam.Skeleton(preset.SkeletonOptions{Scale: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(t.TempDir(), "model.safetensors")
-		writeSparse(t, path, specs)
+		path := sparseSkeleton(t, arch)
 		for _, prec := range []quant.Precision{quant.INT4, quant.NVFP4} {
 			plan, r, err := QuantizePlan(PlanOptions{Model: path, Precision: prec})
 			if err != nil {
@@ -217,6 +208,23 @@ func TestContractFullSize(t *testing.T) {
 			}
 		}
 	}
+}
+
+// sparseSkeleton writes the family's real-size skeleton as a sparse
+// checkpoint (writeSparse) and returns its path.
+func sparseSkeleton(t *testing.T, arch string) string {
+	t.Helper()
+	fam, err := preset.Lookup(arch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs, err := fam.Skeleton(preset.SkeletonOptions{Scale: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "model.safetensors")
+	writeSparse(t, path, specs)
+	return path
 }
 
 // writeSparse writes a safetensors file with the given tensors whose data

@@ -10,7 +10,6 @@ import (
 
 	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/nunchaku"
-	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/formats/safetensors"
 	"github.com/svdq/svdq/formats/synth"
 	"github.com/svdq/svdq/quant"
@@ -250,16 +249,7 @@ func shapeStr(s []int64) string { return fmt.Sprint(s) }
 // [32 4096], wi_0 [2560 4096], wo [1024 10240] with scales [80 4096]), and
 // the planned header loads in both engines.
 func TestT5FullSize(t *testing.T) {
-	fam, err := preset.Lookup("t5-xxl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	specs, err := fam.Skeleton(preset.SkeletonOptions{Scale: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "model.safetensors")
-	writeSparse(t, path, specs)
+	path := sparseSkeleton(t, "t5-xxl")
 	plan, r, err := QuantizePlan(PlanOptions{Model: path})
 	if err != nil {
 		t.Fatal(err)
