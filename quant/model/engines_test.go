@@ -360,3 +360,49 @@ func TestInspectOldLayout(t *testing.T) {
 		checkFileContracts(t, fixed, unfixed(c.arch))
 	}
 }
+
+// TestComfyConfigVariants: FLUX.1 Fill (x_embedder reads 384 = 96 latent
+// channels × 4) and Canny/Depth (128 = 32 × 4) get ComfyUI-nunchaku's
+// in_channels 96 and 32 (its flux.1-fill-dev.json, flux.1-canny-dev.json,
+// flux.1-depth-dev.json) with out_channels 16, and still load in every
+// FLUX engine at real size.
+func TestComfyConfigVariants(t *testing.T) {
+	for _, c := range []struct{ in, want int64 }{{384, 96}, {128, 32}} {
+		fam, _ := preset.Lookup("flux-dev")
+		specs, err := fam.Skeleton(preset.SkeletonOptions{Scale: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range specs {
+			if specs[i].Name == "x_embedder.weight" {
+				specs[i].Shape = []int64{3072, c.in}
+			}
+		}
+		path := filepath.Join(t.TempDir(), "model.safetensors")
+		writeSparse(t, path, specs)
+		plan, r, err := QuantizePlan(PlanOptions{Model: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Close()
+		f, err := plan.OutputFile("svdq test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cc struct {
+			ModelConfig map[string]any `json:"model_config"`
+		}
+		if err := json.Unmarshal([]byte(f.Metadata["comfy_config"]), &cc); err != nil {
+			t.Fatal(err)
+		}
+		if cc.ModelConfig["in_channels"] != float64(c.want) || cc.ModelConfig["out_channels"] != 16.0 {
+			t.Errorf("x_embedder in %d: comfy_config %s", c.in, f.Metadata["comfy_config"])
+		}
+		vs, _ := plan.Verdicts("svdq test")
+		for _, v := range vs {
+			if !v.Loads {
+				t.Errorf("x_embedder in %d: %s: %q", c.in, v.Engine, v.Problems)
+			}
+		}
+	}
+}
