@@ -4,13 +4,16 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 
 	"github.com/svdq/svdq/formats/engine"
+	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/formats/safetensors"
 	"github.com/svdq/svdq/formats/synth"
@@ -56,8 +59,9 @@ var contractCases = []struct {
 }
 
 // TestContractFamilies: for every family × precision, synth → quantize →
-// the file satisfies every engine's contract; then convert to each single
-// engine and back to all, and the file still does. SDXL's loader reads no
+// the file satisfies every engine's contract, and so does its fuse-lora
+// output; then convert to each single engine and back to all, and the file
+// still does. SDXL's loader reads no
 // wtscale: its NVFP4 layers carry a power-of-two tensor scale as uniform
 // wcscales, and check's emulation (which reads it back) still matches.
 func TestContractFamilies(t *testing.T) {
@@ -76,6 +80,14 @@ func TestContractFamilies(t *testing.T) {
 				t.Fatalf("%s: %v", name, err)
 			}
 			checkFileContracts(t, out, unfixed(c.arch))
+			// After fuse-lora (a LoRA on an attention projection and an
+			// MLP's second linear), the file still satisfies every engine.
+			fused := filepath.Join(dir, prec.String()+"-lora.safetensors")
+			if _, err := FuseLoRA(FuseOptions{Model: out, Out: fused, W4A16: W4A16Skip,
+				LoRAs: []LoRASpec{{Path: contractLoRA(t, model, dir), Strength: 0.7}}}); err != nil {
+				t.Fatalf("%s: fuse-lora: %v", name, err)
+			}
+			checkFileContracts(t, fused, unfixed(c.arch))
 			for _, e := range append(engineNames(c.arch), "all") {
 				conv := filepath.Join(dir, prec.String()+"-"+e+".safetensors")
 				if _, err := Convert(ConvertOptions{In: out, Out: conv, Target: e}); err != nil {
@@ -91,6 +103,52 @@ func TestContractFamilies(t *testing.T) {
 			}
 		}
 	}
+}
+
+// contractLoRA writes (once per dir) a rank-8 PEFT LoRA on the first
+// attention q projection and the first MLP output linear of the source
+// checkpoint, and returns its path.
+func contractLoRA(t *testing.T, model, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "lora.safetensors")
+	if _, err := os.Stat(path); err == nil {
+		return path
+	}
+	r, err := safetensors.OpenCheckpoint(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var mods []lora.Factors
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, suffixes := range [][]string{
+		{"attn.to_q.weight", "attention.to_q.weight", "attn1.to_q.weight"},
+		{"ff.net.2.weight", "feed_forward.w2.weight", "img_mlp.net.2.weight", "ff.conv_point.weight"},
+	} {
+		for _, n := range r.Names() {
+			if !slices.ContainsFunc(suffixes, func(s string) bool { return strings.HasSuffix(n, s) }) {
+				continue
+			}
+			info, _ := r.Info(n)
+			f := lora.Factors{Module: strings.TrimSuffix(n, ".weight"), Rank: 8, N: int(info.Shape[0]), K: int(info.Shape[1]), Alpha: 8}
+			f.A, f.B = make([]float32, 8*f.K), make([]float32, f.N*8)
+			for i := range f.A {
+				f.A[i] = float32(rng.NormFloat64() * 0.02)
+			}
+			for i := range f.B {
+				f.B[i] = float32(rng.NormFloat64() * 0.02)
+			}
+			mods = append(mods, f)
+			break
+		}
+	}
+	if len(mods) != 2 {
+		t.Fatalf("%s: found %d LoRA targets", model, len(mods))
+	}
+	if err := lora.Write(path, mods, lora.WriteOptions{Style: lora.StylePEFT}); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func engineNames(family string) []string {
