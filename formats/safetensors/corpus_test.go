@@ -112,6 +112,12 @@ func corpus() []corpusCase {
 	bad("begin-after-end", `{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}`, seq(8), "begin > end", "a", `"a"`)
 	bad("out-of-range", `{"a":{"dtype":"F32","shape":[2],"data_offsets":[400,408]}}`, seq(8), "run past the end of the 8-byte data section", "a", `"a"`)
 	bad("size-mismatch", `{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}}`, seq(20), "F32 [2 3] is 24 bytes but data_offsets [0, 20] span 20", "a", `"a"`)
+	// The span must equal dtype × shape exactly, in both directions: a
+	// span one element larger would hand Bytes more than the tensor holds.
+	bad("span-larger", `{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,12]}}`, seq(12), "F32 [2] is 8 bytes but data_offsets [0, 12] span 12", "a", `"a"`)
+	bad("span-larger-by-one", `{"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,5]}}`, seq(5), "BF16 [2] is 4 bytes but data_offsets [0, 5] span 5", "a", `"a"`)
+	bad("span-smaller", `{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}`, seq(4), "F32 [2] is 8 bytes but data_offsets [0, 4] span 4", "a", `"a"`)
+	bad("span-nonzero-for-empty", `{"a":{"dtype":"F32","shape":[0,3],"data_offsets":[0,4]}}`, seq(4), "F32 [0 3] is 0 bytes but data_offsets [0, 4] span 4", "a", `"a"`)
 	layout("overlap", `{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}`,
 		seq(16), `data_offsets [8, 16] overlap tensor "a"`, "b", 8)
 	layout("overlap-zero-size", `{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"z":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}}`,
