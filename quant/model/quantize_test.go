@@ -28,13 +28,20 @@ func TestQuantizeTiny(t *testing.T) {
 	if len(rep.Layers) != 20 || len(seen) != 20 || seen[19] != 20 {
 		t.Fatalf("%d layers reported, callbacks %v", len(rep.Layers), seen)
 	}
+	// Upper bounds of each layer's relative output error, per precision.
+	// W4A4: the synthetic outliers, rank 16, fast search. W4A16: measured
+	// 0.455–0.683 on this model (the norm linears, whose inputs carry the
+	// ×16–64 outlier channels that weight-only quantization does not
+	// smooth); the bound is 1.1× the worst, well below the 1 that an
+	// all-zero output scores.
+	limits := map[string]float64{"int4": 0.2, "w4a16": 0.75}
 	for _, l := range rep.Layers {
-		limit := 0.2 // W4A4 on the synthetic outliers, rank 16, fast search
-		if l.Precision == "w4a16" {
-			limit = 1
+		limit, ok := limits[l.Precision]
+		if !ok {
+			t.Errorf("%s: unexpected precision %q", l.Name, l.Precision)
 		}
 		if !(l.RelError > 0 && l.RelError < limit) {
-			t.Errorf("%s (%s): relative error %v", l.Name, l.Precision, l.RelError)
+			t.Errorf("%s (%s): relative error %v, want in (0, %v)", l.Name, l.Precision, l.RelError, limit)
 		}
 	}
 
