@@ -36,9 +36,10 @@ var synthPatterns = []synthPattern{patActOutliers, patHeavyTail, patLowRank}
 
 // synthCase is one generated layer with its calibration data.
 type synthCase struct {
-	name string
-	in   Input
-	c    Calib
+	name    string
+	pattern synthPattern
+	in      Input
+	c       Calib
 }
 
 func (sc synthCase) String() string { return sc.name }
@@ -51,7 +52,7 @@ func newSynth(p synthPattern, n, k, s int, seed uint64, gelu bool) synthCase {
 		name := fmt.Sprintf("%s[%d,%d]", p, n, k)
 		in, c := fluxLikeLayer(n, k, s, seed, gelu)
 		in.Name = name
-		return synthCase{name: name, in: in, c: c}
+		return synthCase{name: name, pattern: p, in: in, c: c}
 	}
 	rng := rand.New(rand.NewPCG(seed, uint64(len(p))*0x9e3779b97f4a7c15+uint64(n*7+k)))
 	w := make([]float32, n*k)
@@ -129,9 +130,9 @@ func newSynth(p synthPattern, n, k, s int, seed uint64, gelu bool) synthCase {
 	}
 	name := fmt.Sprintf("%s[%d,%d]", p, n, k)
 	return synthCase{
-		name: name,
-		in:   Input{Name: name, W: w, N: n, K: k, Bias: bias},
-		c:    Calib{X: x, S: s, AbsMax: absMax},
+		name: name, pattern: p,
+		in: Input{Name: name, W: w, N: n, K: k, Bias: bias},
+		c:  Calib{X: x, S: s, AbsMax: absMax},
 	}
 }
 
