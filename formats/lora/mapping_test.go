@@ -94,14 +94,17 @@ func TestMapBlocks(t *testing.T) {
 // TestMapSplitLayers: a BFL single-block linear1 LoRA lands on qkv_proj
 // and mlp_fc1 (rows split, same A), linear2 on out_proj and mlp_fc2
 // (columns split, same B), the final modulation on the swapped halves.
+// Each module has its own scale strength·alpha/rank, hard-coded here
+// (0.75·6/3 = 1.5, 0.75·1/2 = 0.375, 0.75·3/2 = 1.125: exact in binary).
 func TestMapSplitLayers(t *testing.T) {
 	const D, H = 128, 512
+	const strength = 0.75
 	rng := rand.New(rand.NewPCG(5, 6))
-	l1 := randFactors(rng, "single_blocks.1.linear1", 3, 3*D+H, D, 3)
-	l2 := randFactors(rng, "single_blocks.1.linear2", 2, D, D+H, 2)
-	fl := randFactors(rng, "final_layer.adaLN_modulation.1", 2, 2*D, D, 2)
+	l1 := randFactors(rng, "single_blocks.1.linear1", 3, 3*D+H, D, 6)
+	l2 := randFactors(rng, "single_blocks.1.linear2", 2, D, D+H, 1)
+	fl := randFactors(rng, "final_layer.adaLN_modulation.1", 2, 2*D, D, 3)
 	f := writeOpen(t, "s.safetensors", []Factors{l1, l2, fl}, WriteOptions{Style: StyleKohya, DType: safetensors.BF16})
-	mp, err := Map(f, fluxIndex(t, "diffusers"), 1)
+	mp, err := Map(f, fluxIndex(t, "diffusers"), strength)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +120,7 @@ func TestMapSplitLayers(t *testing.T) {
 		t.Fatalf("layers %v", got)
 	}
 	// The sum over target layers must be ΔW of each module.
-	check := func(name string, mod Factors, parts []struct {
+	check := func(name string, mod Factors, scale float64, parts []struct {
 		layer      string
 		rows, cols [2]int // module rows / cols landing in the layer
 		at         int    // first layer row
@@ -136,7 +139,7 @@ func TestMapSplitLayers(t *testing.T) {
 				for j := p.cols[0]; j < p.cols[1]; j++ {
 					var want float64
 					for r := 0; r < m.Rank; r++ {
-						want += float64(float32(m.Scale(1)*float64(bb[i*m.Rank+r]))) * float64(a[r*m.K+j])
+						want += float64(float32(scale*float64(bb[i*m.Rank+r]))) * float64(a[r*m.K+j])
 					}
 					row := p.at + i - p.rows[0]
 					if g := d[row*br.K+j-p.cols[0]]; g != want {
@@ -151,13 +154,13 @@ func TestMapSplitLayers(t *testing.T) {
 		rows, cols [2]int
 		at         int
 	}
-	check("linear1", l1, []part{
+	check("linear1", l1, 1.5, []part{
 		{"single_transformer_blocks.1.qkv_proj", [2]int{0, 3 * D}, [2]int{0, D}, 0},
 		{"single_transformer_blocks.1.mlp_fc1", [2]int{3 * D, 3*D + H}, [2]int{0, D}, 0}})
-	check("linear2", l2, []part{
+	check("linear2", l2, 0.375, []part{
 		{"single_transformer_blocks.1.out_proj", [2]int{0, D}, [2]int{0, D}, 0},
 		{"single_transformer_blocks.1.mlp_fc2", [2]int{0, D}, [2]int{D, D + H}, 0}})
-	check("final", fl, []part{
+	check("final", fl, 1.125, []part{
 		{"norm_out.linear.weight", [2]int{0, D}, [2]int{0, D}, D},
 		{"norm_out.linear.weight", [2]int{D, 2 * D}, [2]int{0, D}, 0}})
 	if b := got["norm_out.linear.weight"]; b.R != 2 {
