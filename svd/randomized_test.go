@@ -19,24 +19,45 @@ func optimal2(a []float32, m, n, r int) (float64, *Truncated) {
 	return max(e, 0), f
 }
 
+// randomizedCases are the accuracy cases. tol is the allowed excess of the
+// randomized residual energy over the optimum, relative to the optimum,
+// with default options: about 1.3× the excess measured (matrix seed 11,
+// Seed 5; the same to six digits with the generic, avx2 and avx512
+// kernels), so that a weaker default fails clearly. Measured excess with
+// 3 / 2 / 1 power iterations, in %:
+//
+//	gauss       0.490   1.28    3.54
+//	gauss-tall  0.484   1.10    2.89
+//	spiked      0.101   0.231   0.666
+//	spiked-r4   0       2e-5    0.0076  (six spikes above the noise: q ≥ 2 finds them)
+//	decay       0.0242  0.156   1.47
+//	decay-r32   0.256   0.923   4.30
+//	decay-wide  0.0370  0.256   2.27
+//	outlier     0.402   0.745   1.65
+//	small       0       0       0       (l = n: the subspace is exact)
+//
+// One power iteration fewer than the default fails 7 cases, by 1.4–5×.
 var randomizedCases = []struct {
 	name string
 	m, n int
 	r    int
 	gen  func(m, n int, seed uint64) []float32
+	tol  float64
 }{
-	{"gauss", 120, 200, 16, gaussMat},
-	{"gauss-tall", 260, 90, 12, gaussMat},
-	{"spiked", 150, 220, 8, spikedMat},
-	{"spiked-r4", 150, 220, 4, spikedMat},
-	{"decay", 180, 140, 16, decayMat},
-	{"decay-r32", 200, 260, 32, decayMat},
-	{"outlier", 192, 256, 16, outlierMat},
-	{"small", 9, 7, 3, decayMat}, // l = min(r+p, m, n) = 7
+	{"gauss", 120, 200, 16, gaussMat, 0.0065},
+	{"gauss-tall", 260, 90, 12, gaussMat, 0.0065},
+	{"spiked", 150, 220, 8, spikedMat, 0.0013},
+	{"spiked-r4", 150, 220, 4, spikedMat, 1e-5},
+	{"decay", 180, 140, 16, decayMat, 0.0004},
+	{"decay-r32", 200, 260, 32, decayMat, 0.0034},
+	{"decay-wide", 128, 384, 16, decayMat, 0.0005},
+	{"outlier", 192, 256, 16, outlierMat, 0.0052},
+	{"small", 9, 7, 3, decayMat, 1e-6}, // l = min(r+p, m, n) = 7
 }
 
-// randomizedTol is the allowed excess of the randomized residual energy over
-// the optimum, relative to the optimum (1%), with default options.
+// randomizedTol is the excess over the optimum that the package doc
+// promises with default options (1%); every case's tol is below it. The
+// warm-start test uses it.
 const randomizedTol = 0.01
 
 func TestRandomizedAccuracy(t *testing.T) {
@@ -55,8 +76,11 @@ func TestRandomizedAccuracy(t *testing.T) {
 		got := residual2(a, f)
 		excess := (got - opt2) / opt2
 		t.Logf("%s: residual %.6g optimal %.6g excess %.3g%%  σ1 %.5g/%.5g σr %.5g/%.5g", name, got, opt2, 100*excess, f.S[0], ex.S[0], f.S[c.r-1], ex.S[c.r-1])
-		if excess > randomizedTol {
-			t.Errorf("%s: residual %.6g exceeds optimal %.6g by %.3g%% (> %g%%)", name, got, opt2, 100*excess, 100*randomizedTol)
+		if c.tol > randomizedTol {
+			t.Errorf("%s: tolerance %g above the documented %g", name, c.tol, randomizedTol)
+		}
+		if excess > c.tol {
+			t.Errorf("%s: residual %.6g exceeds optimal %.6g by %.3g%% (> %.3g%%)", name, got, opt2, 100*excess, 100*c.tol)
 		}
 		if excess < -1e-4 {
 			t.Errorf("%s: residual %.6g below the optimum %.6g: Exact or the residual is wrong", name, got, opt2)
