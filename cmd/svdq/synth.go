@@ -19,12 +19,15 @@ func init() {
 		Description: "Writes DIR/model.safetensors (bf16) and DIR/calib.safetensors (svdq-calib/1) for --arch\n" +
 			"at a width --scale (widths rounded to multiples of 128) with --blocks blocks, so every\n" +
 			"command can run without downloading a model. Same options, same bytes.\n\n" +
+			"--blocks counts each family's main blocks, as its Skeleton in formats/preset documents:\n" +
+			"FLUX makes --blocks double and 2×--blocks single blocks (19 and 38 at 0); SDXL puts\n" +
+			"--blocks transformer blocks in each 1280-channel attention module.\n\n" +
 			"Example: svdq synth --arch flux-dev --scale 0.125 --blocks 2 --out /tmp/flux",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "arch", Required: true, Usage: "model family: " + strings.Join(preset.Names(), ", ")},
 			&cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created if missing)"},
 			&cli.Float64Flag{Name: "scale", Value: 1, Usage: "width scale in (0, 1]"},
-			&cli.IntFlag{Name: "blocks", Usage: "blocks of each kind (0: the real count)"},
+			&cli.IntFlag{Name: "blocks", Usage: "block count `N` (0: the real count; FLUX: N double and 2·N single blocks)"},
 			&cli.Uint64Flag{Name: "seed", Usage: "random seed"},
 			&cli.StringFlag{Name: "naming", Value: "diffusers", Usage: "tensor names: diffusers, bfl or comfyui (FLUX only)"},
 			&cli.StringFlag{Name: "pattern", Value: "aligned", Usage: "outlier pattern: " + strings.Join(synth.Patterns(), ", ") + " (formats/synth doc)"},
