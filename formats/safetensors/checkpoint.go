@@ -60,10 +60,52 @@ func OpenCheckpoint(path string) (Reader, error) {
 			return nil, err
 		}
 	}
+	// A failed open returns a nil Reader, not a nil *File or *Checkpoint
+	// inside a non-nil interface, so that callers can test it against nil.
 	if strings.HasSuffix(path, ".index.json") {
-		return OpenIndex(path)
+		c, err := OpenIndex(path)
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
-	return Open(path)
+	f, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// CheckpointFiles lists the files OpenCheckpoint(path) reads: path itself
+// for a .safetensors file; the index and its shards for a sharded
+// checkpoint; for a directory, those of the checkpoint it resolves to. It
+// reads no tensor header, only the index's weight_map, and does not check
+// that the shards exist; a path OpenCheckpoint would reject is an error.
+func CheckpointFiles(path string) ([]string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() {
+		if path, err = resolveDir(path, true); err != nil {
+			return nil, err
+		}
+	}
+	if !strings.HasSuffix(path, ".index.json") {
+		return []string{path}, nil
+	}
+	weights, err := readIndex(path)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{path}
+	dir := filepath.Dir(path)
+	for _, s := range slices.Sorted(maps.Values(weights)) {
+		if p := filepath.Join(dir, filepath.FromSlash(s)); !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // resolveDir picks the checkpoint file of directory dir (see

@@ -59,5 +59,8 @@
 // Create computes the whole layout first, then tensors are written in any
 // order at their final offsets, and Close writes the header and renames a
 // temporary file into place; see Writer. The output follows the rules
-// above, so every file this package writes it also reads.
+// above, so every file this package writes it also reads. The temporary
+// file is named .NAME.tmp-PID-DIGITS next to NAME (ParseTemp, TempFiles
+// find those a killed process left); AbortAll removes those of every
+// open Writer, for a signal handler.
 package safetensors

@@ -52,9 +52,10 @@ func ReserveHeader(n int) Option {
 // aligned to its element size), data contiguous, the header padded with
 // spaces to a multiple of 8. Tensor bytes are then written in any order,
 // from any goroutine, straight to their final offsets in a temporary file
-// next to the destination; Close writes the header and renames the file
-// into place. The same specs, metadata and options give byte-identical
-// files.
+// next to the destination (named .NAME.tmp-PID-DIGITS: see temp.go);
+// Close writes the header and renames the file into place. The same specs,
+// metadata and options give byte-identical files. Every Writer not yet
+// closed or aborted is known to AbortAll.
 type Writer struct {
 	path string // destination
 	tmp  string // temporary file in the same directory
@@ -133,11 +134,17 @@ func Create(path string, specs []Spec, meta map[string]string, opts ...Option) (
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("safetensors: create %s: directory %s does not exist", path, dir)
 	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return nil, fmt.Errorf("safetensors: create %s: %w", path, err)
+	var f *os.File
+	if err := register(w, func() error { // AbortAll sees w as soon as its file exists
+		var err error
+		if f, err = os.CreateTemp(dir, tempPattern(base)); err != nil {
+			return fmt.Errorf("safetensors: create %s: %w", path, err)
+		}
+		w.f, w.tmp = f, f.Name()
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	w.f, w.tmp = f, f.Name()
 	if err := f.Truncate(8 + w.n + w.dataLen); err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("safetensors: create %s: %w", path, err)
@@ -300,6 +307,7 @@ func (w *Writer) stop() bool {
 	w.done = true
 	w.mu.Unlock()
 	if !was {
+		unregister(w)
 		w.inflight.Wait()
 	}
 	return !was
