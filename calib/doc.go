@@ -15,7 +15,7 @@
 //
 //	<name>.input_absmax   F32            [K]     max |x_k| over every token seen
 //	<name>.input_samples  F32, F16, BF16 [S, K]  S sampled input rows, 1 ≤ S ≤ 4096
-//	<name>.input_count    I64            [1]     optional: tokens seen, ≥ S
+//	<name>.input_count    I64            [1]     optional: tokens seen, S ≤ count ≤ 2⁵³
 //
 // K is the layer's in_features. A token is one row of the layer's input
 // (batch × sequence flattened; every denoising step counts separately).
@@ -32,8 +32,9 @@
 // mlp_fc2) is stored once under the checkpoint's module name; readers take
 // Stats.Cols.
 //
-// Rules a reader enforces (Open checks the header, File.Layer the values);
-// each violation is an error naming the file and the tensor:
+// Rules a reader enforces (Open checks the header and input_count,
+// File.Layer the other values); each violation is an error naming the file
+// and the tensor:
 //
 //   - the metadata "format" is present and exactly "svdq-calib/1";
 //   - every tensor name is <layer>.input_absmax, <layer>.input_samples or
@@ -42,8 +43,10 @@
 //   - dtypes and shapes as in the table, the same K in both tensors, K ≥ 1;
 //   - 1 ≤ S ≤ 4096 (MaxSamples). Files with more rows are rejected rather
 //     than silently subsampled: the writer must choose its sample;
-//   - every value finite, input_absmax ≥ 0, input_count ≥ S, every sample
-//     within input_absmax.
+//   - every value finite, input_absmax ≥ 0, S ≤ input_count ≤ MaxCount
+//     (2⁵³: exact as float64, and the counts of 1024 files add up without
+//     overflow; merging refuses a sum past it), every sample within
+//     input_absmax.
 //
 // # Collecting
 //

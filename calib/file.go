@@ -34,17 +34,19 @@ type File struct {
 	names  []string
 }
 
-// layerInfo is what the header says about one layer.
+// layerInfo is what the header (and input_count) says about one layer.
 type layerInfo struct {
 	k, s     int
 	samples  safetensors.DType
 	hasCount bool
+	count    int64 // input_count, checked by Open; 0 without one
 }
 
 // Open opens the calibration file at path and checks its header against the
-// svdq-calib/1 rules (see the package doc). Errors are *Error or
+// svdq-calib/1 rules (see the package doc), and every layer's input_count
+// (8 bytes each): S ≤ count ≤ MaxCount. Errors are *Error or
 // *safetensors.Error values naming the file and tensor, or the os error of
-// opening it. Tensor data is read lazily by Layer.
+// opening it. The other tensors' data is read lazily by Layer.
 func Open(path string) (*File, error) {
 	r, err := safetensors.Open(path)
 	if err != nil {
@@ -127,11 +129,36 @@ func newFile(path string, r safetensors.Reader) (*File, error) {
 				return nil, bad(c.Name, "dtype %s shape %v, want I64 [1]", c.DType, c.Shape)
 			}
 		}
-		f.layers[layer] = layerInfo{k: int(k), s: int(s.Shape[0]), samples: s.DType, hasCount: p.count != nil}
+		li := layerInfo{k: int(k), s: int(s.Shape[0]), samples: s.DType, hasCount: p.count != nil}
+		if li.hasCount {
+			raw, err := r.Bytes(p.count.Name)
+			if err != nil {
+				return nil, err
+			}
+			if li.count, err = checkCount(raw, li.s); err != nil {
+				return nil, bad(p.count.Name, "%v", err)
+			}
+		}
+		f.layers[layer] = li
 		f.names = append(f.names, layer)
 	}
 	slices.Sort(f.names)
 	return f, nil
+}
+
+// checkCount decodes an input_count and checks S ≤ count ≤ MaxCount.
+func checkCount(raw []byte, s int) (int64, error) {
+	u := binary.LittleEndian.Uint64(raw)
+	switch c := int64(u); {
+	case c < 0:
+		return 0, fmt.Errorf("count %d is negative (as unsigned: %d)", c, u)
+	case c < int64(s):
+		return 0, fmt.Errorf("count %d is below the %d sample rows", c, s)
+	case c > MaxCount:
+		return 0, fmt.Errorf("count %d exceeds the limit of %d tokens (MaxCount)", c, int64(MaxCount))
+	default:
+		return c, nil
+	}
 }
 
 // Path returns the path the file was opened with.
@@ -150,7 +177,7 @@ func (f *File) Shape(name string) (k, s int, samples safetensors.DType, ok bool)
 }
 
 // Layer reads one layer's statistics, samples widened to float32, and checks
-// the values: finite, absmax ≥ 0, count ≥ S, every sample within absmax
+// the values: finite, absmax ≥ 0, every sample within absmax
 // (up to one rounding of the sample dtype). Count is 0 when the file has no
 // input_count. Errors are *Error values naming the file and the tensor.
 func (f *File) Layer(name string) (*Stats, error) {
@@ -173,16 +200,7 @@ func (f *File) Layer(name string) (*Stats, error) {
 	if err := decodeSamples(st.Samples, li.samples, raw); err != nil {
 		return nil, &Error{File: f.path, Tensor: name + SuffixSamples, Msg: err.Error()}
 	}
-	if li.hasCount {
-		if raw, err = f.r.Bytes(name + SuffixCount); err != nil {
-			return nil, err
-		}
-		st.Count = int64(binary.LittleEndian.Uint64(raw))
-		if st.Count < int64(st.S) {
-			return nil, &Error{File: f.path, Tensor: name + SuffixCount,
-				Msg: fmt.Sprintf("count %d is below the %d sample rows", st.Count, st.S)}
-		}
-	}
+	st.Count = li.count
 	if err := validate(st, li.k, sampleSlack(li.samples)); err != nil {
 		tensor := name + SuffixSamples
 		if strings.HasPrefix(err.Error(), "input_absmax") {
@@ -196,20 +214,12 @@ func (f *File) Layer(name string) (*Stats, error) {
 // Close releases the file.
 func (f *File) Close() error { return f.r.Close() }
 
-// count returns a layer's token count without reading its samples.
-func (f *File) count(name string) (int64, error) {
+// tokens returns a layer's token count (input_count, checked by Open; S
+// without one).
+func (f *File) tokens(name string) int64 {
 	li := f.layers[name]
 	if !li.hasCount {
-		return int64(li.s), nil
+		return int64(li.s)
 	}
-	raw, err := f.r.Bytes(name + SuffixCount)
-	if err != nil {
-		return 0, err
-	}
-	c := int64(binary.LittleEndian.Uint64(raw))
-	if c < int64(li.s) {
-		return 0, &Error{File: f.path, Tensor: name + SuffixCount,
-			Msg: fmt.Sprintf("count %d is below the %d sample rows", c, li.s)}
-	}
-	return c, nil
+	return li.count
 }

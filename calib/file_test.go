@@ -132,6 +132,13 @@ func rawTensor(name string, dt safetensors.DType, shape []int64, vals ...float64
 	return safetensors.Tensor{Spec: safetensors.Spec{Name: name, DType: dt, Shape: shape}, Data: buf}
 }
 
+// countTensor is an input_count holding c exactly (rawTensor's float64
+// cannot hold every int64).
+func countTensor(name string, c int64) safetensors.Tensor {
+	return safetensors.Tensor{Spec: safetensors.Spec{Name: name, DType: safetensors.I64, Shape: []int64{1}},
+		Data: binary.LittleEndian.AppendUint64(nil, uint64(c))}
+}
+
 func TestOpenRejects(t *testing.T) {
 	dir := t.TempDir()
 	good := func() []safetensors.Tensor {
@@ -163,7 +170,10 @@ func TestOpenRejects(t *testing.T) {
 		{name: "absmax shape", tensors: []safetensors.Tensor{rawTensor("l.input_absmax", safetensors.F32, []int64{1, 2}, 1, 2), good()[1]}, tensor: "l.input_absmax", msg: "want [K]"},
 		{name: "too many rows", tensors: []safetensors.Tensor{good()[0], rawTensor("l.input_samples", safetensors.BF16, []int64{MaxSamples + 1, 2}, big...)}, tensor: "l.input_samples", msg: "4097 sample rows"},
 		{name: "count dtype", tensors: []safetensors.Tensor{good()[0], good()[1], rawTensor("l.input_count", safetensors.I32, []int64{1}, 9)}, tensor: "l.input_count", msg: "want I64 [1]"},
-		{name: "count below S", tensors: []safetensors.Tensor{good()[0], good()[1], rawTensor("l.input_count", safetensors.I64, []int64{1}, 1)}, tensor: "l.input_count", msg: "below", atLayer: true},
+		{name: "count below S", tensors: []safetensors.Tensor{good()[0], good()[1], rawTensor("l.input_count", safetensors.I64, []int64{1}, 1)}, tensor: "l.input_count", msg: "below"},
+		{name: "count negative", tensors: []safetensors.Tensor{good()[0], good()[1], countTensor("l.input_count", -5)}, tensor: "l.input_count", msg: "count -5 is negative"},
+		{name: "count 2^63-1", tensors: []safetensors.Tensor{good()[0], good()[1], countTensor("l.input_count", math.MaxInt64)}, tensor: "l.input_count", msg: "exceeds the limit"},
+		{name: "count MaxCount+1", tensors: []safetensors.Tensor{good()[0], good()[1], countTensor("l.input_count", MaxCount+1)}, tensor: "l.input_count", msg: "exceeds the limit"},
 		{name: "NaN sample", tensors: []safetensors.Tensor{good()[0], rawTensor("l.input_samples", safetensors.F16, []int64{2, 2}, 0.5, math.NaN(), 1, 0)}, tensor: "l.input_samples", msg: "not finite", atLayer: true},
 		{name: "Inf absmax", tensors: []safetensors.Tensor{rawTensor("l.input_absmax", safetensors.F32, []int64{2}, math.Inf(1), 2), good()[1]}, tensor: "l.input_absmax", msg: "finite", atLayer: true},
 		{name: "sample above absmax", tensors: []safetensors.Tensor{good()[0], rawTensor("l.input_samples", safetensors.F32, []int64{1, 2}, 1.001, 0)}, tensor: "l.input_samples", msg: "exceeds input_absmax[0]", atLayer: true},
@@ -269,6 +279,24 @@ func TestMergeFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(out2); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("failed merge left %s", out2)
+	}
+	// Counts within MaxCount each whose sum is not: the error names the
+	// file and tensor that push the sum over, and the files before it.
+	big1, big2 := filepath.Join(dir, "big1.safetensors"), filepath.Join(dir, "big2.safetensors")
+	for i, p := range []string{big1, big2} {
+		st := randStats(rng, 8, 3, MaxCount-int64(i))
+		if err := Write(p, map[string]*Stats{"x": st}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out3 := filepath.Join(dir, "m3.safetensors")
+	err = MergeFiles([]string{pa, big1, big2}, out3, 1)
+	var ce *Error
+	if !errors.As(err, &ce) || ce.File != big1 || ce.Tensor != "x.input_count" || !strings.Contains(err.Error(), pa) {
+		t.Errorf("count sum past MaxCount: %v", err)
+	}
+	if _, err := os.Stat(out3); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("failed merge left %s", out3)
 	}
 	if err := MergeFiles([]string{pa, out}, out, 1); err == nil {
 		t.Errorf("merging into an input accepted")

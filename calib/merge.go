@@ -31,8 +31,9 @@ func mergedSize(sa int, na int64, sb int, nb int64) int {
 // input's samples are a uniform subset of its tokens, every token of the
 // union is kept with the same probability. Rows from a come first. The
 // result owns new slices; a and b are not modified. The draws come from a
-// PCG stream seeded by seed. It panics (prefix "calib:") when K differs or
-// either input is inconsistent (see Validate).
+// PCG stream seeded by seed. It panics (prefix "calib:") when K differs,
+// either input is inconsistent (see Validate) or the counts add up past
+// MaxCount (MergeFiles checks the sums first).
 func Merge(a, b *Stats, seed uint64) *Stats {
 	for _, s := range []*Stats{a, b} {
 		if err := validateShape(s); err != nil {
@@ -41,6 +42,9 @@ func Merge(a, b *Stats, seed uint64) *Stats {
 	}
 	if a.K != b.K {
 		panic(fmt.Sprintf("calib: Merge: K = %d and %d differ", a.K, b.K))
+	}
+	if a.Tokens() > MaxCount-b.Tokens() {
+		panic(fmt.Sprintf("calib: Merge: counts %d + %d exceed MaxCount", a.Tokens(), b.Tokens()))
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x6d65726765)) // "merge"
 	na, nb := a.Tokens(), b.Tokens()
@@ -105,6 +109,8 @@ func validateShape(s *Stats) error {
 		return fmt.Errorf("S = %d with %d sample values for K = %d", s.S, len(s.Samples), s.K)
 	case s.Count != 0 && s.Count < int64(s.S):
 		return fmt.Errorf("count %d below S = %d", s.Count, s.S)
+	case s.Count > MaxCount:
+		return fmt.Errorf("count %d above MaxCount", s.Count)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/svdq/svdq/formats/safetensors"
 )
@@ -73,9 +74,15 @@ func MergeFiles(paths []string, out string, seed uint64) error {
 			if !ok {
 				continue
 			}
-			c, err := f.count(n)
-			if err != nil {
-				return err
+			c := f.tokens(n)
+			if tokens > MaxCount-c { // each is ≤ MaxCount: no overflow here
+				var before []string
+				for _, b := range pl.from {
+					before = append(before, b.path)
+				}
+				return &Error{File: f.path, Tensor: n + SuffixCount, Msg: fmt.Sprintf(
+					"count %d: added to the %d tokens of %s, layer %q would count more than %d tokens (MaxCount)",
+					c, tokens, strings.Join(before, ", "), n, int64(MaxCount))}
 			}
 			if pl.k < 0 {
 				pl.k, pl.s, pl.dtype, tokens = li.k, li.s, li.samples, c

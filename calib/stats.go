@@ -11,6 +11,13 @@ const Format = "svdq-calib/1"
 // MaxSamples is the largest number of sample rows a layer may carry.
 const MaxSamples = 4096
 
+// MaxCount is the largest token count (input_count) a layer may carry:
+// 2⁵³, so that counts are exact as float64 (the merge draws with them) and
+// the counts of 1024 files add up without overflowing int64. A real
+// calibration run sees far fewer tokens (FLUX.1 at 4096 tokens, 50 steps
+// and a million prompts: 2·10¹¹).
+const MaxCount = 1 << 53
+
 // Tensor name suffixes of one layer.
 const (
 	SuffixAbsMax  = ".input_absmax"
@@ -66,7 +73,8 @@ func (s *Stats) Clone() *Stats {
 
 // Validate checks stats against the svdq-calib/1 rules for a layer with
 // wantK input features (wantK ≤ 0: any K): K, slice lengths, 1 ≤ S ≤
-// MaxSamples, finite values, absmax ≥ 0, Count = 0 or Count ≥ S, and every
+// MaxSamples, finite values, absmax ≥ 0, Count = 0 or S ≤ Count ≤
+// MaxCount, and every
 // sample within absmax (with the slack of one BF16 rounding, 2⁻⁷ relative).
 // The error names the first violation; it does not name a file (callers
 // add the layer or file name).
@@ -101,6 +109,8 @@ func validate(s *Stats, wantK int, sl slack) error {
 		return fmt.Errorf("input_samples has %d values, want S·K = %d·%d", len(s.Samples), s.S, s.K)
 	case s.Count != 0 && s.Count < int64(s.S):
 		return fmt.Errorf("input_count %d is below the %d sample rows", s.Count, s.S)
+	case s.Count > MaxCount:
+		return fmt.Errorf("input_count %d exceeds the limit of %d tokens", s.Count, int64(MaxCount))
 	}
 	for k, a := range s.AbsMax {
 		if !(a >= 0) || math.IsInf(float64(a), 0) {
