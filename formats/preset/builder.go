@@ -35,6 +35,9 @@ type part struct {
 	origRow rangeFn // rows of orig's weight taken (nil: all)
 	cols    rangeFn // input columns taken, same in both namings (nil: all)
 	slot    func(d dims) int
+	// noBias marks a module the family's real checkpoints have without a
+	// bias, in a family whose other linears all have one (requireBiases).
+	noBias bool
 }
 
 // layerDecl declares one output layer of a block.
@@ -66,6 +69,10 @@ type planner struct {
 	prefix string
 	used   map[string]bool
 	errs   []string
+	// biased: every linear of the family's blocks has a bias in every
+	// real checkpoint (parts marked noBias aside), so a missing one is an
+	// error (see requireBiases).
+	biased bool
 }
 
 func newPlanner(t Table, family, modelClass, naming, prefix string) *planner {
@@ -82,6 +89,20 @@ func newPlanner(t Table, family, modelClass, naming, prefix string) *planner {
 func (p *planner) shape(local string) ([]int64, bool) { return p.t.Shape(p.prefix + local) }
 
 func (p *planner) has(local string) bool { _, ok := p.shape(local); return ok }
+
+// requireBiases declares that every real checkpoint of the family has a
+// bias on each linear of its blocks (each part not marked noBias): a
+// checkpoint without one is truncated or hand-edited, and quantizing it
+// would silently drop the bias, so a missing bias is an error naming the
+// tensor, unless opt.AllowMissingBias.
+func (p *planner) requireBiases(opt Options) { p.biased = !opt.AllowMissingBias }
+
+// missingBias records the error of a required bias b (local name) that the
+// file lacks.
+func (p *planner) missingBias(b string) {
+	p.errorf("tensor %s: missing: every %s checkpoint has this bias (a truncated or edited file?); "+
+		"--allow-missing-bias quantizes without it", p.prefix+b, p.plan.Family)
+}
 
 // err returns the errors so far as one error, or nil.
 func (p *planner) err() error {
@@ -166,11 +187,17 @@ func (p *planner) block(decls []layerDecl, d dims, diffBlock, origBlock, outBloc
 			}
 			src.Rows = Range{cursor, cursor + src.SrcRows.Len()}
 			cursor += slot
-			if b := module + ".bias"; p.has(b) && src.Cols.Hi == cols {
+			switch b := module + ".bias"; {
+			case src.Cols.Hi != cols: // the bias goes with the last columns of a column-split tensor
+			case p.has(b):
 				if bs, _ := p.shape(b); len(bs) != 1 || int(bs[0]) != rows {
 					p.errorf("tensor %s: shape %v, want [%d]", p.prefix+b, bs, rows)
 				}
 				src.Bias = p.prefix + b
+			case p.biased && !pt.noBias:
+				p.missingBias(b)
+				bad = true
+				continue
 			}
 			p.used[src.Tensor] = true
 			if src.Bias != "" {

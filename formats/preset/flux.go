@@ -145,6 +145,7 @@ func (f *flux) Plan(t Table, opt Options) (*Plan, error) {
 	}
 	bfl := naming != "diffusers"
 	p := newPlanner(t, f.Name(), fluxClass, naming, prefix)
+	p.requireBiases(opt) // models.md: all linears +b
 	name := func(diff, orig string) string {
 		if bfl {
 			return orig
@@ -190,8 +191,11 @@ func (f *flux) Plan(t Table, opt Options) (*Plan, error) {
 			file := name(o.diff, o.orig) + suf
 			s, ok := p.shape(file)
 			if !ok {
-				if suf == ".weight" {
+				switch {
+				case suf == ".weight":
 					p.errorf("tensor %s: missing", prefix+file)
+				case p.biased:
+					p.missingBias(file)
 				}
 				continue
 			}

@@ -51,6 +51,7 @@ var pixartOutside = rules(
 
 func (f pixart) Plan(t Table, opt Options) (*Plan, error) {
 	p := newPlanner(t, f.Name(), "PixArtTransformer2DModel", "diffusers", "")
+	p.requireBiases(opt) // models.md: all block linears +b
 	D := p.dim("transformer_blocks.0.attn1.to_q.weight", 0)
 	if err := p.err(); err != nil {
 		return nil, err

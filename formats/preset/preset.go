@@ -198,6 +198,11 @@ type Options struct {
 	// blocks as 16-bit with reason "unrecognised: passed through" instead of
 	// failing.
 	PassUnknown bool
+	// AllowMissingBias plans a checkpoint that lacks a bias every real
+	// checkpoint of its family has on a linear (FLUX, Qwen-Image, PixArt,
+	// SANA and SDXL declare theirs), the layer then being quantized
+	// without one; by default such a checkpoint is refused.
+	AllowMissingBias bool
 }
 
 // Family knows one model architecture.

@@ -53,6 +53,7 @@ var qwenOutside = rules(
 
 func (f qwenImage) Plan(t Table, opt Options) (*Plan, error) {
 	p := newPlanner(t, f.Name(), "NunchakuQwenImageTransformer2DModel", "diffusers", "")
+	p.requireBiases(opt) // models.md: all block linears +b
 	D := p.dim("img_in.weight", 0)
 	hd := p.dim("transformer_blocks.0.attn.norm_q.weight", 0)
 	if err := p.err(); err != nil {

@@ -38,16 +38,16 @@ func slotHpad(d dims) int { return d.Hpad }
 
 var sanaBlock = []layerDecl{
 	{name: "attn.qkv_proj", role: W4A4, reason: "linear attention q|k|v", parts: []part{
-		{module: "attn1.to_q", slot: slotDpad},
-		{module: "attn1.to_k", slot: slotDpad},
-		{module: "attn1.to_v", slot: slotDpad}}},
+		{module: "attn1.to_q", slot: slotDpad, noBias: true},
+		{module: "attn1.to_k", slot: slotDpad, noBias: true},
+		{module: "attn1.to_v", slot: slotDpad, noBias: true}}},
 	{name: "attn.out_proj", role: W4A4, reason: "linear attention output", parts: []part{{module: "attn1.to_out.0"}}},
 	{name: "cross_attn.q_linear", role: W4A4, reason: "cross-attention q (image side)", parts: []part{{module: "attn2.to_q"}}},
 	{name: "cross_attn.out_proj", role: W4A4, reason: "cross-attention output", parts: []part{{module: "attn2.to_out.0"}}},
 	{name: "ff.inverted_conv", role: W4A4, conv: true, reason: "Mix-FFN 1×1 conv up (GLU value|gate)", parts: []part{
 		{module: "ff.conv_inverted", srcRows: func(d dims) Range { return Range{0, d.H} }, slot: slotHpad},
 		{module: "ff.conv_inverted", srcRows: func(d dims) Range { return Range{d.H, 2 * d.H} }, slot: slotHpad}}},
-	{name: "ff.point_conv", role: W4A4, conv: true, reason: "Mix-FFN 1×1 conv down", parts: []part{{module: "ff.conv_point"}}},
+	{name: "ff.point_conv", role: W4A4, conv: true, reason: "Mix-FFN 1×1 conv down", parts: []part{{module: "ff.conv_point", noBias: true}}},
 }
 
 var sanaKept = []keepDecl{{module: "scale_shift_table", reason: "adaLN-single table"}}
@@ -61,6 +61,7 @@ var sanaOutside = rules(
 
 func (f sana) Plan(t Table, opt Options) (*Plan, error) {
 	p := newPlanner(t, f.Name(), "NunchakuSanaTransformer2DModel", "diffusers", "")
+	p.requireBiases(opt) // models.md: +b except attn1.to_q|k|v and ff.conv_point
 	D := p.dim("transformer_blocks.0.attn1.to_q.weight", 0)
 	H := p.dim("transformer_blocks.0.ff.conv_inverted.weight", 0) / 2
 	if err := p.err(); err != nil {

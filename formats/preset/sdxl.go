@@ -33,9 +33,9 @@ func (sdxl) Detect(t Table) bool {
 
 var sdxlBlock = []layerDecl{
 	{name: "attn1.to_qkv", role: W4A4, reason: "self-attention q|k|v", parts: []part{
-		{module: "attn1.to_q"}, {module: "attn1.to_k"}, {module: "attn1.to_v"}}},
+		{module: "attn1.to_q", noBias: true}, {module: "attn1.to_k", noBias: true}, {module: "attn1.to_v", noBias: true}}},
 	{name: "attn1.to_out.0", role: W4A4, reason: "self-attention output", parts: []part{{module: "attn1.to_out.0"}}},
-	{name: "attn2.to_q", role: W4A4, reason: "cross-attention q (image side)", parts: []part{{module: "attn2.to_q"}}},
+	{name: "attn2.to_q", role: W4A4, reason: "cross-attention q (image side)", parts: []part{{module: "attn2.to_q", noBias: true}}},
 	{name: "attn2.to_out.0", role: W4A4, reason: "cross-attention output", parts: []part{{module: "attn2.to_out.0"}}},
 	{name: "ff.net.0.proj", role: W4A4, reason: "GEGLU up", parts: []part{{module: "ff.net.0.proj"}}},
 	{name: "ff.net.2", role: W4A4, reason: "MLP down (GEGLU input, signed)", parts: []part{{module: "ff.net.2"}}},
@@ -92,6 +92,7 @@ func naturalLess(a, b string) bool {
 
 func (f sdxl) Plan(t Table, opt Options) (*Plan, error) {
 	p := newPlanner(t, f.Name(), "NunchakuSDXLUNet2DConditionModel", "diffusers", "")
+	p.requireBiases(opt) // models.md: +b except attn1.to_q|k|v and attn2.to_q|k|v
 	for _, b := range sdxlBlocks(t) {
 		p.block(sdxlBlock, dims{D: p.dim(b+"attn1.to_q.weight", 0)}, b, "", b, false)
 		p.keepBlock(sdxlKept, b, "", b, false)
