@@ -127,6 +127,13 @@ func TestCheckQwen(t *testing.T) {
 		{"W4A16 rows", append(qwenBlock(true, "32"), "transformer_blocks.0.img_mod.1.wscales BF16 16,768"), md, "W4A16 wscales/wzeros rows"},
 		{"W4A16 branch", append(qwenBlock(true, "32"), "transformer_blocks.0.img_mod.1.lora_down BF16 16,128"), md, "lora_down/lora_up on a W4A16 layer"},
 		{"mixed dtype", append(qwenBlock(true, "32"), "proj_out.weight F32 64,128"), md, "not in the file's dtype BF16"},
+		{"F16 file", func() []string {
+			var out []string
+			for _, l := range qwenBlock(true, "32") {
+				out = append(out, strings.Replace(l, " BF16 ", " F16 ", 1))
+			}
+			return out
+		}(), md, "W4A16 modules are always BF16"},
 		{"provenance tensors", append(qwenBlock(true, "32"), "svdq_lora.base.proj_out.weight BF16 64,128"), md, "svdq_lora.* tensors"},
 		{"INT4 wtscale", append(qwenBlock(true, "32"), "transformer_blocks.0.attn.to_qkv.wtscale F32 1"), md, "wtscale/wcscales on an INT4 layer"},
 		{"no bias", func() []string {
