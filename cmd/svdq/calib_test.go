@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -217,4 +218,58 @@ func TestCalibMergeBadInputs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCalibCounts: an input_count that is negative or past calib.MaxCount
+// (2⁶³−1 overflowed calib merge, whose error then named another file, while
+// quantize and check took the file) is refused by every command that reads
+// calibration files, with one line naming the file and the tensor; counts
+// valid alone whose sum is not are refused by calib merge, naming the file
+// that tips the sum. Exit 2, nothing written, the inputs unchanged.
+func TestCalibCounts(t *testing.T) {
+	m, cal := tinyModel(t)
+	q := tinyQuantized(t)
+	dir := t.TempDir()
+	const tensor = "transformer_blocks.0.attn.to_q.input_count"
+	withCount := func(name string, c uint64) string {
+		p := filepath.Join(dir, name)
+		rewrite(t, cal, p, func(ts *safetensors.Tensor) bool {
+			if ts.Name == tensor {
+				binary.LittleEndian.PutUint64(ts.Data, c)
+			}
+			return true
+		})
+		return p
+	}
+	huge := withCount("huge.safetensors", math.MaxInt64)
+	neg := withCount("negative.safetensors", math.MaxUint64) // -1
+	full := withCount("full.safetensors", calib.MaxCount)
+	full2 := withCount("full2.safetensors", calib.MaxCount)
+	out := filepath.Join(dir, "out.safetensors")
+	for _, c := range []struct {
+		args []string
+		file string // the file the error names
+		want string
+	}{
+		{[]string{"calib", "merge", cal, huge, "--out", out}, huge, "exceeds the limit"},
+		{[]string{"calib", "merge", huge, cal, "--out", out}, huge, "exceeds the limit"},
+		{[]string{"calib", "merge", cal, neg, "--out", out}, neg, "count -1 is negative"},
+		{[]string{"calib", "merge", full, full2, "--out", out}, full2, "would count more than"},
+		{append([]string{"quantize", "--model", m, "--calib", huge, "--out", out}, fastFlags...), huge, "exceeds the limit"},
+		{[]string{"quantize", "--model", m, "--calib", neg, "--out", out}, neg, "is negative"},
+		{[]string{"check", "--model", q, "--reference", m, "--calib", huge}, huge, "exceeds the limit"},
+		{[]string{"gpu-check", "--model", q, "--reference", m, "--calib", neg}, neg, "is negative"},
+	} {
+		before, _ := os.ReadFile(c.file)
+		_, e := mustRun(t, exitBadInput, c.args...)
+		oneLine(t, strings.Join(c.args, " "), e)
+		if !strings.Contains(e, c.file+": tensor \""+tensor+"\": ") || !strings.Contains(e, c.want) {
+			t.Errorf("%s: error %q does not name %s, tensor %s, %q", strings.Join(c.args[:2], " "), e, c.file, tensor, c.want)
+		}
+		absent(t, out)
+		if after, _ := os.ReadFile(c.file); !slices.Equal(before, after) {
+			t.Errorf("%s changed", c.file)
+		}
+	}
+	mustRun(t, 0, "calib", "merge", full, "--out", out) // a count at the limit is valid
 }

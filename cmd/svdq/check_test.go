@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -98,5 +99,72 @@ func TestIntegrityCommands(t *testing.T) {
 	_, errOut := mustRun(t, 2, "gpu-check", "--model", q, "--reference", m, "--calib", cal, "--rows", "16")
 	if !strings.Contains(errOut, "no CUDA driver found") {
 		t.Errorf("gpu-check of the intact file without a GPU: %s", errOut)
+	}
+}
+
+// TestCheckKinds: W4A4 and weight-only layers are judged against their own
+// limits (--max-rel-error, --max-rel-error-w4a16; 0 or absent: none), each
+// kind with its own summary line and JSON entry; a fresh FLUX passes a W4A4
+// limit its adaLN layers exceed; one line per layer reaches stderr as it
+// finishes, whatever stdout is.
+func TestCheckKinds(t *testing.T) {
+	m, cal := tinyModel(t)
+	q := tinyQuantized(t)
+	args := []string{"check", "--model", q, "--reference", m, "--calib", cal, "--smooth-search", "off"}
+	out, e := mustRun(t, 0, append(args, "--max-rel-error", "0.2")...)
+	for _, want := range []string{
+		"w4a4  (int4/nvfp4):    16 layers, worst ", "; limit 0.2 (--max-rel-error): passed\n",
+		"w4a16 (weight-only):    4 layers, worst ", "; no limit (--max-rel-error-w4a16)\n",
+		"passed: 20 layers\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(e), "\n")
+	if len(lines) != 20 {
+		t.Errorf("stderr: want one line per layer, got:\n%s", e)
+	}
+	for i, l := range lines {
+		if !strings.HasPrefix(l, fmt.Sprintf("[%2d/20] ", i+1)) || !strings.Contains(l, " err 0.") {
+			t.Errorf("layer line %q", l)
+		}
+	}
+
+	// A weight-only limit no adaLN layer meets: exit 1, the w4a16 line
+	// says so, the w4a4 line still passes.
+	out, _ = mustRun(t, 1, append(args, "--max-rel-error", "0.2", "--max-rel-error-w4a16", "0.01")...)
+	for _, want := range []string{"limit 0.2 (--max-rel-error): passed\n", "limit 0.01 (--max-rel-error-w4a16): FAILED (4 over)\n",
+		"FAILED: 20 layers, 4 over the limit of their kind\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+	out, _ = mustRun(t, 1, append(args, "--max-rel-error", "0.01", "--max-rel-error-w4a16", "0.9", "--json")...)
+	var rep model.CheckReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	want := []model.KindResult{
+		{Kind: "w4a4", Layers: 16, Limit: 0.01, Over: 16},
+		{Kind: "w4a16", Layers: 4, Limit: 0.9, Passed: true},
+	}
+	if rep.Passed || len(rep.Kinds) != 2 {
+		t.Fatalf("check --json: passed %v, kinds %+v", rep.Passed, rep.Kinds)
+	}
+	for i, k := range rep.Kinds {
+		k.Worst = model.Worst{}
+		if k != want[i] {
+			t.Errorf("kind %d: %+v, want %+v", i, k, want[i])
+		}
+	}
+	_, e = mustRun(t, 2, append(args, "--max-rel-error-w4a16", "-1")...)
+	oneLine(t, "negative limit", e)
+
+	help, _ := mustRun(t, 0, "check", "--help")
+	for _, f := range []string{"--max-rel-error X", "--max-rel-error-w4a16 X"} {
+		i := strings.Index(help, f+" ")
+		if i < 0 || !strings.Contains(help[i:i+strings.Index(help[i:], "\n")], "(0: no limit)") {
+			t.Errorf("help of %s does not say 0 means no limit:\n%s", f, help)
+		}
 	}
 }

@@ -131,7 +131,7 @@ func checkJSON(t *testing.T, out, prec string, fromQuantize map[string]float64) 
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	if !reflect.DeepEqual(keys, []string{"layers", "passed", "worst"}) {
+	if !reflect.DeepEqual(keys, []string{"kinds", "layers", "passed", "worst"}) { // kinds: the verdict per kind of layer
 		t.Errorf("check --json keys %v", keys)
 	}
 	var rep model.CheckReport

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/safetensors"
+	"github.com/svdq/svdq/quant/model"
 )
 
 // badQuantize runs quantize expecting exit 2, a one-line error containing
@@ -48,27 +52,99 @@ func containsArg(args []string, a string) bool {
 	return false
 }
 
-// TestHostileCorpus feeds every file of testdata/safetensors as the model,
-// the calibration file and the quantized file of check: each must be a
-// one-line error with exit status 2 and no output.
+// TestHostileCorpus runs every file of testdata/safetensors (the corpus of
+// formats/safetensors: empty, truncated, header not JSON, header length
+// 2⁶³, overlapping tensors, …, and a few valid files that are no model)
+// through every command that reads that kind of file, in every role: each
+// run must exit 2 with one line naming the file, leave the file as it was
+// and write nothing. gpu-check fails on the file before it needs a GPU.
 func TestHostileCorpus(t *testing.T) {
 	m, cal := tinyModel(t)
+	q := tinyQuantized(t)
 	files, err := filepath.Glob("../../testdata/safetensors/*.safetensors")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no hostile corpus: %v", err)
 	}
+	lp := filepath.Join(t.TempDir(), "lora.safetensors")
+	rng := rand.New(rand.NewPCG(7, 7))
+	if err := lora.Write(lp, []lora.Factors{loraFactors(rng, "double_blocks.0.img_attn.qkv", 4, 3*128, 128)},
+		lora.WriteOptions{Style: lora.StyleKohya}); err != nil {
+		t.Fatal(err)
+	}
+	// Each reader: the command line with F for the corpus file and OUT for
+	// an output path; valid says whether a valid corpus file (no model,
+	// calibration or LoRA, but a well-formed safetensors file) is
+	// accepted.
+	readers := []struct {
+		name  string
+		args  []string
+		valid bool
+	}{
+		{"quantize --model", append([]string{"quantize", "--model", "F", "--calib", cal, "--out", "OUT"}, fastFlags...), false},
+		{"quantize --calib", append([]string{"quantize", "--model", m, "--calib", "F", "--out", "OUT"}, fastFlags...), false},
+		{"quantize --dry-run", []string{"quantize", "--model", "F", "--dry-run"}, false},
+		{"check --model", []string{"check", "--model", "F", "--reference", m, "--calib", cal, "--smooth-search", "off"}, false},
+		{"check --reference", []string{"check", "--model", q, "--reference", "F", "--calib", cal, "--smooth-search", "off"}, false},
+		{"check --calib", []string{"check", "--model", q, "--reference", m, "--calib", "F", "--smooth-search", "off"}, false},
+		{"gpu-check --model", []string{"gpu-check", "--model", "F", "--reference", m, "--calib", cal}, false},
+		{"gpu-check --reference", []string{"gpu-check", "--model", q, "--reference", "F", "--calib", cal}, false},
+		{"gpu-check --calib", []string{"gpu-check", "--model", q, "--reference", m, "--calib", "F"}, false},
+		{"inspect", []string{"inspect", "F"}, true},
+		{"inspect --verify", []string{"inspect", "--verify", "F"}, true},
+		{"unpack", []string{"unpack", "--model", "F", "--out", "OUTDIR"}, false},
+		{"convert", []string{"convert", "F", "OUT"}, false},
+		{"fuse-lora --model", []string{"fuse-lora", "--model", "F", "--lora", lp, "--out", "OUT", "--w4a16", "skip"}, false},
+		{"fuse-lora --lora", []string{"fuse-lora", "--model", q, "--lora", "F", "--out", "OUT", "--w4a16", "skip"}, false},
+		{"calib merge (first)", []string{"calib", "merge", "F", cal, "--out", "OUT"}, false},
+		{"calib merge (second)", []string{"calib", "merge", cal, "F", "--out", "OUT"}, false},
+	}
 	for _, f := range files {
 		name := filepath.Base(f)
 		t.Run(name, func(t *testing.T) {
-			badQuantize(t, []string{name}, "--model", f, "--calib", cal)
-			badQuantize(t, []string{name}, "--model", m, "--calib", f)
-			_, e := mustRun(t, 2, "check", "--model", f, "--reference", m, "--calib", cal)
-			oneLine(t, "check stderr", e)
-			_, e = mustRun(t, 2, "unpack", "--model", f, "--out", filepath.Join(t.TempDir(), "u"))
-			oneLine(t, "unpack stderr", e)
-			if !strings.HasPrefix(name, "valid-") {
-				_, e = mustRun(t, 2, "inspect", f)
-				oneLine(t, "inspect stderr", e)
+			// A copy, so that a command that wrote to its input would be
+			// seen without harming the corpus.
+			dir := t.TempDir()
+			in := filepath.Join(dir, name)
+			orig, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(in, orig, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range readers {
+				if r.valid && strings.HasPrefix(name, "valid-") {
+					continue
+				}
+				out := filepath.Join(dir, "out.safetensors")
+				args := make([]string, len(r.args))
+				for i, a := range r.args {
+					switch a {
+					case "F":
+						a = in
+					case "OUT":
+						a = out
+					case "OUTDIR":
+						a = filepath.Join(dir, "unpacked")
+						out = filepath.Join(a, model.UnpackFile)
+					}
+					args[i] = a
+				}
+				o, e, code := svdq(t, args...)
+				switch {
+				case code != exitBadInput:
+					t.Errorf("%s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.name, code, exitBadInput, o, e)
+				case !strings.Contains(e, in) && !strings.Contains(e, name):
+					t.Errorf("%s: the error does not name %s: %s", r.name, name, e)
+				}
+				oneLine(t, r.name+" stderr", e)
+				if strings.Contains(e, "panic") || strings.Contains(e, "nil pointer") {
+					t.Errorf("%s: %s", r.name, e)
+				}
+				absent(t, out)
+				if now, err := os.ReadFile(in); err != nil || !bytes.Equal(now, orig) {
+					t.Fatalf("%s changed %s (%v)", r.name, name, err)
+				}
 			}
 		})
 	}
@@ -136,6 +212,20 @@ func TestBadInputs(t *testing.T) {
 			return true
 		})
 		badQuantize(t, []string{bad, "transformer_blocks.0.ff.net.2.input_absmax", "width 256"}, "--model", m, "--calib", bad)
+	})
+	t.Run("missing-bias", func(t *testing.T) {
+		// Every FLUX checkpoint has attn.to_q.bias: without it the file is
+		// refused, naming the file and the tensor, unless --allow-missing-bias.
+		bad := filepath.Join(dir, "no-bias.safetensors")
+		rewrite(t, m, bad, func(ts *safetensors.Tensor) bool { return ts.Name != "transformer_blocks.0.attn.to_q.bias" })
+		before, _ := os.ReadFile(bad)
+		badQuantize(t, []string{bad, "transformer_blocks.0.attn.to_q.bias: missing", "--allow-missing-bias"}, "--model", bad, "--calib", cal)
+		badQuantize(t, []string{bad, "transformer_blocks.0.attn.to_q.bias"}, "--model", bad, "--calib", cal, "--dry-run")
+		if after, _ := os.ReadFile(bad); !bytes.Equal(before, after) {
+			t.Error("the model changed")
+		}
+		out := filepath.Join(dir, "no-bias-q.safetensors")
+		mustRun(t, 0, append([]string{"quantize", "--model", bad, "--calib", cal, "--out", out, "--allow-missing-bias"}, fastFlags...)...)
 	})
 	t.Run("unknown-arch", func(t *testing.T) {
 		badQuantize(t, []string{"unknown model family \"sd3\""}, "--model", m, "--calib", cal, "--arch", "sd3")

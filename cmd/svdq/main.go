@@ -11,7 +11,9 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// Exit statuses scripts can rely on.
+// Exit statuses scripts can rely on. A run stopped by a signal removes
+// its unfinished output files and then dies of that signal (the shell sees
+// 128 + its number: 130 for SIGINT); see signals.go.
 const (
 	exitOK       = 0
 	exitMismatch = 1 // a check ran and failed its threshold
@@ -22,13 +24,22 @@ const (
 // register, so that commands live beside the code that builds them.
 var commands []*cli.Command
 
-func register(c *cli.Command) { commands = append(commands, c) }
+// register adds a command (see prepare).
+func register(c *cli.Command) {
+	prepare(c, c.Name)
+	commands = append(commands, c)
+}
 
 // version is the tool version recorded in output metadata.
 const version = "0.1.0"
 
 func main() {
-	os.Exit(run(newApp(), os.Args))
+	sigs := catch(os.Stderr)
+	app := newApp()
+	app.ErrWriter = sigs.quiet(app.ErrWriter)
+	code := run(app, os.Args)
+	sigs.stop()
+	os.Exit(code)
 }
 
 // newApp builds the CLI with every registered command; output goes to
@@ -42,12 +53,16 @@ func newApp() *cli.App {
 		Version: version,
 		Description: "svdq quantizes 16-bit diffusion transformers (.safetensors) to SVDQuant W4A4\n" +
 			"(INT4 or NVFP4 with a 16-bit low-rank branch) on the CPU.\n" +
-			"Start with `svdq demo`. Exit status: 0 ok, 1 a check failed, 2 bad input.",
+			"Start with `svdq demo`. Exit status: 0 ok, 1 a check failed, 2 bad input; a run stopped by a\n" +
+			"signal (SIGINT, SIGTERM, SIGHUP, ...) removes its unfinished files and dies of that signal.",
 		Commands:        commands,
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {},
-		Writer:          os.Stdout,
-		ErrWriter:       os.Stderr,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return fmt.Errorf("%v (svdq --help lists the commands and flags)", err)
+		},
+		Writer:    os.Stdout,
+		ErrWriter: os.Stderr,
 	}
 }
 

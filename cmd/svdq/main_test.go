@@ -63,7 +63,36 @@ func tinyModel(t *testing.T) (model, calib string) {
 	return tiny.model, tiny.calib
 }
 
+// asSvdq, set to 1 in the environment, makes the test binary run main()
+// (TestMain), so that a test can run svdq as a process and signal it.
+const asSvdq = "SVDQ_TEST_AS_SVDQ"
+
+// tinyQ is tinyModel quantized with fastFlags (made once, shared).
+var tinyQ struct {
+	once sync.Once
+	path string
+}
+
+func tinyQuantized(t *testing.T) string {
+	t.Helper()
+	m, cal := tinyModel(t)
+	tinyQ.once.Do(func() {
+		q := filepath.Join(tiny.dir, "q.safetensors")
+		if _, e, code := svdq(t, append([]string{"quantize", "--model", m, "--calib", cal, "--out", q}, fastFlags...)...); code != 0 {
+			t.Fatalf("quantize: exit %d: %s", code, e)
+		}
+		tinyQ.path = q
+	})
+	if tinyQ.path == "" {
+		t.Fatal("tiny quantized file could not be made")
+	}
+	return tinyQ.path
+}
+
 func TestMain(m *testing.M) {
+	if os.Getenv(asSvdq) == "1" { // this binary run as svdq itself (signals_test.go)
+		main()
+	}
 	code := m.Run()
 	if tiny.dir != "" {
 		os.RemoveAll(tiny.dir)

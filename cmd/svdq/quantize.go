@@ -43,6 +43,7 @@ func init() {
 			&cli.StringSliceFlag{Name: "include", Usage: "generic family: quantize only weights matching `REGEX` (repeatable)"},
 			&cli.StringSliceFlag{Name: "exclude", Usage: "generic family: never quantize weights matching `REGEX` (repeatable)"},
 			&cli.BoolFlag{Name: "pass-unknown", Usage: "keep tensors the preset does not know 16-bit instead of failing"},
+			&cli.BoolFlag{Name: "allow-missing-bias", Usage: "quantize a linear without the bias every real checkpoint of its family has (FLUX, Qwen-Image, SDXL, SANA, PixArt) instead of failing"},
 			&cli.StringFlag{Name: "target", Value: "all", Usage: "engine the file must load in: all (every engine that runs the family), " + strings.Join(engine.Engines, ", ")},
 			&cli.StringFlag{Name: "dtype", Usage: "16-bit type of the output: bf16 or fp16 (default: the checkpoint's; fp16 for GPUs without BF16)"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and the output size; quantize and write nothing"},
@@ -55,7 +56,7 @@ func init() {
 // planOptions reads the flags shared by the plan and the job.
 func planOptions(c *cli.Context) (model.PlanOptions, error) {
 	opt := model.PlanOptions{Model: c.String("model"), Arch: c.String("arch"), Rank: c.Int("rank"),
-		PassUnknown: c.Bool("pass-unknown"), Target: c.String("target")}
+		PassUnknown: c.Bool("pass-unknown"), AllowMissingBias: c.Bool("allow-missing-bias"), Target: c.String("target")}
 	var err error
 	if opt.DType, err = parseDType(c.String("dtype")); err != nil {
 		return opt, err
@@ -142,12 +143,7 @@ func quantizeAction(c *cli.Context) error {
 	case iters == 0:
 		iters = -1 // none
 	}
-	report := c.String("report")
-	if report != "" {
-		if err := dirExists(report); err != nil {
-			return err
-		}
-	}
+	report := c.String("report") // checked with the other paths before the action (files.go)
 	opt := model.QuantizeOptions{PlanOptions: po, Calib: c.String("calib"), Out: c.String("out"),
 		Search: search, Iters: iters, GPTQ: c.Bool("gptq"), Workers: c.Int("workers"), Tool: "svdq " + version}
 	plan, r, err := model.QuantizePlan(po) // early errors, the bar's total, the name column

@@ -22,9 +22,10 @@ type CheckOptions struct {
 	Calib     string // svdq-calib/1 file
 	// Layers, when set, selects the layers checked by name.
 	Layers *regexp.Regexp
-	// MaxRelError > 0 fails the check when a layer's svdquant error
-	// exceeds it.
-	MaxRelError float64
+	// MaxRelError > 0 fails the check when a W4A4 layer's svdquant error
+	// exceeds it; MaxRelErrorW4A16 > 0 likewise for weight-only layers
+	// (w4a16, w4a16g128). 0: no limit.
+	MaxRelError, MaxRelErrorW4A16 float64
 	// Search is the smoothing search of the SmoothQuant baseline (use the
 	// one the file was quantized with).
 	Search  quant.SearchMode
@@ -75,7 +76,7 @@ func Check(opt CheckOptions) (*CheckReport, *Spectrum, error) {
 			rep.Layers = append(rep.Layers, CheckLayer{Name: in.layers[i].meta.Name, Precision: precisionOf(&in.layers[i].meta),
 				RelError: map[string]float64{}, Integrity: ints[i].Status})
 		}
-		rep.finish(opt.MaxRelError)
+		rep.judge(Limits{W4A4: opt.MaxRelError, W4A16: opt.MaxRelErrorW4A16})
 		return rep, nil, nil
 	}
 	c := &checker{opt: opt, in: in, lora: lc, ints: ints, rows: make([]CheckLayer, len(in.layers))}
@@ -83,7 +84,7 @@ func Check(opt CheckOptions) (*CheckReport, *Spectrum, error) {
 		return nil, nil, err
 	}
 	rep := &CheckReport{Layers: c.rows}
-	rep.finish(opt.MaxRelError)
+	rep.judge(Limits{W4A4: opt.MaxRelError, W4A16: opt.MaxRelErrorW4A16})
 	if opt.Spectrum != "" && c.spectrum == nil {
 		return rep, nil, fmt.Errorf("%s: --spectrum %s: no such W4A4 layer among those checked", opt.Model, opt.Spectrum)
 	}
@@ -114,7 +115,8 @@ type checkInputs struct {
 // the calibration file, lists the quantized layers whose names match re
 // (nil: all) and for which keep (nil: all) is true, and validates what the
 // headers tell before the slow part: each layer's calibration key and
-// width and its recorded sources. what names the layers in the error when
+// width, and its recorded sources (present in the reference, their shapes
+// and ranges fitting the layer). what names the layers in the error when
 // none is selected.
 func openCheckInputs(model, reference, calibPath string, re *regexp.Regexp, what string, keep func(*nunchaku.LayerMeta) bool) (_ *checkInputs, err error) {
 	in := &checkInputs{model: model, reference: reference, calib: calibPath}
@@ -134,7 +136,7 @@ func openCheckInputs(model, reference, calibPath string, re *regexp.Regexp, what
 	}
 	var refPlan *preset.Plan
 	if in.f.meta == nil || in.f.calib == nil {
-		if refPlan, err = preset.PlanFor(table{in.ref}, preset.Options{PassUnknown: true}); err != nil {
+		if refPlan, err = preset.PlanFor(table{in.ref}, preset.Options{PassUnknown: true, AllowMissingBias: true}); err != nil {
 			return nil, fmt.Errorf("%s: %v", reference, err)
 		}
 	}
@@ -173,8 +175,12 @@ func openCheckInputs(model, reference, calibPath string, re *regexp.Regexp, what
 		if in.refs[i], err = checkCalibRef(in.cf, calibPath, &in.layers[i]); err != nil {
 			return nil, err
 		}
-		if len(in.layers[i].meta.Sources) == 0 {
-			return nil, fmt.Errorf("%s: layer %s has no recorded sources", model, in.layers[i].meta.Name)
+		lm := &in.layers[i].meta
+		if len(lm.Sources) == 0 {
+			return nil, fmt.Errorf("%s: layer %s has no recorded sources", model, lm.Name)
+		}
+		if err := checkSources(in.ref, reference, metaSources(lm.Sources), lm.N, lm.K); err != nil {
+			return nil, err
 		}
 	}
 	return in, nil

@@ -24,6 +24,9 @@ type PlanOptions struct {
 	Include, Exclude []*regexp.Regexp
 	// PassUnknown keeps tensors a family does not know as 16-bit.
 	PassUnknown bool
+	// AllowMissingBias quantizes a linear without the bias every real
+	// checkpoint of its family has (preset.Options.AllowMissingBias).
+	AllowMissingBias bool
 	// Target names the engine the file must load in (engine.CPP,
 	// engine.Python, engine.ComfyUI); "" or "all": every engine that runs
 	// the family (formats/engine). Families no engine runs ignore it.
@@ -153,7 +156,8 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", file, err)
 	}
-	pp, err := fam.Plan(table{r}, preset.Options{Include: opt.Include, Exclude: opt.Exclude, PassUnknown: opt.PassUnknown})
+	pp, err := fam.Plan(table{r}, preset.Options{Include: opt.Include, Exclude: opt.Exclude, PassUnknown: opt.PassUnknown,
+		AllowMissingBias: opt.AllowMissingBias})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", file, err)
 	}

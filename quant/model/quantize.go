@@ -14,6 +14,7 @@ import (
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/formats/safetensors"
 	"github.com/svdq/svdq/quant"
+	"github.com/svdq/svdq/quant/model/iofiles"
 )
 
 // QuantizeOptions configure Quantize. The zero values of the pipeline
@@ -171,22 +172,18 @@ func Quantize(opt QuantizeOptions) (*QuantizeReport, error) {
 	return rep, nil
 }
 
-// checkOut refuses an output path that is the input or a directory.
+// checkOut refuses an output path that is empty, a directory, in a
+// missing directory, or the input (any file of a sharded checkpoint,
+// through any link): iofiles.Set.Check, without the probe (Create comes
+// before any work).
 func checkOut(out, model string) error {
 	if out == "" {
 		return errors.New("no output path")
 	}
-	oi, err := os.Stat(out)
-	if err != nil {
-		return nil // a new file; Create checks the directory
-	}
-	if oi.IsDir() {
-		return fmt.Errorf("%s: is a directory", out)
-	}
-	if mi, err := os.Stat(model); err == nil && os.SameFile(oi, mi) {
-		return fmt.Errorf("%s: output would overwrite the input checkpoint", out)
-	}
-	return nil
+	s := iofiles.Set{NoProbe: true}
+	s.Input("input", model)
+	s.Output("output", out)
+	return s.Check()
 }
 
 // resolveCalib finds the calibration key of a planned layer: the first of

@@ -3,6 +3,8 @@ package model
 import (
 	"slices"
 	"sort"
+
+	"github.com/svdq/svdq/formats/nunchaku"
 )
 
 // Method keys of a check report's rel_error map, in the order tables and
@@ -45,12 +47,16 @@ type Worst struct {
 // CheckReport is the result of Check; its JSON form is what `svdq check
 // --json` prints.
 //
-// A report with Mismatches (layers whose packed bytes differ from their
-// record) measured nothing and does not pass.
+// Worst and Passed cover every layer; Kinds gives the verdict per kind of
+// layer, each against its own limit (W4A4 and weight-only layers sit at
+// errors an order of magnitude apart). A report with Mismatches (layers
+// whose packed bytes differ from their record) measured nothing and does
+// not pass.
 type CheckReport struct {
 	Layers []CheckLayer `json:"layers"`
 	Worst  Worst        `json:"worst"`
 	Passed bool         `json:"passed"`
+	Kinds  []KindResult `json:"kinds"`
 	// Mismatches details the layers whose Integrity is IntegrityMismatch
 	// (both hashes), in the file's layer order; the JSON form carries only each
 	// layer's "integrity".
@@ -78,26 +84,84 @@ func (r *CheckReport) MeanErrors(precisions ...string) (mean map[string]float64,
 	return mean, count
 }
 
-// finish fills Worst (among the measured layers) and Passed (no integrity
-// mismatch, and every layer's svdquant error ≤ maxErr; a maxErr ≤ 0 means
-// no threshold) and sorts layers by name.
-func (r *CheckReport) finish(maxErr float64) {
+// Kinds of layer a check judges apart, each with its own limit.
+const (
+	KindW4A4  = "w4a4"  // SVDQuant layers: int4, nvfp4
+	KindW4A16 = "w4a16" // weight-only layers: w4a16 (adaLN), w4a16g128 (T5)
+)
+
+// KindOf returns the kind (KindW4A4 or KindW4A16) of a CheckLayer
+// precision.
+func KindOf(precision string) string {
+	if precision == "w4a16" || precision == nunchaku.KindW4A16G128 {
+		return KindW4A16
+	}
+	return KindW4A4
+}
+
+// KindResult is the verdict on the layers of one kind.
+type KindResult struct {
+	Kind   string  `json:"kind"`   // KindW4A4 or KindW4A16
+	Layers int     `json:"layers"` // layers of this kind in the report
+	Worst  Worst   `json:"worst"`  // among the measured ones
+	Limit  float64 `json:"limit"`  // the svdquant error allowed; 0: no limit
+	Over   int     `json:"over"`   // measured layers above Limit
+	Passed bool    `json:"passed"` // no layer above Limit, none mismatched
+}
+
+// Limits are the largest svdquant errors a check allows, per kind; 0 means
+// no limit.
+type Limits struct {
+	W4A4, W4A16 float64
+}
+
+func (l Limits) of(kind string) float64 {
+	if kind == KindW4A16 {
+		return l.W4A16
+	}
+	return l.W4A4
+}
+
+// finish is judge with a limit on W4A4 layers only.
+func (r *CheckReport) finish(maxW4A4 float64) { r.judge(Limits{W4A4: maxW4A4}) }
+
+// judge fills Kinds (in the order w4a4, w4a16; a kind without layers is
+// left out), Worst (among all the measured layers) and Passed (no
+// integrity mismatch, and every layer's svdquant error within the limit of
+// its kind) and sorts layers by name.
+func (r *CheckReport) judge(lim Limits) {
 	sort.Slice(r.Layers, func(i, j int) bool { return r.Layers[i].Name < r.Layers[j].Name })
 	r.Worst = Worst{}
 	r.Passed = len(r.Mismatches) == 0
-	for _, l := range r.Layers {
-		if l.Integrity == IntegrityMismatch {
-			r.Passed = false
+	r.Kinds = nil
+	for _, kind := range []string{KindW4A4, KindW4A16} {
+		k := KindResult{Kind: kind, Limit: lim.of(kind), Passed: true}
+		for _, l := range r.Layers {
+			if KindOf(l.Precision) != kind {
+				continue
+			}
+			k.Layers++
+			if l.Integrity == IntegrityMismatch {
+				k.Passed = false
+			}
+			e, ok := l.RelError[MethodSVDQuant]
+			if !ok {
+				continue
+			}
+			if k.Worst.Name == "" || e > k.Worst.RelError || e != e {
+				k.Worst = Worst{Name: l.Name, RelError: e}
+			}
+			if r.Worst.Name == "" || e > r.Worst.RelError || e != e {
+				r.Worst = Worst{Name: l.Name, RelError: e}
+			}
+			if k.Limit > 0 && !(e <= k.Limit) {
+				k.Over++
+				k.Passed = false
+			}
 		}
-		e, ok := l.RelError[MethodSVDQuant]
-		if !ok {
-			continue
-		}
-		if r.Worst.Name == "" || e > r.Worst.RelError || e != e {
-			r.Worst = Worst{Name: l.Name, RelError: e}
-		}
-		if maxErr > 0 && !(e <= maxErr) {
-			r.Passed = false
+		if k.Layers > 0 {
+			r.Kinds = append(r.Kinds, k)
+			r.Passed = r.Passed && k.Passed
 		}
 	}
 }

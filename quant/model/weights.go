@@ -27,23 +27,14 @@ func readWeight(r safetensors.Reader, file string, srcs []source, n, k int) (w, 
 	w = make([]float32, n*k)
 	dt = quant.BF16
 	for i, s := range srcs {
-		info, ok := r.Info(s.tensor)
-		if !ok {
-			return nil, nil, 0, fmt.Errorf("%s: no tensor %q", file, s.tensor)
-		}
-		rows, cols, err := matrixShape(info)
+		info, cols, err := sourceInfo(r, file, s, n, k)
 		if err != nil {
-			return nil, nil, 0, fmt.Errorf("%s: tensor %q: %v", file, s.tensor, err)
+			return nil, nil, 0, err
 		}
 		if i == 0 && info.DType == safetensors.F16 {
 			dt = quant.F16
 		}
 		nr := s.srcRows[1] - s.srcRows[0]
-		if s.srcRows[0] < 0 || s.srcRows[1] > rows || s.cols[0] < 0 || s.cols[1] > cols ||
-			s.cols[1]-s.cols[0] != k || s.rows[1]-s.rows[0] != nr || s.rows[0] < 0 || s.rows[1] > n {
-			return nil, nil, 0, fmt.Errorf("%s: tensor %q [%d %d]: rows %v cols %v do not fit layer rows %v of [%d %d]",
-				file, s.tensor, rows, cols, s.srcRows, s.cols, s.rows, n, k)
-		}
 		raw, err := r.Bytes(s.tensor)
 		if err != nil {
 			return nil, nil, 0, err
@@ -71,6 +62,51 @@ func readWeight(r safetensors.Reader, file string, srcs []source, n, k int) (w, 
 		}
 	}
 	return w, bias, dt, nil
+}
+
+// checkSources checks, from the header alone, what readWeight checks
+// before it reads: every source tensor (and bias) is there, a float
+// matrix, and its ranges fit.
+func checkSources(r safetensors.Reader, file string, srcs []source, n, k int) error {
+	for _, s := range srcs {
+		if _, _, err := sourceInfo(r, file, s, n, k); err != nil {
+			return err
+		}
+		if s.bias == "" {
+			continue
+		}
+		info, ok := r.Info(s.bias)
+		switch {
+		case !ok:
+			return fmt.Errorf("%s: no tensor %q", file, s.bias)
+		case len(info.Shape) != 1 || s.srcRows[0] < 0 || int64(s.srcRows[1]) > info.Shape[0]:
+			return fmt.Errorf("%s: tensor %q: shape %v does not hold elements %v", file, s.bias, info.Shape, s.srcRows)
+		case !isFloat(info.DType):
+			return fmt.Errorf("%s: tensor %q: dtype %s is not a float type", file, s.bias, info.DType)
+		}
+	}
+	return nil
+}
+
+// sourceInfo returns the header entry of a source tensor and its column
+// count, after checking that it is a float matrix whose rows srcRows and
+// columns cols land in rows rows of a layer [n, k].
+func sourceInfo(r safetensors.Reader, file string, s source, n, k int) (safetensors.Info, int, error) {
+	info, ok := r.Info(s.tensor)
+	if !ok {
+		return info, 0, fmt.Errorf("%s: no tensor %q", file, s.tensor)
+	}
+	rows, cols, err := matrixShape(info)
+	if err != nil {
+		return info, 0, fmt.Errorf("%s: tensor %q: %v", file, s.tensor, err)
+	}
+	nr := s.srcRows[1] - s.srcRows[0]
+	if s.srcRows[0] < 0 || s.srcRows[1] > rows || s.cols[0] < 0 || s.cols[1] > cols ||
+		s.cols[1]-s.cols[0] != k || s.rows[1]-s.rows[0] != nr || s.rows[0] < 0 || s.rows[1] > n {
+		return info, 0, fmt.Errorf("%s: tensor %q [%d %d]: rows %v cols %v do not fit layer rows %v of [%d %d]",
+			file, s.tensor, rows, cols, s.srcRows, s.cols, s.rows, n, k)
+	}
+	return info, cols, nil
 }
 
 // readRows decodes elements lo..hi-1 of the 1-D tensor name into dst,
