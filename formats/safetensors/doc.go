@@ -52,7 +52,9 @@
 // read-only on the first Bytes call, so pages come from disk only when a
 // tensor's bytes are touched. OpenCheckpoint also opens sharded checkpoints
 // (*.safetensors.index.json), diffusers folders and directories holding one
-// file, behind the same Reader interface.
+// file, behind the same Reader interface. OpenBytes applies the same checks
+// to a file held in memory (the fuzz targets of parsers built on Reader use
+// it, so that no input touches the file system).
 //
 // # Writing
 //
