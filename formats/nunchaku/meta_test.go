@@ -223,9 +223,14 @@ func TestNaturalLess(t *testing.T) {
 }
 
 // FuzzParseMeta: whatever ParseMeta accepts marshals and parses back to the
-// same entry.
+// same entry. The seeds are small (one layer of fluxMeta, 407 bytes, not
+// all three) and inputs over 1 KiB are skipped before any work: the
+// fuzzer minimizes each new input in time quadratic in its length, and
+// fuzzes nothing meanwhile, so a large seed stalls it for seconds at a time.
 func FuzzParseMeta(f *testing.F) {
-	s, err := fluxMeta().Marshal()
+	m := fluxMeta()
+	m.Layers = m.Layers[1:2] // single_transformer_blocks.2.mlp_fc2: shifted, smoothing, column slice
+	s, err := m.Marshal()
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -233,7 +238,7 @@ func FuzzParseMeta(f *testing.F) {
 	f.Add(`{"version":1,"tool":"","family":"","precision":"nvfp4","rank":0,"layers":[]}`)
 	f.Add(`{"version":1}`)
 	f.Fuzz(func(t *testing.T, in string) {
-		if len(in) > 1<<16 {
+		if len(in) > 1<<10 {
 			return
 		}
 		m, err := ParseMeta(in)
