@@ -25,7 +25,7 @@ var commandFiles = map[string]func(c *cli.Context) *iofiles.Set{
 		s.Input("--model", c.String("model"))
 		s.Input("--calib", c.String("calib"))
 		s.Output("--out", c.String("out"))
-		s.Output("--report", c.String("report"))
+		s.OutputStream("--report", c.String("report"))
 		return s
 	},
 	"check": func(c *cli.Context) *iofiles.Set {

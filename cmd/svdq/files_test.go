@@ -145,4 +145,11 @@ func TestOutputPaths(t *testing.T) {
 			}
 		})
 	}
+	// A report is written in place: a device takes it (--out is replaced
+	// by a rename and must be a regular file).
+	mustRun(t, 0, quantize("--report", os.DevNull)...)
+	_, e := mustRun(t, exitBadInput, quantize("--out", os.DevNull)...)
+	if !strings.Contains(e, "--out "+os.DevNull+": exists and is not a regular file") {
+		t.Errorf("--out %s: %s", os.DevNull, e)
+	}
 }

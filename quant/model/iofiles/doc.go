@@ -9,7 +9,9 @@
 //     safetensors.CheckpointFiles);
 //   - two outputs that are the same file (the same path once symbolic links
 //     in the directory are resolved, or one file through a hard link);
-//   - an output that exists and is not a regular file (a directory);
+//   - an output that exists and is not a regular file (a directory; a
+//     device or a pipe is accepted only for an output written in place,
+//     Set.OutputStream: `--report /dev/stdout`);
 //   - an output whose directory does not exist (unless declared with
 //     Set.OutputMkdir: the nearest existing ancestor is checked instead),
 //     or in which no file can be created: a probe file, named as the

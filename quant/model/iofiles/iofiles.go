@@ -23,6 +23,7 @@ type Set struct {
 type file struct {
 	what, path string
 	mkdir      bool // output: its directory is created if missing
+	stream     bool // output: written in place, so it may be a device or a pipe
 }
 
 // Input declares a file (or checkpoint: see safetensors.CheckpointFiles)
@@ -38,6 +39,16 @@ func (s *Set) Input(what, path string) {
 func (s *Set) Output(what, path string) {
 	if path != "" {
 		s.outs = append(s.outs, file{what: what, path: path})
+	}
+}
+
+// OutputStream declares a file the command writes in place (os.WriteFile,
+// not a temporary file renamed onto it: a report): besides a regular file
+// it may be an existing device or pipe (/dev/stdout), which is neither
+// probed nor compared.
+func (s *Set) OutputStream(what, path string) {
+	if path != "" {
+		s.outs = append(s.outs, file{what: what, path: path, stream: true})
 	}
 }
 
@@ -62,6 +73,9 @@ func (s *Set) Check() error {
 		switch {
 		case err == nil && st.IsDir():
 			return fmt.Errorf("%s %s: is a directory", o.what, o.path)
+		case err == nil && o.stream && st.Mode()&(fs.ModeDevice|fs.ModeCharDevice|fs.ModeNamedPipe) != 0:
+			keys[i] = canonical(o.path)
+			continue // /dev/stdout, a pipe: nothing to compare or probe
 		case err == nil && !st.Mode().IsRegular():
 			return fmt.Errorf("%s %s: exists and is not a regular file (%v)", o.what, o.path, st.Mode().Type())
 		case err == nil:

@@ -70,6 +70,19 @@ func TestCheck(t *testing.T) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}
 	}
+	// A device: refused as an output replaced by rename, accepted as one
+	// written in place.
+	var s Set
+	s.Output("--out", os.DevNull)
+	if err := s.Check(); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("--out %s: %v", os.DevNull, err)
+	}
+	s = Set{}
+	s.Input("--model", in)
+	s.OutputStream("--report", os.DevNull)
+	if err := s.Check(); err != nil {
+		t.Errorf("--report %s: %v", os.DevNull, err)
+	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 5 {
 		t.Errorf("Check left files: %v", ents)
 	}
