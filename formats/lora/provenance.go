@@ -175,6 +175,9 @@ func ParseProvenance(s string) (*Provenance, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("lora: %s metadata: trailing data", MetaKey)
 	}
+	if len(p.Widened) == 0 {
+		p.Widened = nil // "widened":{} means none, as Marshal writes it (omitempty)
+	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
