@@ -39,12 +39,16 @@ var denoiserDirs = []string{"transformer", "unet"}
 //   - a .safetensors file (returns a *File);
 //   - a *.index.json sharded index (returns a *Checkpoint): its weight_map
 //     maps tensor names to shard files in the index's directory;
+//   - a diffusers pipeline root or Hugging Face release folder with a
+//     transformer/ or unet/ subdirectory (not both): that subdirectory,
+//     opened as below, whatever .safetensors files lie beside it;
 //   - a directory holding one of diffusion_pytorch_model.safetensors,
 //     model.safetensors or their .index.json (two of them is ambiguous
 //     and an error); else exactly one *.safetensors.index.json; else
-//     exactly one *.safetensors file;
-//   - a diffusers pipeline root: a directory with none of the above but a
-//     transformer/ or unet/ subdirectory (not both), opened as above.
+//     exactly one *.safetensors file, not counting the VAE
+//     (ae.safetensors, vae.safetensors). More than one is an error that
+//     names them. Subdirectories other than transformer/ and unet/ (vae/,
+//     text_encoder*/) are never looked into.
 //
 // A sharded index is validated against its shards: every shard exists and
 // lies inside the index's directory, every tensor of the weight_map is in
@@ -108,10 +112,33 @@ func CheckpointFiles(path string) ([]string, error) {
 	return out, nil
 }
 
+// notModel are the .safetensors files of a model folder that are never its
+// denoiser: the VAE of a Hugging Face (BFL) release, e.g. ae.safetensors
+// beside flux1-dev.safetensors.
+var notModel = []string{"ae.safetensors", "vae.safetensors"}
+
 // resolveDir picks the checkpoint file of directory dir (see
 // OpenCheckpoint); only a pipeline root (root true) may descend into a
-// transformer/ or unet/ subfolder.
+// transformer/ or unet/ subfolder, and it does so before looking at the
+// root's own files, so that a stray .safetensors there (a quantized
+// output, a single-file release beside its diffusers folders) is not
+// taken for the model. Other subfolders (vae/, text_encoder*/) are never
+// looked into, and the VAE names of notModel are never the model.
 func resolveDir(dir string, root bool) (string, error) {
+	if root {
+		var sub []string
+		for _, name := range denoiserDirs {
+			if st, err := os.Stat(filepath.Join(dir, name)); err == nil && st.IsDir() {
+				sub = append(sub, name)
+			}
+		}
+		switch len(sub) {
+		case 1:
+			return resolveDir(filepath.Join(dir, sub[0]), false)
+		case 2:
+			return "", fmt.Errorf("%s: ambiguous diffusers folder: both transformer/ and unet/ (pass one of them)", dir)
+		}
+	}
 	var found []string
 	for _, name := range standardNames {
 		if fileExists(filepath.Join(dir, name)) {
@@ -129,13 +156,15 @@ func resolveDir(dir string, root bool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var index, single []string
+	var index, single, skipped []string
 	for _, e := range entries {
 		name := e.Name()
 		switch {
 		case e.IsDir():
 		case strings.HasSuffix(name, ".safetensors.index.json"):
 			index = append(index, name)
+		case slices.Contains(notModel, strings.ToLower(name)):
+			skipped = append(skipped, name)
 		case strings.HasSuffix(name, ".safetensors"):
 			single = append(single, name)
 		}
@@ -144,28 +173,20 @@ func resolveDir(dir string, root bool) (string, error) {
 	case len(index) == 1:
 		return filepath.Join(dir, index[0]), nil
 	case len(index) > 1:
-		return "", fmt.Errorf("%s: ambiguous checkpoint: %d sharded indexes (%s)", dir, len(index), strings.Join(index, ", "))
+		return "", fmt.Errorf("%s: ambiguous checkpoint: %d sharded indexes (%s); pass the model's index", dir, len(index), strings.Join(index, ", "))
 	case len(single) == 1:
 		return filepath.Join(dir, single[0]), nil
 	case len(single) > 1:
-		return "", fmt.Errorf("%s: ambiguous checkpoint: %d .safetensors files (%s)", dir, len(single), strings.Join(single, ", "))
+		return "", fmt.Errorf("%s: ambiguous checkpoint: %d .safetensors files (%s); pass the model file", dir, len(single), strings.Join(single, ", "))
+	}
+	vae := ""
+	if len(skipped) > 0 {
+		vae = fmt.Sprintf(" (%s is the VAE, not the model)", strings.Join(skipped, ", "))
 	}
 	if !root {
-		return "", fmt.Errorf("%s: no .safetensors file or sharded index", dir)
+		return "", fmt.Errorf("%s: no .safetensors file or sharded index%s", dir, vae)
 	}
-	var sub []string
-	for _, name := range denoiserDirs {
-		if st, err := os.Stat(filepath.Join(dir, name)); err == nil && st.IsDir() {
-			sub = append(sub, name)
-		}
-	}
-	switch len(sub) {
-	case 0:
-		return "", fmt.Errorf("%s: no .safetensors file, sharded index, transformer/ or unet/ folder", dir)
-	case 1:
-		return resolveDir(filepath.Join(dir, sub[0]), false)
-	}
-	return "", fmt.Errorf("%s: ambiguous diffusers folder: both transformer/ and unet/", dir)
+	return "", fmt.Errorf("%s: no .safetensors file, sharded index, transformer/ or unet/ folder%s", dir, vae)
 }
 
 func fileExists(p string) bool {

@@ -266,3 +266,91 @@ func TestDiffusersFolders(t *testing.T) {
 		})
 	}
 }
+
+// TestModelFolderDetection: folders as users lay them out (issue 24). The
+// denoiser is transformer/ or unet/ when there is one, whatever lies
+// beside it; the VAE (ae.safetensors) is never the model; an ambiguous
+// folder is an error naming the candidates.
+func TestModelFolderDetection(t *testing.T) {
+	model := shardSet{tensors: randomTensors(7), shardOf: map[string]string{}}
+	other := randomTensors(8) // a VAE, a text encoder, a stray output
+	write := func(t *testing.T, p string, ts []Tensor) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteFile(p, ts, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name  string
+		setup func(t *testing.T, root string)
+		want  string // the file CheckpointFiles names, relative to root
+	}{
+		{"Hugging Face root: flux1-dev.safetensors, ae.safetensors and transformer/", func(t *testing.T, root string) {
+			write(t, filepath.Join(root, "flux1-dev.safetensors"), other)
+			write(t, filepath.Join(root, "ae.safetensors"), other)
+			write(t, filepath.Join(root, "transformer", "diffusion_pytorch_model.safetensors"), model.tensors)
+			write(t, filepath.Join(root, "vae", "diffusion_pytorch_model.safetensors"), other)
+			write(t, filepath.Join(root, "text_encoder_2", "model.safetensors"), other)
+			os.WriteFile(filepath.Join(root, "model_index.json"), []byte(`{}`), 0o644)
+		}, "transformer/diffusion_pytorch_model.safetensors"},
+		{"pipeline root with a stray output beside transformer/", func(t *testing.T, root string) {
+			write(t, filepath.Join(root, "flux-int4.safetensors"), other)
+			write(t, filepath.Join(root, "transformer", "diffusion_pytorch_model.safetensors"), model.tensors)
+		}, "transformer/diffusion_pytorch_model.safetensors"},
+		{"one model file and ae.safetensors", func(t *testing.T, root string) {
+			write(t, filepath.Join(root, "ae.safetensors"), other)
+			write(t, filepath.Join(root, "flux1-dev.safetensors"), model.tensors)
+		}, "flux1-dev.safetensors"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			c.setup(t, root)
+			r, err := OpenCheckpoint(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			model.checkAll(t, r)
+			files, err := CheckpointFiles(root)
+			if want := filepath.Join(root, filepath.FromSlash(c.want)); err != nil || len(files) != 1 || files[0] != want {
+				t.Errorf("CheckpointFiles = %q, %v; want %s", files, err, want)
+			}
+		})
+	}
+
+	for _, c := range []struct {
+		name  string
+		setup func(t *testing.T, root string)
+		msgs  []string
+	}{
+		{"two unrelated files, no subfolder", func(t *testing.T, root string) {
+			write(t, filepath.Join(root, "flux1-dev.safetensors"), model.tensors)
+			write(t, filepath.Join(root, "flux1-schnell.safetensors"), other)
+			write(t, filepath.Join(root, "ae.safetensors"), other)
+		}, []string{"ambiguous checkpoint: 2 .safetensors files", "flux1-dev.safetensors", "flux1-schnell.safetensors"}},
+		{"only the VAE", func(t *testing.T, root string) {
+			write(t, filepath.Join(root, "ae.safetensors"), other)
+		}, []string{"no .safetensors file", "ae.safetensors is the VAE"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			c.setup(t, root)
+			r, err := OpenCheckpoint(root)
+			if err == nil {
+				r.Close()
+				t.Fatal("accepted")
+			}
+			for _, m := range c.msgs {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("err = %v, want %q", err, m)
+				}
+			}
+			if strings.Contains(err.Error(), "ae.safetensors,") || strings.Contains(err.Error(), ", ae.safetensors") {
+				t.Errorf("err = %v names the VAE as a candidate", err)
+			}
+		})
+	}
+}
