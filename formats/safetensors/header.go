@@ -436,3 +436,24 @@ func invalidUTF8(b []byte) int {
 	}
 	return -1
 }
+
+// names returns the tensor names in sorted order, in a new slice.
+func (h *header) names() []string {
+	names := make([]string, len(h.infos))
+	for i, info := range h.infos {
+		names[i] = info.Name
+	}
+	return names
+}
+
+// info returns the header entry of the named tensor with its own copy of
+// the shape.
+func (h *header) info(name string) (Info, bool) {
+	i, ok := h.index[name]
+	if !ok {
+		return Info{}, false
+	}
+	info := h.infos[i]
+	info.Shape = slices.Clone(info.Shape)
+	return info, true
+}

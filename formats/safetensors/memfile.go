@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"slices"
 	"sync"
 )
 
@@ -41,25 +40,11 @@ func OpenBytes(name string, b []byte) (*MemFile, error) {
 func (f *MemFile) Path() string { return f.name }
 
 // Names returns the tensor names in sorted order, in a new slice.
-func (f *MemFile) Names() []string {
-	names := make([]string, len(f.hdr.infos))
-	for i, info := range f.hdr.infos {
-		names[i] = info.Name
-	}
-	return names
-}
+func (f *MemFile) Names() []string { return f.hdr.names() }
 
 // Info returns the header entry of the named tensor; the Shape is the
 // caller's own copy.
-func (f *MemFile) Info(name string) (Info, bool) {
-	i, ok := f.hdr.index[name]
-	if !ok {
-		return Info{}, false
-	}
-	info := f.hdr.infos[i]
-	info.Shape = slices.Clone(info.Shape)
-	return info, true
-}
+func (f *MemFile) Info(name string) (Info, bool) { return f.hdr.info(name) }
 
 // Metadata returns a copy of the header's __metadata__ (empty when there
 // is none).

@@ -5,7 +5,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"slices"
 	"sync"
 )
 
@@ -67,25 +66,11 @@ func Open(path string) (*File, error) {
 func (f *File) Path() string { return f.path }
 
 // Names returns the tensor names in sorted order, in a new slice.
-func (f *File) Names() []string {
-	names := make([]string, len(f.hdr.infos))
-	for i, info := range f.hdr.infos {
-		names[i] = info.Name
-	}
-	return names
-}
+func (f *File) Names() []string { return f.hdr.names() }
 
 // Info returns the header entry of the named tensor; the Shape is the
 // caller's own copy.
-func (f *File) Info(name string) (Info, bool) {
-	i, ok := f.hdr.index[name]
-	if !ok {
-		return Info{}, false
-	}
-	info := f.hdr.infos[i]
-	info.Shape = slices.Clone(info.Shape)
-	return info, true
-}
+func (f *File) Info(name string) (Info, bool) { return f.hdr.info(name) }
 
 // Metadata returns a copy of the header's __metadata__ (empty when the
 // file has none).
