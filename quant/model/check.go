@@ -134,11 +134,14 @@ func openCheckInputs(model, reference, calibPath string, re *regexp.Regexp, what
 	if in.cf, err = calib.Open(calibPath); err != nil {
 		return nil, err
 	}
-	var refPlan *preset.Plan
-	if in.f.meta == nil || in.f.calib == nil {
-		if refPlan, err = preset.PlanFor(table{in.ref}, preset.Options{PassUnknown: true, AllowMissingBias: true}); err != nil {
+	// The reference's plan gives a layer the calibration keys quantize
+	// looks for; it is required only when the file does not record them.
+	refPlan, err := preset.PlanFor(table{in.ref}, preset.Options{PassUnknown: true, AllowMissingBias: true})
+	if err != nil {
+		if in.f.meta == nil || in.f.calib == nil {
 			return nil, fmt.Errorf("%s: %v", reference, err)
 		}
+		refPlan = nil
 	}
 	all, err := in.f.layers(refPlan)
 	if err != nil {
@@ -172,7 +175,7 @@ func openCheckInputs(model, reference, calibPath string, re *regexp.Regexp, what
 	}
 	in.refs = make([]CalibRef, len(in.layers))
 	for i := range in.layers {
-		if in.refs[i], err = checkCalibRef(in.cf, calibPath, &in.layers[i]); err != nil {
+		if in.refs[i], err = checkCalibRef(in.cf, calibPath, in.ref, &in.layers[i]); err != nil {
 			return nil, err
 		}
 		lm := &in.layers[i].meta
@@ -222,24 +225,20 @@ func (in *checkInputs) referenceWeight(lm *nunchaku.LayerMeta) (w, bias []float3
 	return w, bias, dt, nil
 }
 
-// checkCalibRef picks the layer's calibration key and checks its width
-// against the header.
-func checkCalibRef(cf *calib.File, file string, l *fileLayer) (CalibRef, error) {
-	for _, key := range l.calibKeys {
-		k, _, _, ok := cf.Shape(key)
-		if !ok {
-			continue
+// checkCalibRef picks the layer's calibration key as quantize does
+// (findCalib): the key svdq_calib records, then the reference plan's keys
+// of the layer (diffusers names, then BFL names), the width checked
+// against the reference's source tensor when it has it.
+func checkCalibRef(cf *calib.File, file string, ref safetensors.Reader, l *fileLayer) (CalibRef, error) {
+	width := 0
+	if len(l.meta.Sources) > 0 {
+		if info, ok := ref.Info(l.meta.Sources[0].Tensor); ok {
+			if _, w, err := matrixShape(info); err == nil {
+				width = w
+			}
 		}
-		if l.cols[1] > k || l.cols[1]-l.cols[0] != l.meta.K {
-			return CalibRef{}, fmt.Errorf("%s: tensor %q: input width %d, but layer %s reads %d columns [%d:%d]",
-				file, key+".input_absmax", k, l.meta.Name, l.meta.K, l.cols[0], l.cols[1])
-		}
-		return CalibRef{Key: key, Cols: l.cols}, nil
 	}
-	if len(l.calibKeys) == 0 {
-		return CalibRef{}, fmt.Errorf("%s: no calibration key recorded for layer %s", file, l.meta.Name)
-	}
-	return CalibRef{}, fmt.Errorf("%s: no statistics for layer %s (looked for %q)", file, l.meta.Name, l.calibKeys)
+	return findCalib(cf, file, l.meta.Name, l.meta.K, width, l.calib...)
 }
 
 // checker measures layers on a worker pool.

@@ -109,13 +109,13 @@ func (f *qfile) unpackWeightOnly(lm *nunchaku.LayerMeta) (*quant.WeightOnly, err
 // fileLayer is a quantized layer of a file with where its reference weight
 // and calibration rows are.
 type fileLayer struct {
-	meta      nunchaku.LayerMeta
-	calibKeys []string // in preference order
-	cols      [2]int   // input columns of the calibration rows
+	meta  nunchaku.LayerMeta
+	calib []calibKeys // candidate calibration keys, in preference order (findCalib)
 }
 
 // layers lists the file's quantized layers. With an svdq entry they come
-// from it (calibration from svdq_calib, else from ref). Without one (a file
+// from it; their calibration keys are the one svdq_calib records, then
+// those of ref's layer of the same name (the keys quantize looks for). Without one (a file
 // another tool wrote) the layers are found by tensor suffix and matched by
 // name to ref, the plan of the reference checkpoint, which supplies sizes,
 // sources, shift, chunks and calibration keys; ref nil then leaves sizes
@@ -126,10 +126,11 @@ func (f *qfile) layers(ref *preset.Plan) ([]fileLayer, error) {
 		for _, lm := range f.meta.Layers {
 			fl := fileLayer{meta: lm}
 			if c, ok := f.calib[lm.Name]; ok {
-				fl.calibKeys, fl.cols = []string{c.Key}, c.Cols
-			} else if ref != nil {
+				fl.calib = append(fl.calib, calibKeys{keys: []string{c.Key}, cols: c.Cols})
+			}
+			if ref != nil {
 				if pl, ok := ref.Layer(lm.Name); ok {
-					fl.calibKeys, fl.cols = pl.Calib, [2]int{pl.CalibCols.Lo, pl.CalibCols.Hi}
+					fl.calib = append(fl.calib, planCalibKeys(pl))
 				}
 			}
 			out = append(out, fl)
@@ -166,7 +167,7 @@ func (f *qfile) layers(ref *preset.Plan) ([]fileLayer, error) {
 				lm.R = min(lm.R, pl.N, pl.K)
 				lm.Shifted = pl.Shifted && p == quant.INT4
 			}
-			fl.calibKeys, fl.cols = pl.Calib, [2]int{pl.CalibCols.Lo, pl.CalibCols.Hi}
+			fl.calib = []calibKeys{planCalibKeys(pl)}
 		}
 		fl.meta = lm
 		out = append(out, fl)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -186,24 +187,60 @@ func checkOut(out, model string) error {
 	return s.Check()
 }
 
-// resolveCalib finds the calibration key of a planned layer: the first of
-// its keys the file has, whose width must be the source tensor's input
-// width and cover the layer's columns.
+// resolveCalib finds the calibration key of a planned layer (findCalib):
+// the first of its keys the file has, whose width must be the source
+// tensor's input width and cover the layer's columns.
 func resolveCalib(cf *calib.File, r safetensors.Reader, file string, pl *PlannedLayer) (CalibRef, error) {
 	info, _ := r.Info(pl.Sources[0].Tensor)
 	_, width, _ := matrixShape(info)
-	for _, key := range pl.Calib {
-		k, _, _, ok := cf.Shape(key)
-		if !ok {
-			continue
+	return findCalib(cf, file, pl.Name, pl.K, width, planCalibKeys(&pl.Layer))
+}
+
+// calibKeys are candidate calibration keys of a layer, in preference
+// order, and the columns of their input the layer reads.
+type calibKeys struct {
+	keys []string
+	cols [2]int
+}
+
+// planCalibKeys are a preset layer's calibration keys: its diffusers
+// module names, then its original (BFL) names (preset.Layer.Calib).
+func planCalibKeys(pl *preset.Layer) calibKeys {
+	return calibKeys{keys: pl.Calib, cols: [2]int{pl.CalibCols.Lo, pl.CalibCols.Hi}}
+}
+
+// findCalib is the calibration lookup of quantize and check: the first
+// key of sets, in order, that cf has, checked against the layer: its
+// width must be width (the source tensor's input width; 0: unknown) and
+// hold the k columns the layer reads. A key the file lacks is skipped;
+// none found is an error listing every key looked for.
+func findCalib(cf *calib.File, file, layer string, k, width int, sets ...calibKeys) (CalibRef, error) {
+	var looked []string
+	for _, s := range sets {
+		for _, key := range s.keys {
+			if slices.Contains(looked, key) {
+				continue
+			}
+			looked = append(looked, key)
+			kw, _, _, ok := cf.Shape(key)
+			if !ok {
+				continue
+			}
+			if (width > 0 && kw != width) || s.cols[0] < 0 || s.cols[1] > kw || s.cols[1]-s.cols[0] != k {
+				of := ""
+				if width > 0 {
+					of = fmt.Sprintf(" of a %d-wide input", width)
+				}
+				return CalibRef{}, fmt.Errorf("%s: tensor %q: input width %d, but layer %s reads %d columns [%d:%d]%s",
+					file, key+".input_absmax", kw, layer, k, s.cols[0], s.cols[1], of)
+			}
+			return CalibRef{Key: key, Cols: s.cols}, nil
 		}
-		if k != width || pl.CalibCols.Hi > k || pl.CalibCols.Len() != pl.K {
-			return CalibRef{}, fmt.Errorf("%s: tensor %q: input width %d, but layer %s reads %d columns %v of a %d-wide input",
-				file, key+".input_absmax", k, pl.Name, pl.K, pl.CalibCols, width)
-		}
-		return CalibRef{Key: key, Cols: [2]int{pl.CalibCols.Lo, pl.CalibCols.Hi}}, nil
 	}
-	return CalibRef{}, fmt.Errorf("%s: no statistics for layer %s (looked for %q)", file, pl.Name, pl.Calib)
+	if len(looked) == 0 {
+		return CalibRef{}, fmt.Errorf("%s: no calibration key recorded for layer %s", file, layer)
+	}
+	return CalibRef{}, fmt.Errorf("%s: no statistics for layer %s (looked for %q)", file, layer, looked)
 }
 
 // loadCalib reads the calibration rows of ref.
