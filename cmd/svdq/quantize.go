@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -224,6 +226,7 @@ func printSummary(w io.Writer, rep *model.QuantizeReport, out string) {
 	}
 	fmt.Fprintf(w, "relative error on calibration rows: mean %.4f, max %.4f (%s)\n", t.MeanRelError, t.MaxRelError, worst)
 	printKept(w, p)
+	printConversions(w, p)
 	fmt.Fprintf(w, "time: %s\n", time.Duration(t.Seconds*float64(time.Second)).Round(time.Millisecond))
 }
 
@@ -243,6 +246,17 @@ func printNextStep(w io.Writer, p *model.Plan, out, calib string) error {
 	}
 	fmt.Fprintf(w, "next: svdq check --model %s --reference %s --calib %s; svdq inspect %s (README: \"Load it\")\n", out, p.Model, calib, out)
 	return nil
+}
+
+// printConversions says which kept tensors were written in another dtype
+// than the checkpoint's (FP8 widened exactly; --dtype; a loader's dtype):
+//
+//	converted: 2 tensors F8_E4M3 → BF16
+func printConversions(w io.Writer, p *model.Plan) {
+	c := p.Conversions()
+	for _, k := range slices.Sorted(maps.Keys(c)) {
+		fmt.Fprintf(w, "converted: %d tensors %s\n", c[k], k)
+	}
 }
 
 // printKept prints the kept tensors grouped by reason.
@@ -305,6 +319,7 @@ func printPlan(w io.Writer, p *model.Plan) {
 	for _, r := range order {
 		fmt.Fprintf(w, "  %4d  %s\n", count[r], r)
 	}
+	printConversions(w, p)
 	fmt.Fprintf(w, "output: %s -> %s (estimate, header excluded); quantized layers %.2f bits per weight\n",
 		human(p.InBytes), human(p.OutBytes), p.BitsPerWeight())
 }

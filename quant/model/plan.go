@@ -268,7 +268,10 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			return nil, fmt.Errorf("%s: no tensor %q (kept as %s)", file, k.Tensor, k.Name)
 		}
 		pk := PlannedKept{Kept: k, DType: info.DType, SrcDType: info.DType}
-		if isFloat(info.DType) && (opt.DType != 0 || (layout != nil && layout.DType != engine.DTypeCast)) {
+		// FP8 inputs are always widened (exactly) to the model's 16-bit
+		// type: the output's non-4-bit tensors are 16-bit.
+		fp8 := info.DType == safetensors.F8E4M3 || info.DType == safetensors.F8E5M2
+		if isFloat(info.DType) && (fp8 || opt.DType != 0 || (layout != nil && layout.DType != engine.DTypeCast)) {
 			pk.DType = safetensors.DType(p.DType.String())
 		}
 		if k.Transform == "" {
@@ -342,6 +345,18 @@ func tensorBytes(dtype string, shape []int64) int64 {
 		n *= d
 	}
 	return n
+}
+
+// Conversions counts the kept tensors the plan writes in another dtype
+// than the checkpoint's, by "FROM → TO".
+func (p *Plan) Conversions() map[string]int {
+	out := map[string]int{}
+	for _, k := range p.Kept {
+		if k.DType != k.SrcDType {
+			out[string(k.SrcDType)+" → "+string(k.DType)]++
+		}
+	}
+	return out
 }
 
 // OutputFile returns the header and metadata the output of p will have,
