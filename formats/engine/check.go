@@ -31,13 +31,12 @@ type Verdict struct {
 
 // CheckAll checks f against every engine that runs presetFamily (a preset
 // name such as "flux-dev", or a table family such as "flux").
-func CheckAll(presetFamily string, f *File) []Verdict {
-	var out []Verdict
-	fam := tableFamily(presetFamily)
-	for _, c := range Contracts() {
-		if c.Family != fam {
-			continue
-		}
+func CheckAll(presetFamily string, f *File) []Verdict { return Verdicts(For(presetFamily), f) }
+
+// Verdicts checks f against each contract of cs, in order.
+func Verdicts(cs []*Contract, f *File) []Verdict {
+	out := make([]Verdict, 0, len(cs))
+	for _, c := range cs {
 		p := Check(c, f)
 		out = append(out, Verdict{Engine: c.Engine, Loader: c.Loader, Loads: len(p) == 0, Problems: p})
 	}
@@ -165,8 +164,13 @@ func ParseQuantConfig(md map[string]string) (QuantConfig, error) {
 func Check(c *Contract, f *File) []string {
 	var p problems
 	fam := Families[c.Family]
-	qc, qcErr := ParseQuantConfig(f.Metadata)
+	qc, _ := ParseQuantConfig(f.Metadata) // not JSON: reported below where the loader reads it
 	for _, m := range c.Meta {
+		if m.Key == MetaComfyConfig {
+			for _, e := range checkComfyConfig(f) {
+				p.add(e, "")
+			}
+		}
 		v, ok := f.Metadata[m.Key]
 		switch {
 		case !ok && m.Need == Required:
@@ -175,16 +179,6 @@ func Check(c *Contract, f *File) []string {
 			p.add(fmt.Sprintf("metadata %s is %q, not %q (%s)", m.Key, v, m.Value, m.Why), "")
 		case ok && m.Value == "" && !json.Valid([]byte(v)):
 			p.add(fmt.Sprintf("metadata %s is not JSON", m.Key), "")
-		}
-	}
-	if qcErr == nil && c.Rank == RankUniform && !qc.Present {
-		qc.Rank = 32
-	}
-	for _, m := range c.Meta {
-		if m.Key == MetaComfyConfig {
-			for _, e := range checkComfyConfig(f) {
-				p.add(e, "")
-			}
 		}
 	}
 

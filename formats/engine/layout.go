@@ -2,12 +2,12 @@ package engine
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"strings"
 
 	"github.com/svdq/svdq/formats/nunchaku"
+	"github.com/svdq/svdq/quant"
 )
 
 // Layout is how a writer lays out quantized layers so that a file loads
@@ -263,65 +263,38 @@ func zeros(like []byte, n int) []byte {
 	return make([]byte, n)
 }
 
+// float16Of maps "BF16"/"F16" to quant's type.
+func float16Of(dtype string) quant.Float16 {
+	if dtype == "F16" {
+		return quant.F16
+	}
+	return quant.BF16
+}
+
 // fill16 returns n 16-bit values v of dtype ("BF16" or "F16"); v must be
 // exact in it (pow2In16).
 func fill16(dtype string, n int, v float64) []byte {
-	var h uint16
-	if dtype == "F16" {
-		_, e := math.Frexp(v) // a power of two: v = 0.5·2^e
-		if e-1 >= -14 {
-			h = uint16(e-1+15) << 10
-		} else {
-			h = uint16(1) << uint(e-1+24) // subnormal
-		}
-	} else {
-		h = uint16(math.Float32bits(float32(v)) >> 16)
+	vs := make([]float32, n)
+	for i := range vs {
+		vs[i] = float32(v)
 	}
-	out := make([]byte, 2*n)
-	for i := 0; i < n; i++ {
-		binary.LittleEndian.PutUint16(out[2*i:], h)
-	}
-	return out
+	return float16Of(dtype).Encode(vs)
 }
 
 // pow2In16 reports whether v is a power of two that dtype holds exactly.
 func pow2In16(v float64, dtype string) bool {
-	fr, e := math.Frexp(v)
-	if fr != 0.5 {
-		return false
-	}
-	if dtype == "F16" {
-		return e-1 >= -24 && e-1 <= 15
-	}
-	return e-1 >= -133 && e-1 <= 127
+	fr, _ := math.Frexp(v)
+	f := float32(v)
+	return fr == 0.5 && float64(f) == v && float16Of(dtype).Round(f) == f
 }
 
-// scalar reads a one-element F32/BF16/F16 tensor.
+// scalar reads the first element of an F32/BF16/F16 tensor (NaN when
+// unreadable).
 func scalar(t nunchaku.Tensor) float64 {
-	switch {
-	case t.DType == "F32" && len(t.Data) >= 4:
-		return float64(math.Float32frombits(binary.LittleEndian.Uint32(t.Data)))
-	case t.DType == "BF16" && len(t.Data) >= 2:
-		return float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(t.Data)) << 16))
-	case t.DType == "F16" && len(t.Data) >= 2:
-		return float64(f16(binary.LittleEndian.Uint16(t.Data)))
+	size := map[string]int{"F32": 4, "BF16": 2, "F16": 2}[t.DType]
+	v := make([]float32, 1)
+	if size == 0 || len(t.Data) < size || quant.Decode(v, t.DType, t.Data[:size]) != nil {
+		return math.NaN()
 	}
-	return math.NaN()
-}
-
-// f16 widens an IEEE half (normal values and zero suffice here).
-func f16(h uint16) float32 {
-	e := int(h>>10) & 31
-	m := float32(h & 1023)
-	var v float32
-	switch {
-	case e == 0:
-		v = m / 1024 * float32(math.Pow(2, -14))
-	default:
-		v = (1 + m/1024) * float32(math.Pow(2, float64(e-15)))
-	}
-	if h&0x8000 != 0 {
-		v = -v
-	}
-	return v
+	return float64(v[0])
 }

@@ -289,10 +289,7 @@ func Convert(opt ConvertOptions) (*ConvertReport, error) {
 	for _, s := range specs {
 		f2.Tensors[s.Name] = engine.TensorInfo{DType: string(s.DType), Shape: s.Shape}
 	}
-	for _, c := range cs {
-		p := engine.Check(c, f2)
-		rep.Verdicts = append(rep.Verdicts, engine.Verdict{Engine: c.Engine, Loader: c.Loader, Loads: len(p) == 0, Problems: p})
-	}
+	rep.Verdicts = engine.Verdicts(cs, f2)
 	return rep, nil
 }
 

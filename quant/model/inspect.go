@@ -128,10 +128,7 @@ func Inspect(path string, opt InspectOptions) (*Inspection, error) {
 		in.Layers = append(in.Layers, q)
 	}
 	if len(in.Layers) > 0 {
-		ef := &engine.File{Tensors: map[string]engine.TensorInfo{}, Metadata: in.Metadata}
-		for _, t := range in.Tensors {
-			ef.Tensors[t.Name] = engine.TensorInfo{DType: t.DType, Shape: t.Shape}
-		}
+		ef := engineFile(r)
 		fam := in.Family
 		if engine.FamilyOf(fam) == "" {
 			fam = engine.Guess(ef)

@@ -386,13 +386,11 @@ func (p *Plan) Verdicts(tool string) ([]engine.Verdict, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []engine.Verdict
+	var cs []*engine.Contract
 	for _, c := range engine.For(p.Family) {
-		if p.Layout != nil && !slices.Contains(p.Layout.Engines, c.Engine) {
-			continue
+		if p.Layout == nil || slices.Contains(p.Layout.Engines, c.Engine) {
+			cs = append(cs, c)
 		}
-		pr := engine.Check(c, f)
-		out = append(out, engine.Verdict{Engine: c.Engine, Loader: c.Loader, Loads: len(pr) == 0, Problems: pr})
 	}
-	return out, nil
+	return engine.Verdicts(cs, f), nil
 }
