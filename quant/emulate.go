@@ -14,12 +14,14 @@ import (
 // For one token row x (length K):
 //
 //  1. x16 = round16(x): the kernel's input is a 16-bit tensor.
-//  2. Low-rank down projection on the raw input:
-//     a[r] = Σ_k x16[k]·Down[r,k] accumulated in float32 (MMA with FP32
-//     accumulators, reduced across 128-column blocks with float atomics);
-//     the buffer lora_act is float32 [M, R].
-//  3. x̂ = round16(x16/λ) (h2div: float32 division, then round16); for
-//     Unsigned layers x̂ = round16(round16(x16 + 0.171875)/λ) (__hadd2).
+//  2. Low-rank down projection on the raw input: a[r] = Σ_k x16[k]·Down[r,k]
+//     on the tensor cores (mmaDown: per 128-column block a chain of
+//     m16n8k16 MMAs, whose float32 accumulation mmaK16 models exactly; the
+//     blocks' sums added with float atomics, here in block order); the
+//     buffer lora_act is float32 [M, R].
+//  3. x̂ = round16(x16/λ) (h2div: __fdividef, i.e. x16·rcp.approx(λ) in
+//     float32, then round16; kernelDiv); for Unsigned layers
+//     x̂ = round16(round16(x16 + 0.171875)/λ) (__hadd2).
 //  4. x̂ is quantized per group: QuantizeActInt4 / QuantizeActNVFP4.
 //  5. INT4 main GEMM, for each output n, groups g in order:
 //     p = Σ_{k∈g} a_code·w_code (exact int32 MMA),
@@ -35,22 +37,22 @@ import (
 //     the low-rank branch.
 //  7. Low-rank up projection (EpilogueLoraUp): the float32 lora_act is
 //     rounded to 16 bits first (packed_fp32_to_fp16 of lora_act·lora_scale,
-//     scale 1), then y = round16(float(acc) + Σ_r round16(a[r])·Up[n,r]) with
-//     float32 accumulation. So lora_act is kept in float32 in memory but
-//     enters the up projection as a 16-bit value.
+//     scale 1), then y = round16(MMA chain from float(acc) over 16-rank
+//     tiles of round16(a[r])·Up[n,r]) (mmaUp, mmaK16). So lora_act is kept in
+//     float32 in memory but enters the up projection as a 16-bit value.
 //  8. FP16 models clamp the output to ±65504 (EpilogueDefault).
 //
-// What is not bit-exact: float32 sums whose order the GPU does not fix (the
-// down projection, the NVFP4 accumulation, the up projection: we add in index
-// order), the approximate reciprocal and division (rcp.approx, __fdividef:
-// we use correctly rounded ones), and NaN handling (the GPU's __hmin/__hmax
-// drop NaNs; here they propagate to the output). The INT4 main path (steps
-// 4–6) is exact given x̂. Checked on an H100 (emulate_hw_test.go with
-// testdata/hwcheck.cu): 2048 random 48-group accumulator chains
-// plus bias matched bit for bit in BF16 and FP16, as did x/λ through
-// __fdividef (65536 of 65536), the shift add and the NVFP4 E4M3 activation
-// scales; activation codes differed in 41 of 262144 values, all at
-// rounding ties that the approximate reciprocal breaks the other way.
+// What is not bit-exact: the order in which the GPU's atomics add the down
+// projection's 128-column block sums (nunchaku does not fix it: two runs of
+// its kernel can differ; ForwardLoRA takes the GPU's sums instead), the
+// NVFP4 accumulation (block-scaled MMA, sm_120 only, not measured here: we
+// add the group terms in order), and NaN handling (the GPU's __hmin/__hmax
+// drop NaNs; here they propagate to the output). Everything else is the
+// GPU's arithmetic, measured on an H100: the 16-bit accumulator chains
+// (emulate_hw_test.go with testdata/hwcheck.cu: 2048 random 48-group
+// chains plus bias, bit for bit in BF16 and FP16), rcp.approx and
+// __fdividef (kernel_rcp.go), and the tensor cores' float32 accumulation
+// (mma.go).
 
 // Forward emulates the layer on the [m, K] input x exactly as nunchaku's
 // kernel computes it (see above) and writes the [m, N] result into y; every
@@ -121,7 +123,7 @@ func (l *Layer) prepareRow(x []float32, s *rowScratch) {
 		if l.Unsigned {
 			v = add16(dt, v, ShiftINT4)
 		}
-		s.xhat[k] = dt.Round(v / l.Smooth[k])
+		s.xhat[k] = dt.Round(kernelDiv(v, l.Smooth[k]))
 	}
 	if l.Precision == NVFP4 {
 		QuantizeActNVFP4(s.codes, s.scales, s.xhat)
@@ -130,15 +132,10 @@ func (l *Layer) prepareRow(x []float32, s *rowScratch) {
 	}
 }
 
-// loraDown performs step 2 (float32 accumulation) into s.lora, unrounded.
+// loraDown performs step 2 into s.lora, unrounded.
 func (l *Layer) loraDown(s *rowScratch) {
 	for r := 0; r < l.R; r++ {
-		d := l.Down[r*l.K : (r+1)*l.K]
-		var a float32
-		for k, v := range s.x16 {
-			a += float32(v * d[k])
-		}
-		s.lora[r] = a
+		s.lora[r] = mmaDown(l.DType, s.x16, l.Down[r*l.K:(r+1)*l.K])
 	}
 }
 
@@ -183,12 +180,7 @@ func (l *Layer) forwardRow(y, x []float32, s *rowScratch, down bool) {
 			}
 		}
 		acc = add16(dt, acc, l.Bias[n])
-		up := l.Up[n*l.R : (n+1)*l.R]
-		out := acc
-		for r, a := range s.lora {
-			out += float32(a * up[r]) // 16-bit × 16-bit: exact in float32
-		}
-		out = dt.Round(out)
+		out := dt.Round(mmaUp(dt, acc, s.lora, l.Up[n*l.R:(n+1)*l.R]))
 		if dt == F16 {
 			out = max(-65504, min(65504, out))
 		}
@@ -247,4 +239,26 @@ func parallelRows(m int, fn func(lo, hi int)) {
 		}(lo, min(lo+chunk, m))
 	}
 	wg.Wait()
+}
+
+// LowRankSums returns the down-projection sums of Forward's step 2 for the
+// [m, K] input x: [m, R] float32, before their rounding to l.DType. It
+// panics as Forward does.
+func (l *Layer) LowRankSums(x []float32, m int) []float32 {
+	l.checkForward("LowRankSums", make([]float32, 0), x, 0)
+	if len(x) < m*l.K {
+		panic(fmt.Sprintf("quant: Layer.LowRankSums: %d inputs for m=%d, K=%d", len(x), m, l.K))
+	}
+	out := make([]float32, m*l.R)
+	parallelRows(m, func(lo, hi int) {
+		s := l.newScratch()
+		for i := lo; i < hi; i++ {
+			for k, v := range x[i*l.K : (i+1)*l.K] {
+				s.x16[k] = l.DType.Round(v)
+			}
+			l.loraDown(s)
+			copy(out[i*l.R:(i+1)*l.R], s.lora)
+		}
+	})
+	return out
 }

@@ -21,10 +21,9 @@ import "math"
 // dequantization uses the stored (rounded) scale: this is what the kernel
 // does (its source carries a TODO asking whether 1/fp8scale would be better),
 // and it differs from the weight quantizers, which divide by the rounded
-// scale. rcp.approx.ftz.f32 has at most 1 ulp error and we use the correctly
-// rounded 1/s instead, so a product lying within an ulp of a rounding tie may
-// round the other way on the GPU; ftz is emulated (a subnormal s gives an
-// infinite reciprocal: nonzero values saturate, zeros give code 0). An
+// scale. rcp is rcp.approx.ftz.f32 as measured on the GPU (kernelRecip,
+// kernel_rcp.go), ftz included (a subnormal s gives an infinite reciprocal:
+// nonzero values saturate, zeros give code 0). An
 // all-zero group has scale 0 and codes 0 (the kernel's 0·Inf = NaN converts
 // to 0). NaN or ±Inf in x̂ are not errors here: they propagate to the scale
 // and so to the layer output, as on the GPU.
@@ -34,14 +33,6 @@ var (
 	recip15 = float32(1) / 15
 	recip6  = float32(1) / 6
 )
-
-// kernelRecip returns 1/s as rcp.approx.ftz.f32 would (flushing subnormals).
-func kernelRecip(s float32) float32 {
-	if abs32(s) < 0x1p-126 {
-		return float32(math.Copysign(math.Inf(1), float64(s)))
-	}
-	return 1 / s
-}
 
 // rintSat converts f with cvt.rni.s32.f32 semantics (ties to even, NaN to 0,
 // saturating) and clamps to [lo, hi] as cvt.pack.sat does.

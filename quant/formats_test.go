@@ -384,7 +384,17 @@ func TestKernelActRounding(t *testing.T) {
 	if scales[0] != RoundBF16(recip7) {
 		t.Errorf("stored scale %v, want bf16(1/7) %v", scales[0], RoundBF16(recip7))
 	}
-	r := 1 / recip7
+	// The GPU's rcp.approx of float32(1/7) is exactly 7 (measured, see
+	// kernel_rcp_test.go), where the correctly rounded reciprocal is
+	// 6.9999995: 0.5·7 = 3.5 is a tie and goes to the even code 4 (3 with
+	// the correctly rounded reciprocal).
+	r := float32(7)
+	if kernelRecip(recip7) != r {
+		t.Fatalf("kernelRecip(1/7) = %v, want 7", kernelRecip(recip7))
+	}
+	if codes[1] != 4 {
+		t.Errorf("code of 0.5 = %d, want 4", codes[1])
+	}
 	for i, v := range x {
 		if want := int8(math.RoundToEven(float64(v * r))); codes[i] != want {
 			t.Errorf("code %d = %d, want %d", i, codes[i], want)
@@ -420,7 +430,7 @@ func TestKernelActRounding(t *testing.T) {
 	if s5[0] != E4M3ToF32(F32ToE4M3Sat(s)) {
 		t.Errorf("E4M3 scale %v", s5[0])
 	}
-	if want := NearestE2M1(y[1] * (1 / s)); c5[1] != want {
+	if want := NearestE2M1(y[1] * kernelRecip(s)); c5[1] != want {
 		t.Errorf("code from unrounded scale %d, want %d", c5[1], want)
 	}
 }
