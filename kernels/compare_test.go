@@ -28,13 +28,17 @@ func TestCompareTolerance(t *testing.T) {
 		c.edit(got)
 		slack := make([]float32, len(want))
 		slack[4] = 0.002
-		d := Compare(got, want, slack, quant.BF16)
+		d := Compare(got, want, slack, quant.BF16, Tolerances[Reference])
 		if d.OK() != c.ok {
 			t.Errorf("%s: OK = %v, want %v (%v)", c.name, d.OK(), c.ok, d)
 		}
+		// The tensor-core kernels' tolerance is exact: only "equal" passes.
+		if d := Compare(got, want, slack, quant.BF16, Tolerances[Fused]); d.OK() != (c.name == "equal") {
+			t.Errorf("%s exact: OK = %v (%v)", c.name, d.OK(), d)
+		}
 	}
-	if Compare(want, want, nil, quant.F16).Mismatches != 0 {
-		t.Error("equal slices mismatch without slack")
+	if d := Compare(want, want, nil, quant.F16, Tolerances[Fused]); d.Mismatches != 0 || d.Exact != len(want) {
+		t.Errorf("equal slices: %v", d)
 	}
 	if u := ulp16(quant.BF16, 1); u != 0x1p-7 {
 		t.Errorf("bf16 ulp at 1 = %g", u)
@@ -78,8 +82,18 @@ func TestVerify(t *testing.T) {
 	}
 	// The GPU's sum lands just above the tie and rounds up: the output moves
 	// by (3.015625 − 3)·up.
+	// The main path's 16-bit accumulator (bias included) is the output of
+	// the same layer without the branch; every term here is exact in
+	// float32, so the output is round16(acc + 3.015625·up).
 	g := float32(3.0078125 + 0x1p-22)
-	moved := []float32{quant.RoundBF16(want[0] + 0.015625*0.5), quant.RoundBF16(want[1] - 0.015625*4)}
+	main := *l
+	main.Up = []float32{0, 0}
+	acc := make([]float32, 2)
+	main.Forward(acc, x, 1)
+	moved := []float32{quant.RoundBF16(acc[0] + 3.015625*0.5), quant.RoundBF16(acc[1] - 3.015625*4)}
+	if moved[0] == want[0] && moved[1] == want[1] {
+		t.Fatal("the rounded-up sum does not move the output")
+	}
 	if d := ok(moved, []float32{g, 0}); !d.OK() {
 		t.Errorf("rounding carried: %v", d)
 	}

@@ -358,7 +358,8 @@ func (l *Layer) enqueue(w *work, v Variant) error {
 
 // Result is one GPU run of a layer on m rows.
 type Result struct {
-	M int
+	M       int
+	Variant Variant // the kernels that ran (Verify's tolerance depends on it)
 	// Y is the output [M, N], the 16-bit values widened to float32.
 	Y []float32
 	// LowRank is the FP32 down projection x·proj_down [M, R] the GPU
@@ -411,7 +412,7 @@ func (l *Layer) Run(x []float32, m int, v Variant) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{M: m, Y: make([]float32, m*p.N)}
+	res := &Result{M: m, Variant: v, Y: make([]float32, m*p.N)}
 	le := binary.LittleEndian
 	for i := 0; i < m; i++ {
 		for n := 0; n < p.N; n++ {

@@ -4,9 +4,10 @@
 //
 //   x16 = x (the 16-bit input)
 //   t   = x16, or round16(x16 + 0.171875) for the shifted (unsigned) input
-//   v   = round16(t / smooth)                 (FP32 IEEE division, then rounded)
+//   v   = round16(t * rcp(smooth))            (__fdividef: FP32 product, then rounded)
 //   INT4:  s = absmax(v)*(1/7) (unsigned: *(1/15)); stored round16(s);
-//          code = sat(rint(v * rcp(s)))  (-8..7, or 0..15), NaN -> 0
+//          code = sat(rint(v * rcp(s)))  (-8..7, or 0..15), NaN -> 0;
+//          rcp = rcp.approx.ftz.f32, as nunchaku (kernel_rcp)
 //   NVFP4: s = min(absmax(v)*(1/6), 448) per 16; stored E4M3(s);
 //          code = nearest E2M1(v * rcp(s)), 0 when s = 0
 //   DOWN:  lract[m, r] = sum_k x16[m,k] * down[k, r] in FP32 (raw input)
@@ -81,8 +82,8 @@ SVDQ_DEV void act_quant_body(const uint16_t *__restrict__ x, const uint16_t *__r
           float2 sm = unpack2<BF>(*reinterpret_cast<const uint32_t *>(smooth + p0 + 4 * j));
 #pragma unroll
           for (int r = 0; r < 2; r++) {
-            v[r][h * 8 + 2 * j] = round16<BF>(__fdiv_rn(v[r][h * 8 + 2 * j], sm.x));
-            v[r][h * 8 + 2 * j + 1] = round16<BF>(__fdiv_rn(v[r][h * 8 + 2 * j + 1], sm.y));
+            v[r][h * 8 + 2 * j] = round16<BF>(kernel_div(v[r][h * 8 + 2 * j], sm.x));
+            v[r][h * 8 + 2 * j + 1] = round16<BF>(kernel_div(v[r][h * 8 + 2 * j + 1], sm.y));
           }
         }
       }

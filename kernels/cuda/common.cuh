@@ -109,13 +109,21 @@ template <bool BF> SVDQ_DEV float out16(float f) {
   if (!BF) f = fmaxf(-65504.f, fminf(65504.f, f));
   return round16<BF>(f);
 }
-// kernel_rcp is the reciprocal of an activation scale: correctly rounded,
-// with subnormal scales flushed (an infinite reciprocal), as quant's
-// emulation of rcp.approx.ftz does.
+// kernel_rcp is nunchaku's reciprocal (cuda_frcp, gemm_utils.cuh):
+// rcp.approx.ftz.f32, subnormal inputs giving an infinite reciprocal and
+// results below 2^-126 flushed to zero. quant/kernel_rcp.go emulates it from
+// a table measured on an H100 (scripts/hw-probe.cu).
 SVDQ_DEV float kernel_rcp(float s) {
-  if (fabsf(s) < 1.17549435e-38f) return copysignf(__int_as_float(0x7f800000), s);
-  return __frcp_rn(s);
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
+  return r;
 }
+
+// kernel_div is nunchaku's h2div division (__fdividef): x times
+// rcp.approx(λ), rounded once (the same results as __fdividef on an H100,
+// scripts/hw-probe.cu; written out so that the compiler cannot choose
+// another sequence).
+SVDQ_DEV float kernel_div(float x, float l) { return __fmul_rn(x, kernel_rcp(l)); }
 
 // E4M3 (fp8 e4m3fn) with saturation, and back.
 SVDQ_DEV float e4m3_round_sat(float f) {

@@ -48,6 +48,7 @@ type GPULayer struct {
 	RelDiff    float64 `json:"rel_diff"`    // ‖gpu − emulation‖ / ‖emulation‖
 	Outside    int     `json:"outside"`     // elements outside the tolerance
 	LowRankOff int     `json:"lowrank_off"` // down-projection sums outside their FP32 bound
+	Exact      int     `json:"exact"`       // outputs equal to the emulation's, bit for bit
 	Elements   int     `json:"elements"`    // elements compared
 	RefError   float64 `json:"ref_rel_err"` // ‖gpu − reference‖ / ‖reference‖ (bias left out of both)
 	// Integrity is the layer's packed bytes against the hash recorded when
@@ -255,6 +256,7 @@ func (in *checkInputs) gpuLayer(d *kernels.Device, i, maxRows int, fl *flip) (GP
 	diff := kernels.Verify(ql, x, m, res)
 	row.MaxAbs, row.RelDiff, row.Outside, row.Elements, row.OK = diff.MaxAbs, diff.RelFro, diff.Mismatches, diff.N, diff.OK()
 	row.LowRankOff = diff.LowRankMismatches
+	row.Exact = diff.Exact
 	if diff.Mismatches > 0 && diff.Worst >= 0 {
 		row.Worst = fmt.Sprintf("row %d column %d: GPU %.7g, emulation %.7g", diff.Worst/lm.N, diff.Worst%lm.N, diff.WorstGot, diff.WorstWant)
 	}

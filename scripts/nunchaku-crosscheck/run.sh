@@ -30,6 +30,7 @@ if [ -z "$work" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
 fi
+mkdir -p "$work"
 svdq=${SVDQ:-svdq}
 [ -f "$src/src/kernels/zgemm/gemm_w4a4.cuh" ] || { echo "$src: not a nunchaku source tree (no src/kernels/zgemm/gemm_w4a4.cuh)" >&2; exit 2; }
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.[:space:]')
