@@ -457,6 +457,9 @@ func origShape(v any, elems int64) ([]int64, error) {
 		if !ok || d < 0 || d > math.MaxInt32 {
 			return nil, fmt.Errorf("%v is not an INT32 array of sizes", v)
 		}
+		if d != 0 && n > math.MaxInt64/d {
+			return nil, fmt.Errorf("%v overflows", v)
+		}
 		out[i] = d
 		n *= d
 	}
