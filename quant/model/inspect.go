@@ -7,7 +7,7 @@ import (
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
-	"github.com/svdq/svdq/formats/safetensors"
+	input "github.com/svdq/svdq/formats/source"
 )
 
 // TensorEntry is one tensor of an inspected checkpoint.
@@ -72,18 +72,27 @@ type Inspection struct {
 	// LoRAs is the fuse-lora provenance record (formats/lora), nil when
 	// no LoRA is fused.
 	LoRAs *lora.Provenance `json:"loras,omitempty"`
+	// Format, Found, Components and Dequant say how the file was read
+	// (formats/source): "safetensors" or "gguf"; stored dtypes or ggml
+	// types with their tensor counts; an all-in-one file's components
+	// (Tensors then lists the diffusion model's); dequantizations done
+	// (Tensors then lists the dequantized dtype, F32).
+	Format     string            `json:"format"`
+	Found      map[string]int    `json:"dtypes_found"`
+	Components []input.Component `json:"components,omitempty"`
+	Dequant    []input.Dequant   `json:"dequantized,omitempty"`
 }
 
 // Inspect reads the header of the checkpoint at path (a file, sharded
 // index or diffusers folder); no tensor data is read unless opt.Verify.
 func Inspect(path string, opt InspectOptions) (*Inspection, error) {
-	r, err := safetensors.OpenCheckpoint(path)
+	r, err := input.Open(path) // GGUF, all-in-one and scaled FP8 read as quantize reads them
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
 	in := &Inspection{Path: path, Metadata: r.Metadata(), ByDType: map[string]int64{}, Tensors: []TensorEntry{},
-		Layers: []QuantLayer{}}
+		Layers: []QuantLayer{}, Format: r.Format, Found: r.Found, Components: r.Components, Dequant: r.Dequant}
 	var infos []nunchaku.TensorInfo
 	for _, n := range r.Names() {
 		i, _ := r.Info(n)

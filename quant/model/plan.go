@@ -1,6 +1,7 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/formats/safetensors"
+	input "github.com/svdq/svdq/formats/source"
 	"github.com/svdq/svdq/quant"
 )
 
@@ -55,13 +57,19 @@ type PlannedKept struct {
 	preset.Kept
 	DType    safetensors.DType // as written
 	SrcDType safetensors.DType // as read (differs when the plan converts it)
-	Bytes    int64
+	// SrcForm is how the checkpoint stores a dequantized tensor ("Q8_0",
+	// "F8_E4M3 × scale_weight"; formats/source), "" when read as stored.
+	SrcForm string
+	Bytes   int64
 }
 
 // Plan is what QuantizePlan finds: the family, every layer with its form
 // and every tensor kept 16-bit, with exact output sizes.
 type Plan struct {
-	Model      string // path as given
+	Model string // path as given
+	// Input says how the checkpoint was read (formats/source): all-in-one
+	// components left out, dequantizations, input dtypes as found.
+	Input      *input.Input
 	Family     string
 	ModelClass string
 	Naming     string
@@ -131,7 +139,7 @@ func (t table) Shape(name string) ([]int64, bool) {
 // quantizing anything (what `svdq quantize --dry-run` prints). The returned
 // reader stays open for the caller (Quantize uses it); close it when done.
 func QuantizePlan(opt PlanOptions) (*Plan, safetensors.Reader, error) {
-	r, err := safetensors.OpenCheckpoint(opt.Model)
+	r, err := input.Open(opt.Model)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -140,7 +148,21 @@ func QuantizePlan(opt PlanOptions) (*Plan, safetensors.Reader, error) {
 		r.Close()
 		return nil, nil, err
 	}
+	p.Input = r
 	return p, r, nil
+}
+
+// dequantized returns the stored form of a tensor r computes by
+// dequantization (formats/source.Input.Dequantized); "" otherwise.
+func dequantized(r safetensors.Reader, name string) string {
+	if d, ok := r.(interface {
+		Dequantized(string) (string, bool)
+	}); ok {
+		if s, ok := d.Dequantized(name); ok {
+			return s
+		}
+	}
+	return ""
 }
 
 // planFor plans the open checkpoint r.
@@ -268,10 +290,16 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			return nil, fmt.Errorf("%s: no tensor %q (kept as %s)", file, k.Tensor, k.Name)
 		}
 		pk := PlannedKept{Kept: k, DType: info.DType, SrcDType: info.DType}
+		for _, t := range keptTensors(&k) {
+			if s := dequantized(r, t); s != "" {
+				pk.SrcForm = s
+			}
+		}
 		// FP8 inputs are always widened (exactly) to the model's 16-bit
-		// type: the output's non-4-bit tensors are 16-bit.
+		// type, and dequantized ones (GGUF blocks, scaled FP8, read as
+		// F32) rounded to it: the output's non-4-bit tensors are 16-bit.
 		fp8 := info.DType == safetensors.F8E4M3 || info.DType == safetensors.F8E5M2
-		if isFloat(info.DType) && (fp8 || opt.DType != 0 || (layout != nil && layout.DType != engine.DTypeCast)) {
+		if isFloat(info.DType) && (fp8 || pk.SrcForm != "" || opt.DType != 0 || (layout != nil && layout.DType != engine.DTypeCast)) {
 			pk.DType = safetensors.DType(p.DType.String())
 		}
 		if k.Transform == "" {
@@ -352,8 +380,8 @@ func tensorBytes(dtype string, shape []int64) int64 {
 func (p *Plan) Conversions() map[string]int {
 	out := map[string]int{}
 	for _, k := range p.Kept {
-		if k.DType != k.SrcDType {
-			out[string(k.SrcDType)+" → "+string(k.DType)]++
+		if k.DType != k.SrcDType || k.SrcForm != "" {
+			out[cmp.Or(k.SrcForm, string(k.SrcDType))+" → "+string(k.DType)]++
 		}
 	}
 	return out
