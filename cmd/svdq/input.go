@@ -45,7 +45,7 @@ func printInput(w io.Writer, s *model.InputSummary) {
 	if len(s.LeftOut) > 0 {
 		var parts []string
 		for _, c := range s.LeftOut {
-			parts = append(parts, fmt.Sprintf("%s (%s, %d tensors, %s)", c.Name, c.Kind, c.Tensors, human(c.Bytes)))
+			parts = append(parts, fmt.Sprintf("%s (%s, %d tensor%s, %s)", c.Name, c.Kind, c.Tensors, plural(c.Tensors), human(c.Bytes)))
 		}
 		fmt.Fprintf(w, "left out (all-in-one file): %s\n", strings.Join(parts, ", "))
 		fmt.Fprintf(w, "  keep one with: svdq quantize --model FILE --extract-component NAME --out NAME.safetensors\n")
@@ -66,7 +66,9 @@ func printInput(w io.Writer, s *model.InputSummary) {
 	for _, m := range s.Warns {
 		fmt.Fprintf(w, "warning: %s\n", m)
 	}
-	fmt.Fprintf(w, "output dtypes: %s\n", dtypeCounts(s.Written))
+	if len(s.Written) > 0 {
+		fmt.Fprintf(w, "output dtypes: %s\n", dtypeCounts(s.Written))
+	}
 }
 
 // extractAction is quantize --extract-component: one component of an
@@ -82,4 +84,11 @@ func extractAction(c *cli.Context, name string) error {
 	}
 	fmt.Fprintf(c.App.Writer, "wrote %s: component %s (%s), %d tensors, %s, as stored\n", out, comp.Name, comp.Kind, comp.Tensors, human(comp.Bytes))
 	return nil
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }

@@ -165,3 +165,12 @@ func Inspect(path string, opt InspectOptions) (*Inspection, error) {
 	}
 	return in, nil
 }
+
+// LeftOut returns the components of an all-in-one file other than the
+// diffusion model (whose tensors Tensors lists).
+func (in *Inspection) LeftOut() []input.Component {
+	if len(in.Components) < 2 {
+		return nil
+	}
+	return in.Components[1:]
+}
