@@ -370,3 +370,73 @@ func TestGGUFInputs(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertWidensFP8: a quantized file whose 16-bit tensor was stored as
+// FP8 (by some other tool) comes out of convert with that tensor widened
+// exactly to the file's 16-bit type, while NVFP4-free layers are as before.
+func TestConvertWidensFP8(t *testing.T) {
+	model, calib := tinyModel(t)
+	dir := t.TempDir()
+	q := filepath.Join(dir, "q.safetensors")
+	if _, err := Quantize(fastOptions(model, calib, q)); err != nil {
+		t.Fatal(err)
+	}
+	const target = "context_embedder.weight"
+	var ts []stTensor
+	var codes []byte
+	r, err := safetensors.Open(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := r.Metadata()
+	for _, n := range r.Names() {
+		info, _ := r.Info(n)
+		b, _ := r.Bytes(n)
+		b = append([]byte(nil), b...)
+		if n == target {
+			v := make([]float32, info.Elems())
+			quant.Decode(v, string(info.DType), b)
+			codes, _ = fp8(v, safetensors.F8E4M3, 1)
+			info.DType, b = safetensors.F8E4M3, codes
+		}
+		ts = append(ts, stTensor{n, info.DType, info.Shape, b})
+	}
+	r.Close()
+	if codes == nil {
+		t.Fatalf("no %s in %s", target, q)
+	}
+	f8 := filepath.Join(dir, "f8.safetensors")
+	var specs []safetensors.Spec
+	for _, x := range ts {
+		specs = append(specs, safetensors.Spec{Name: x.name, DType: x.dtype, Shape: x.shape})
+	}
+	w, err := safetensors.Create(f8, specs, md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range ts {
+		w.Write(x.name, x.data)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	conv := filepath.Join(dir, "c.safetensors")
+	if _, err := Convert(ConvertOptions{In: f8, Out: conv}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := safetensors.Open(conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	info, _ := c.Info(target)
+	got, _ := c.Bytes(target)
+	want := make([]float32, len(codes))
+	for i, x := range codes {
+		want[i] = quant.E4M3ToF32(x)
+	}
+	if info.DType != safetensors.BF16 || !bytes.Equal(got, quant.BF16.Encode(want)) {
+		t.Errorf("%s: %s, values widened exactly: %v", target, info.DType, bytes.Equal(got, quant.BF16.Encode(want)))
+	}
+	noFP8OrScales(t, conv)
+}

@@ -69,7 +69,7 @@ type Plan struct {
 	Model string // path as given
 	// Input says how the checkpoint was read (formats/source): all-in-one
 	// components left out, dequantizations, input dtypes as found.
-	Input      *input.Input
+	Input      *input.Input `json:"-"`
 	Family     string
 	ModelClass string
 	Naming     string
