@@ -241,7 +241,8 @@ func TestFP8Inputs(t *testing.T) {
 		} else if s.Found[strings.ToUpper(strings.Replace(strings.TrimPrefix(kind, "fp8-"), "e", "F8_E", 1))] == 0 {
 			t.Errorf("%s: found %v", kind, s.Found)
 		}
-		if s.Written["F8_E4M3"] != 0 || s.Written["F8_E5M2"] != 0 {
+		// INT4 files hold no F32 tensor: dequantized kept tensors are 16-bit.
+		if s.Written["F8_E4M3"] != 0 || s.Written["F8_E5M2"] != 0 || s.Written["F32"] != 0 {
 			t.Errorf("%s: written %v", kind, s.Written)
 		}
 	}
@@ -373,7 +374,7 @@ func TestGGUFInputs(t *testing.T) {
 
 // TestConvertWidensFP8: a quantized file whose 16-bit tensor was stored as
 // FP8 (by some other tool) comes out of convert with that tensor widened
-// exactly to the file's 16-bit type, while NVFP4-free layers are as before.
+// exactly to the file's 16-bit type.
 func TestConvertWidensFP8(t *testing.T) {
 	model, calib := tinyModel(t)
 	dir := t.TempDir()
@@ -439,4 +440,47 @@ func TestConvertWidensFP8(t *testing.T) {
 		t.Errorf("%s: %s, values widened exactly: %v", target, info.DType, bytes.Equal(got, quant.BF16.Encode(want)))
 	}
 	noFP8OrScales(t, conv)
+}
+
+// TestKeptDequantized16: in a family whose loaders cast dtypes (SANA),
+// where nothing else converts a kept tensor, a kept tensor dequantized
+// from a GGUF block type (read as F32) is planned in the model's 16-bit
+// type and listed as a conversion from its stored type.
+func TestKeptDequantized16(t *testing.T) {
+	dir := t.TempDir()
+	if err := synth.Generate(synth.Options{Arch: "sana", Out: dir, Scale: 0.2, Blocks: 1, Samples: 16, Seed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	const target = "caption_projection.linear_1.weight"
+	var ts []gguf.WTensor
+	eachTensor(t, filepath.Join(dir, synth.ModelFile), func(name string, shape []int64, v []float32) {
+		w := gguf.WTensor{Name: name, Type: gguf.BF16, Shape: shape, Data: quant.BF16.Encode(v)}
+		if name == target {
+			w.Type, w.Data = gguf.Q8_0, gguf.EncodeQ8_0(v)
+		}
+		ts = append(ts, w)
+	})
+	var b bytes.Buffer
+	if err := gguf.Write(&b, nil, ts); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "sana.gguf")
+	os.WriteFile(p, b.Bytes(), 0o644)
+	plan, r, err := QuantizePlan(PlanOptions{Model: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	found := false
+	for _, k := range plan.Kept {
+		if k.Tensor == target {
+			found = true
+			if k.DType != safetensors.BF16 || k.SrcDType != safetensors.F32 || k.SrcForm != "Q8_0" {
+				t.Errorf("%s planned %s from %s (%q)", target, k.DType, k.SrcDType, k.SrcForm)
+			}
+		}
+	}
+	if c := plan.Conversions(); !found || c["Q8_0 → BF16"] != 1 || len(c) != 1 {
+		t.Errorf("kept %v, conversions %v", found, c)
+	}
 }
