@@ -45,11 +45,11 @@ func ggufView(path string) (*view, *gguf.File, *ggufNoise, error) {
 		case gguf.F32, gguf.F16, gguf.BF16:
 			info.DType = map[gguf.Type]safetensors.DType{gguf.F32: safetensors.F32, gguf.F16: safetensors.F16, gguf.BF16: safetensors.BF16}[t.Type]
 			info.End = t.Size
-			v.add(name, &entry{info: info, stored: t.Type.String(), compute: func() ([]byte, error) { return g.Raw(name) }})
+			v.add(name, &entry{info: info, stored: t.Type.String(), size: t.Size, compute: func() ([]byte, error) { return g.Raw(name) }})
 		default:
 			info.DType = safetensors.F32
 			info.End = t.Elems() * 4
-			v.add(name, &entry{info: info, stored: t.Type.String(), compute: func() ([]byte, error) {
+			v.add(name, &entry{info: info, stored: t.Type.String(), size: t.Size, compute: func() ([]byte, error) {
 				x, noise, err := g.Float32(name)
 				if err != nil {
 					return nil, err

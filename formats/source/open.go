@@ -29,6 +29,9 @@ type Input struct {
 	Found map[string]int
 	// Warnings are things the user should know (stacked quantization).
 	Warnings []string
+	// Bytes is the stored size of the diffusion model's tensors (scales
+	// included; GGUF blocks as stored).
+	StoredBytes int64
 
 	base  safetensors.Reader // the whole file, before any selection
 	views []*view            // outermost first
@@ -63,7 +66,9 @@ func Open(path string) (*Input, error) {
 		r = v
 	}
 	for _, n := range r.Names() {
-		in.Found[in.storedForm(r, n)]++
+		form, size := in.storedForm(r, n)
+		in.Found[form]++
+		in.StoredBytes += size
 	}
 	sv, d, err := scaledView(r, path)
 	if err != nil {
@@ -85,28 +90,37 @@ func Open(path string) (*Input, error) {
 // storedForm is how tensor n of r (the reader before the FP8 schemes,
 // the outermost view so far when there is one) is stored: its ggml type
 // for GGUF, else its dtype.
-func (in *Input) storedForm(r safetensors.Reader, n string) string {
-	if s, ok := in.trace(n, 0); ok {
-		return s
+func (in *Input) storedForm(r safetensors.Reader, n string) (string, int64) {
+	if e := in.computing(n, 0); e != nil {
+		return e.stored, e.size
 	}
 	info, _ := r.Info(n)
-	return string(info.DType)
+	return string(info.DType), info.End - info.Begin
 }
 
 // trace follows name from view index i inwards to the view that computes
 // it and returns its stored form.
 func (in *Input) trace(name string, i int) (string, bool) {
+	if e := in.computing(name, i); e != nil {
+		return e.stored, true
+	}
+	return "", false
+}
+
+// computing returns the entry that computes name (followed from view
+// index i inwards), nil when its bytes are the file's.
+func (in *Input) computing(name string, i int) *entry {
 	for ; i < len(in.views); i++ {
 		e, ok := in.views[i].entries[name]
 		if !ok {
-			return "", false
+			return nil
 		}
 		if e.compute != nil {
-			return e.stored, true
+			return e
 		}
 		name = e.src
 	}
-	return "", false
+	return nil
 }
 
 // Dequantized returns the stored form of a tensor the Input computes by

@@ -113,7 +113,8 @@ func TestScaledFP8(t *testing.T) {
 	if len(in.Dequant) != 1 || in.Dequant[0].Tensors != 2 || in.Dequant[0].Consumed != 4 || in.Dequant[0].Scheme != "ComfyUI scaled FP8" {
 		t.Errorf("dequant %+v", in.Dequant)
 	}
-	if in.Found["F8_E4M3"] != 3 || in.Found["F32"] != 3 || in.Found["BF16"] != 2 {
+	// Stored: 2×8 FP8 bytes, scales 4+4+8, BF16 bias 4 and norm 8.
+	if in.Found["F8_E4M3"] != 3 || in.Found["F32"] != 3 || in.Found["BF16"] != 2 || in.StoredBytes != 44 {
 		t.Errorf("found %v", in.Found)
 	}
 }
@@ -239,7 +240,8 @@ func TestGGUF(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer in.Close()
-	if in.Format != "gguf" || in.Found["Q4_K"] != 1 || in.Found["Q8_0"] != 1 || in.Found["F16"] != 1 {
+	// Stored: 2 Q4_K blocks of 144 bytes, 16 Q8_0 blocks of 34, 2 F16 values.
+	if in.Format != "gguf" || in.Found["Q4_K"] != 1 || in.Found["Q8_0"] != 1 || in.Found["F16"] != 1 || in.StoredBytes != 2*144+16*34+4 {
 		t.Errorf("format %s found %v", in.Format, in.Found)
 	}
 	if len(in.Warnings) != 1 || !strings.Contains(in.Warnings[0], "Q4_K") {

@@ -17,6 +17,7 @@ type entry struct {
 	src     string
 	compute func() ([]byte, error) // nil: the underlying bytes of src
 	stored  string                 // stored form when computed ("Q4_K", "F8_E4M3 × scale_weight")
+	size    int64                  // stored bytes when computed
 }
 
 // view is a safetensors.Reader over selected, renamed or computed tensors

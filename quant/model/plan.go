@@ -208,9 +208,13 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 	}
 	p := &Plan{Model: file, Family: pp.Family, ModelClass: pp.ModelClass, Naming: pp.Naming,
 		Precision: prec, Rank: rank, Layout: layout, DType: opt.DType, preset: pp}
-	for _, name := range r.Names() {
-		info, _ := r.Info(name)
-		p.InBytes += info.End - info.Begin
+	if in, ok := r.(*input.Input); ok {
+		p.InBytes = in.StoredBytes // as stored: GGUF blocks, FP8 with its scales
+	} else {
+		for _, name := range r.Names() {
+			info, _ := r.Info(name)
+			p.InBytes += info.End - info.Begin
+		}
 	}
 	cache := map[specKey][]nunchaku.Tensor{}
 	for _, l := range pp.Layers {
@@ -223,6 +227,12 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			return nil, fmt.Errorf("%s: no tensor %q (layer %s)", file, l.Sources[0].Tensor, l.Name)
 		}
 		pl.DType = string(first.DType)
+		if form := dequantized(r, l.Sources[0].Tensor); form != "" { // "Q4_K", "F8_E4M3×s"
+			pl.DType, _, _ = strings.Cut(form, " ")
+			if form != pl.DType {
+				pl.DType += "×s"
+			}
+		}
 		if p.DType == 0 {
 			p.DType = quant.BF16
 			if first.DType == safetensors.F16 {
