@@ -59,7 +59,12 @@ func Open(path string) (*Input, error) {
 		}
 	}
 	in.base = r
-	if comps := splitComponents(r); comps != nil {
+	comps := splitComponents(r)
+	if comps != nil || (in.Format == "gguf" && allPrefixed(r)) {
+		// An all-in-one file; or a GGUF under the prefix, which city96's
+		// loader strips (loader.py gguf_sd_loader handle_prefix). A
+		// safetensors file wholly under it keeps its names: the presets
+		// read that naming, and files quantized from it record them.
 		in.Components = comps
 		v := prefixView(r, DiffusionPrefix)
 		in.views = append([]*view{v}, in.views...)
@@ -228,4 +233,15 @@ func (in *Input) Component(name string) (safetensors.Reader, Component, error) {
 		return nil, c, fmt.Errorf("%s: %v", in.Path, err)
 	}
 	return prefixView(in.base, c.Prefix), c, nil
+}
+
+// allPrefixed reports whether r has tensors and all lie under DiffusionPrefix.
+func allPrefixed(r safetensors.Reader) bool {
+	names := r.Names()
+	for _, n := range names {
+		if !strings.HasPrefix(n, DiffusionPrefix) {
+			return false
+		}
+	}
+	return len(names) > 0
 }

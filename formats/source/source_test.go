@@ -273,3 +273,20 @@ func TestGGUF(t *testing.T) {
 		t.Errorf("Q4_K estimated %.4f, true %.4f", errs[0].RelError, math.Sqrt(e2/n2))
 	}
 }
+
+// TestGGUFPrefix: a GGUF wholly under model.diffusion_model. is read
+// without the prefix, as city96's loader does.
+func TestGGUFPrefix(t *testing.T) {
+	var b bytes.Buffer
+	gguf.Write(&b, nil, []gguf.WTensor{{Name: DiffusionPrefix + "a.weight", Type: gguf.F32, Shape: []int64{1}, Data: f32(1)}})
+	p := filepath.Join(t.TempDir(), "m.gguf")
+	os.WriteFile(p, b.Bytes(), 0o644)
+	in, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if strings.Join(in.Names(), " ") != "a.weight" || in.Components != nil {
+		t.Errorf("names %v, components %v", in.Names(), in.Components)
+	}
+}
