@@ -67,6 +67,7 @@ func TestHostileInputs(t *testing.T) {
 		{"quantize", "--model", "F", "--dry-run"},
 		{"quantize", "--model", "F", "--extract-component", "vae", "--out", "OUT"},
 		{"check", "--model", q, "--reference", "F", "--calib", cal, "--smooth-search", "off"},
+		{"gpu-check", "--model", q, "--reference", "F", "--calib", cal},
 		{"inspect", "F"},
 	}
 	for f, want := range files {
