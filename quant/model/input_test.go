@@ -484,3 +484,66 @@ func TestKeptDequantized16(t *testing.T) {
 		t.Errorf("kept %v, conversions %v", found, c)
 	}
 }
+
+// TestQwenImageInputs: a second family. A ComfyUI-style Qwen-Image GGUF
+// (Q8_0, every name under model.diffusion_model.) and an all-in-one
+// Qwen-Image checkpoint (with its VAE and text encoder) plan exactly the
+// BF16 original's layers; the GGUF quantizes.
+func TestQwenImageInputs(t *testing.T) {
+	dir := t.TempDir()
+	if err := synth.Generate(synth.Options{Arch: "qwen-image", Out: dir, Scale: 0.1, Blocks: 1, Samples: 16, Seed: 9}); err != nil {
+		t.Fatal(err)
+	}
+	src, calib := filepath.Join(dir, synth.ModelFile), filepath.Join(dir, synth.CalibFile)
+	var gt []gguf.WTensor
+	aio := []stTensor{{"vae.decoder.conv_in.weight", safetensors.BF16, []int64{4}, make([]byte, 8)},
+		{"text_encoders.qwen25_7b.transformer.model.norm.weight", safetensors.BF16, []int64{4}, make([]byte, 8)}}
+	eachTensor(t, src, func(name string, shape []int64, v []float32) {
+		w := gguf.WTensor{Name: "model.diffusion_model." + name, Type: gguf.F32, Shape: shape, Data: f32bytes(v)}
+		if isLinearWeight(name, shape) && shape[1]%32 == 0 {
+			w.Type, w.Data = gguf.Q8_0, gguf.EncodeQ8_0(v)
+		}
+		gt = append(gt, w)
+		aio = append(aio, stTensor{"model.diffusion_model." + name, safetensors.BF16, shape, quant.BF16.Encode(v)})
+	})
+	var b bytes.Buffer
+	if err := gguf.Write(&b, []gguf.KV{{Key: "general.architecture", Value: "qwen_image"}}, gt); err != nil {
+		t.Fatal(err)
+	}
+	gp, ap := filepath.Join(dir, "qwen.gguf"), filepath.Join(dir, "qwen-aio.safetensors")
+	os.WriteFile(gp, b.Bytes(), 0o644)
+	writeTensors(t, ap, aio)
+	plan := func(model string) *Plan {
+		p, r, err := QuantizePlan(PlanOptions{Model: model})
+		if err != nil {
+			t.Fatalf("%s: %v", model, err)
+		}
+		r.Close()
+		return p
+	}
+	base := plan(src)
+	for _, m := range []string{gp, ap} {
+		p := plan(m)
+		if p.Family != "qwen-image" || len(p.Layers) != len(base.Layers) || len(p.Kept) != len(base.Kept) {
+			t.Fatalf("%s: family %s, %d layers %d kept; BF16 %d, %d", m, p.Family, len(p.Layers), len(p.Kept), len(base.Layers), len(base.Kept))
+		}
+		for i := range p.Layers {
+			if p.Layers[i].Name != base.Layers[i].Name || p.Layers[i].N != base.Layers[i].N || p.Layers[i].K != base.Layers[i].K {
+				t.Errorf("%s: layer %d %s, BF16 %s", m, i, p.Layers[i].Name, base.Layers[i].Name)
+			}
+		}
+	}
+	if s := plan(ap).InputSummary(); len(s.LeftOut) != 2 || s.LeftOut[0].Name != "qwen25_7b" || s.LeftOut[1].Name != "vae" {
+		t.Errorf("all-in-one left out %+v", s.LeftOut)
+	}
+	opt := fastOptions(gp, calib, filepath.Join(dir, "qwen-q.safetensors"))
+	opt.Iters, opt.Search = 1, quant.SearchOff
+	rep, err := Quantize(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Input.Found["Q8_0"] == 0 || rep.Input.Written["F32"] != 0 {
+		t.Errorf("found %v written %v", rep.Input.Found, rep.Input.Written)
+	}
+	noFP8OrScales(t, opt.Out)
+}
