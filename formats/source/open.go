@@ -140,6 +140,16 @@ func (in *Input) Dequantized(name string) (stored string, ok bool) {
 	return s, s != string(info.DType)
 }
 
+// StoredSize returns the stored bytes of a tensor the Input computes (a
+// GGUF tensor's blocks, an FP8 weight without its scale); ok is false for
+// tensors read as stored, whose Info gives their size.
+func (in *Input) StoredSize(name string) (int64, bool) {
+	if e := in.computing(name, 0); e != nil {
+		return e.size, true
+	}
+	return 0, false
+}
+
 // Computed reports whether the bytes of name are computed (not a mapping
 // of the file): such bytes are shared and must not be unmapped.
 func (in *Input) Computed(name string) bool {

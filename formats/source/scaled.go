@@ -226,7 +226,7 @@ func scaledEntry(r safetensors.Reader, file, name, scaleName string, info safete
 	out.DType = safetensors.F32
 	out.Begin, out.End = 0, elems*4
 	suffix := scaleName[strings.LastIndex(scaleName, ".")+1:]
-	return &entry{info: out, src: name, stored: string(info.DType) + " × " + suffix, compute: func() ([]byte, error) {
+	return &entry{info: out, src: name, stored: string(info.DType) + " × " + suffix, size: info.End - info.Begin, compute: func() ([]byte, error) {
 		w, err := r.Bytes(name)
 		if err != nil {
 			return nil, err

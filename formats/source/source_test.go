@@ -257,6 +257,9 @@ func TestGGUF(t *testing.T) {
 	if _, ok := in.Dequantized("a.bias"); ok {
 		t.Error("F16 bias reported dequantized")
 	}
+	if sz, ok := in.StoredSize("a.weight"); !ok || sz != 2*144 {
+		t.Errorf("a.weight stored size %d %v, want 288", sz, ok)
+	}
 	a := floats(t, in, "a.weight")
 	floats(t, in, "b.weight")
 	var e2, n2 float64

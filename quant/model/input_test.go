@@ -531,6 +531,10 @@ func TestQwenImageInputs(t *testing.T) {
 			if p.Layers[i].Name != base.Layers[i].Name || p.Layers[i].N != base.Layers[i].N || p.Layers[i].K != base.Layers[i].K {
 				t.Errorf("%s: layer %d %s, BF16 %s", m, i, p.Layers[i].Name, base.Layers[i].Name)
 			}
+			// Q8_0 stores 8.5 bits a weight: the GGUF's layers read fewer bytes.
+			if m == gp && p.Layers[i].InBytes >= base.Layers[i].InBytes {
+				t.Errorf("%s: layer %s reads %d bytes, BF16 %d", m, p.Layers[i].Name, p.Layers[i].InBytes, base.Layers[i].InBytes)
+			}
 		}
 	}
 	if s := plan(ap).InputSummary(); len(s.LeftOut) != 2 || s.LeftOut[0].Name != "qwen25_7b" || s.LeftOut[1].Name != "vae" {

@@ -165,6 +165,18 @@ func dequantized(r safetensors.Reader, name string) string {
 	return ""
 }
 
+// storedPerElem is the stored bytes per element of a tensor: its dtype's
+// size, or for a dequantized tensor (formats/source) its stored form's
+// (a Q4_K block's 144 bytes / 256).
+func storedPerElem(r safetensors.Reader, name string, info safetensors.Info) float64 {
+	if in, ok := r.(*input.Input); ok && info.Elems() > 0 {
+		if sz, ok := in.StoredSize(name); ok {
+			return float64(sz) / float64(info.Elems())
+		}
+	}
+	return float64(info.DType.Size())
+}
+
 // planFor plans the open checkpoint r.
 func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 	file := opt.Model
@@ -248,7 +260,7 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			if _, _, err := matrixShape(info); err != nil {
 				return nil, fmt.Errorf("%s: tensor %q: %v", file, s.Tensor, err)
 			}
-			pl.InBytes += int64(s.SrcRows.Len()*s.Cols.Len()) * int64(info.DType.Size())
+			pl.InBytes += int64(float64(s.SrcRows.Len()*s.Cols.Len()) * storedPerElem(r, s.Tensor, info))
 			if s.Bias != "" {
 				if b, ok := r.Info(s.Bias); ok {
 					pl.InBytes += int64(s.SrcRows.Len()) * int64(b.DType.Size())
