@@ -42,8 +42,9 @@ func sq(s float32) float64 { return float64(s) * float64(s) / 12 }
 // dequantQ8_0: block_q8_0 {half d; int8 qs[32]}: y = qs·d.
 func dequantQ8_0(y []float32, b []byte) float64 {
 	d := half(b[0:])
-	for j := range 32 {
-		y[j] = float32(int8(b[2+j])) * d
+	qs, y := b[2:34], y[:32]
+	for j, q := range qs {
+		y[j] = float32(int8(q)) * d
 	}
 	return 32 * sq(d)
 }

@@ -204,6 +204,23 @@ func TestFP8Inputs(t *testing.T) {
 			}
 		}
 		out := filepath.Join(dir, kind+"-q.safetensors")
+		if kind == "scaled-fp8-aio" {
+			// check --reference reads the all-in-one scaled file as quantize
+			// did: the same errors as against the dequantized checkpoint.
+			chk := func(model, ref string) *CheckReport {
+				cr, _, err := Check(CheckOptions{Model: model, Reference: ref, Calib: calib, Search: quant.SearchOff, Workers: 2})
+				if err != nil {
+					t.Fatalf("check %s: %v", ref, err)
+				}
+				return cr
+			}
+			a, b := chk(out, variant), chk(filepath.Join(dir, kind+"-deq-q.safetensors"), deq)
+			for i := range a.Layers {
+				if a.Layers[i].RelError[MethodSVDQuant] != b.Layers[i].RelError[MethodSVDQuant] {
+					t.Errorf("check %s: %v vs %v", a.Layers[i].Name, a.Layers[i].RelError, b.Layers[i].RelError)
+				}
+			}
+		}
 		noFP8OrScales(t, out)
 		checkFileContracts(t, out, unfixed("flux-dev"))
 		s := got.Input
