@@ -53,11 +53,11 @@ func scaledView(r safetensors.Reader, file string) (*view, *Dequant, error) {
 	has := func(n string) bool { _, ok := r.Info(n); return ok }
 	marker := has("scaled_fp8")
 	layers := map[string]string{} // layer → format ("scaled_fp8" for the legacy scheme)
-	any := marker
+	found := marker
 	for _, n := range names {
 		for _, suf := range scaleSuffixes {
 			if layer, ok := strings.CutSuffix(n, suf); ok {
-				any = true
+				found = true
 				if !has(layer + ".weight") {
 					return nil, nil, fmt.Errorf("%s: tensor %q has no weight %q", file, n, layer+".weight")
 				}
@@ -75,7 +75,7 @@ func scaledView(r safetensors.Reader, file string) (*view, *Dequant, error) {
 		}
 	}
 	if s, ok := r.Metadata()["_quantization_metadata"]; ok {
-		any = true
+		found = true
 		var qm struct {
 			Layers map[string]struct {
 				Format string `json:"format"`
@@ -91,7 +91,7 @@ func scaledView(r safetensors.Reader, file string) (*view, *Dequant, error) {
 			layers[l] = c.Format
 		}
 	}
-	if !any {
+	if !found {
 		return nil, nil, nil
 	}
 	for _, n := range names {
