@@ -2,6 +2,7 @@ package gguf
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -87,7 +88,8 @@ func (t *Tensor) Elems() int64 {
 // a File is safe for concurrent use.
 type File struct {
 	path      string
-	f         *os.File
+	f         io.ReaderAt
+	closer    func() error
 	size      int64
 	Version   uint32
 	Alignment int64
@@ -114,9 +116,19 @@ func Open(path string) (*File, error) {
 		f.Close()
 		return nil, &Error{File: path, Offset: -1, Msg: "not a regular file"}
 	}
-	g := &File{path: path, f: f, size: st.Size(), KV: map[string]any{}, index: map[string]int{}}
+	g := &File{path: path, f: f, closer: f.Close, size: st.Size(), KV: map[string]any{}, index: map[string]int{}}
 	if err := g.parse(); err != nil {
 		f.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// OpenBytes is Open on a file held in memory; name labels errors.
+func OpenBytes(name string, b []byte) (*File, error) {
+	g := &File{path: name, f: bytes.NewReader(b), closer: func() error { return nil }, size: int64(len(b)),
+		KV: map[string]any{}, index: map[string]int{}}
+	if err := g.parse(); err != nil {
 		return nil, err
 	}
 	return g, nil
@@ -153,7 +165,7 @@ func (g *File) Tensor(name string) (Tensor, bool) {
 func (g *File) String(key string) string { s, _ := g.KV[key].(string); return s }
 
 // Close closes the file.
-func (g *File) Close() error { return g.f.Close() }
+func (g *File) Close() error { return g.closer() }
 
 // Raw reads the named tensor's stored bytes.
 func (g *File) Raw(name string) ([]byte, error) {
@@ -312,7 +324,7 @@ func (p *parser) value(typ uint32, key string, depth int) (any, error) {
 }
 
 func (g *File) parse() error {
-	p := &parser{g: g, r: bufio.NewReaderSize(g.f, 1<<16)}
+	p := &parser{g: g, r: bufio.NewReaderSize(io.NewSectionReader(g.f, 0, g.size), 1<<16)}
 	magic, err := p.read(4, "")
 	if err != nil {
 		return err
