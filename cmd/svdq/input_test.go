@@ -54,10 +54,10 @@ func TestHostileInputs(t *testing.T) {
 	files[p] = []string{`"a.weight"`, `"a.scale_weight"`}
 	// GGUF: a type svdq does not read, and a truncated file
 	var b bytes.Buffer
-	gguf.Write(&b, nil, []gguf.WTensor{{Name: "a.weight", Type: gguf.Q2_K, Shape: []int64{1, 256}, Data: make([]byte, 84)}})
-	p = filepath.Join(dir, "q2k.gguf")
+	gguf.Write(&b, nil, []gguf.WTensor{{Name: "a.weight", Type: gguf.Q8_K, Shape: []int64{1, 256}, Data: make([]byte, 292)}})
+	p = filepath.Join(dir, "q8k.gguf")
 	os.WriteFile(p, b.Bytes(), 0o644)
-	files[p] = []string{`"a.weight"`, "Q2_K"}
+	files[p] = []string{`"a.weight"`, "Q8_K"}
 	p = filepath.Join(dir, "truncated.gguf")
 	os.WriteFile(p, b.Bytes()[:70], 0o644)
 	files[p] = []string{"past the end"}

@@ -196,6 +196,80 @@ func dequantQ6_K(y []float32, b []byte) float64 {
 	return noise
 }
 
+// dequantQ2_K: block_q2_K {uint8 scales[16]; uint8 qs[64]; half d, dmin},
+// 16 sub-blocks of 16: y = (d·(sc&15))·q − dmin·(sc>>4), q 2 bits. Each
+// half (128 elements) reads 32 bytes of qs four times, shifting by 0, 2, 4,
+// 6; bytes 0–15 and 16–31 take consecutive scales.
+func dequantQ2_K(y []float32, b []byte) float64 {
+	scales, q := b[0:16], b[16:80]
+	d, dmin := half(b[80:]), half(b[82:])
+	noise := 0.0
+	is := 0
+	for n := 0; n < 2; n++ {
+		for shift := uint(0); shift < 8; shift += 2 {
+			for h := 0; h < 2; h++ {
+				sc := scales[is]
+				is++
+				dl, ml := d*float32(sc&0x0f), dmin*float32(sc>>4)
+				for l := range 16 {
+					y[l] = float32(dl*float32(q[16*h+l]>>shift&3)) - ml
+				}
+				noise += 16 * sq(dl)
+				y = y[16:]
+			}
+		}
+		q = q[32:]
+	}
+	return noise
+}
+
+// q3Scale unpacks the 6-bit scale j (0..15) of a Q3_K block from its 12
+// packed bytes: low nibble in byte j (j < 8) or the high nibble of byte
+// j−8, top two bits at bit 2·(j/4) of byte 8 + j%4; minus 32 (the
+// quantize_row_q3_K_ref packing, which dequantize_row_q3_K's kmask
+// shuffle undoes).
+func q3Scale(j int, s []byte) int {
+	var lo byte
+	if j < 8 {
+		lo = s[j] & 0x0f
+	} else {
+		lo = s[j-8] >> 4
+	}
+	hi := s[8+j%4] >> (2 * (j / 4)) & 3
+	return int(lo|hi<<4) - 32
+}
+
+// dequantQ3_K: block_q3_K {uint8 hmask[32]; uint8 qs[64]; uint8
+// scales[12]; half d}, 16 sub-blocks of 16: y = (d·scale)·(q − 4·!h), q 2
+// bits from qs as in Q2_K, h the element's bit of hmask (bit k of hmask[l]
+// for the k-th shift step, counted across both halves).
+func dequantQ3_K(y []float32, b []byte) float64 {
+	hm, q, scales := b[0:32], b[32:96], b[96:108]
+	d := half(b[108:])
+	noise := 0.0
+	is, m := 0, byte(1)
+	for n := 0; n < 2; n++ {
+		for shift := uint(0); shift < 8; shift += 2 {
+			for h := 0; h < 2; h++ {
+				dl := d * float32(q3Scale(is, scales))
+				is++
+				for l := range 16 {
+					v := int(q[16*h+l] >> shift & 3)
+					if hm[16*h+l]&m == 0 {
+						v -= 4
+					}
+					y[l] = dl * float32(v)
+				}
+				noise += 16 * sq(dl)
+				y = y[16:]
+			}
+			m <<= 1
+		}
+		q = q[32:]
+	}
+	return noise
+}
+
 // Dequantize decodes raw, the stored bytes of n elements of type t, into
 // dst[:n] and returns the rounding noise Σ step²/12 (0 for F32/F16/BF16).
 // n must be a multiple of t's block size and raw exactly its bytes.
@@ -227,7 +301,7 @@ func Dequantize(dst []float32, t Type, raw []byte) (float64, error) {
 		return 0, nil
 	}
 	if ti.dequant == nil {
-		return 0, fmt.Errorf("ggml type %s is not supported (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K)", ti.name)
+		return 0, fmt.Errorf("ggml type %s is not supported (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K)", ti.name)
 	}
 	noise := 0.0
 	for i := 0; i < n/ti.blockSize; i++ {

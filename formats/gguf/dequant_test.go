@@ -160,9 +160,42 @@ func TestDequantQ6_K(t *testing.T) {
 	checkBlock(t, Q6_K, b, exp)
 }
 
+func TestDequantQ2_K(t *testing.T) {
+	b := make([]byte, 84)
+	s, q := b[0:16], b[16:80]
+	b[80], b[81] = 0x00, 0x3c // d = 1
+	b[82], b[83] = 0x00, 0x38 // dmin = 0.5
+	s[0] = 0x23               // el 0–15: sc 3, m 2: 3·q − 1
+	s[1] = 0x10               // el 16–31: sc 0, m 1: −0.5
+	s[2] = 0x01               // el 32–47 (shift 2): sc 1, m 0
+	s[8] = 0x02               // el 128–143 (second half, shift 0): sc 2
+	q[0] = 0x0e               // el 0: q 2 → 5; el 32: (0x0e>>2)&3 = 3 → 3
+	q[32] = 0x03              // el 128: q 3 → 6
+	exp := want(256, 0, [][3]float32{{1, 16, -1}, {16, 32, -0.5}}, map[int]float32{0: 5, 32: 3, 128: 6})
+	checkBlock(t, Q2_K, b, exp)
+}
+
+func TestDequantQ3_K(t *testing.T) {
+	b := make([]byte, 110)
+	hm, q, s := b[0:32], b[32:96], b[96:108]
+	b[108], b[109] = 0x00, 0x3c // d = 1
+	// Every scale 32 (→ 0): low nibbles 0, top bits 2 (0b10 in each pair).
+	s[8], s[9], s[10], s[11] = 0xaa, 0xaa, 0xaa, 0xaa
+	s[0] = 0x81              // scale 0: low 1 → 33 → 1; scale 8: low 8, top 2 → 40 → 8
+	s[1] = 0x0e              // scale 1: low 14,
+	s[9] = 0xaa&^3 | 1       // top 1 → 30 → −2
+	q[0], hm[0] = 0x03, 0x11 // el 0: q 3, h set (m 1) → 1·3 = 3; el 128 reads hm bit 4 (m 16): set
+	q[16] = 0x01             // el 16: q 1, h clear → −2·(1−4) = 6
+	q[32] = 0x02             // el 128: q 2, h set → 8·2 = 16
+	// Others with scale 1, −2, 8: q 0, h clear → −4, 8, −32.
+	exp := want(256, 0, [][3]float32{{1, 16, -4}, {17, 32, 8}, {129, 144, -32}},
+		map[int]float32{0: 3, 16: 6, 128: 16})
+	checkBlock(t, Q3_K, b, exp)
+}
+
 func TestDequantizeErrors(t *testing.T) {
-	if _, err := Dequantize(make([]float32, 32), Q2_K, make([]byte, 84)); err == nil {
-		t.Error("Q2_K: no error")
+	if _, err := Dequantize(make([]float32, 32), Q8_K, make([]byte, 292)); err == nil {
+		t.Error("Q8_K: no error")
 	}
 	if _, err := Dequantize(make([]float32, 31), Q8_0, make([]byte, 34)); err == nil {
 		t.Error("31 elements of Q8_0: no error")

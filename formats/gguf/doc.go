@@ -32,7 +32,7 @@
 // TypeSize bytes each (ggml/src/ggml-common.h block_* structs; the sizes
 // in types.go are checked in a test). Dequantization follows llama.cpp's
 // reference functions (ggml/src/ggml-quants.c dequantize_row_q8_0,
-// _q4_0, _q4_1, _q5_0, _q5_1, _q4_K, _q5_K, _q6_K at
+// _q4_0, _q4_1, _q5_0, _q5_1, _q2_K, _q3_K, _q4_K, _q5_K, _q6_K at
 // ggml-org/llama.cpp@01243c58), written here from their definitions: every
 // value is the float32 product of the (widened) fp16 scales and the integer
 // code, in the same order of operations, so the result is bit-identical to

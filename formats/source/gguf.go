@@ -37,7 +37,7 @@ func ggufView(path string) (*view, *gguf.File, *ggufNoise, error) {
 		if !t.Type.Readable() {
 			g.Close()
 			return nil, nil, nil, &gguf.Error{File: path, Tensor: t.Name, Offset: t.Offset,
-				Msg: fmt.Sprintf("ggml type %s is not supported (svdq reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)", t.Type)}
+				Msg: fmt.Sprintf("ggml type %s is not supported (svdq reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", t.Type)}
 		}
 		info := safetensors.Info{Shape: slices.Clone(t.Shape), File: path}
 		name, t := t.Name, t
