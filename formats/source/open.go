@@ -29,7 +29,7 @@ type Input struct {
 	Found map[string]int
 	// Warnings are things the user should know (stacked quantization).
 	Warnings []string
-	// Bytes is the stored size of the diffusion model's tensors (scales
+	// StoredBytes is the stored size of the diffusion model's tensors (scales
 	// included; GGUF blocks as stored).
 	StoredBytes int64
 
