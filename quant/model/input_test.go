@@ -557,6 +557,23 @@ func TestQwenImageInputs(t *testing.T) {
 	if s := plan(ap).InputSummary(); len(s.LeftOut) != 2 || s.LeftOut[0].Name != "qwen25_7b" || s.LeftOut[1].Name != "vae" {
 		t.Errorf("all-in-one left out %+v", s.LeftOut)
 	}
+	// inspect lists the GGUF as stored: Q8_0 weights, 34 bytes per 32.
+	ins, err := Inspect(gp, InspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q8 := 0
+	for _, e := range ins.Tensors {
+		if e.DType == "Q8_0" {
+			q8++
+			if e.ReadAs != "F32" || e.Bytes*32 != 34*e.Shape[0]*e.Shape[1] {
+				t.Errorf("inspect %s: read as %q, %d bytes for %v", e.Name, e.ReadAs, e.Bytes, e.Shape)
+			}
+		}
+	}
+	if q8 == 0 || ins.Format != "gguf" || ins.Found["Q8_0"] != q8 {
+		t.Errorf("inspect: %d Q8_0 tensors, format %s, found %v", q8, ins.Format, ins.Found)
+	}
 	opt := fastOptions(gp, calib, filepath.Join(dir, "qwen-q.safetensors"))
 	opt.Iters, opt.Search = 1, quant.SearchOff
 	rep, err := Quantize(opt)

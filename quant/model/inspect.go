@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/lora"
@@ -16,6 +17,10 @@ type TensorEntry struct {
 	DType string  `json:"dtype"`
 	Shape []int64 `json:"shape"`
 	Bytes int64   `json:"bytes"`
+	// ReadAs is, for a tensor svdq reads dequantized (formats/source: a
+	// GGUF block type, scaled FP8), the dtype it is read as ("F32"); DType
+	// and Bytes are then as stored ("Q4_K", "F8_E4M3").
+	ReadAs string `json:"read_as,omitempty"`
 }
 
 // QuantLayer is one quantized layer of an inspected checkpoint.
@@ -97,6 +102,11 @@ func Inspect(path string, opt InspectOptions) (*Inspection, error) {
 	for _, n := range r.Names() {
 		i, _ := r.Info(n)
 		e := TensorEntry{Name: n, DType: string(i.DType), Shape: i.Shape, Bytes: i.End - i.Begin}
+		if form, ok := r.Dequantized(n); ok {
+			e.ReadAs = e.DType
+			e.DType, _, _ = strings.Cut(form, " ")
+			e.Bytes, _ = r.StoredSize(n)
+		}
 		in.Tensors = append(in.Tensors, e)
 		in.Bytes += e.Bytes
 		in.Params += i.Elems()
