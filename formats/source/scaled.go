@@ -51,7 +51,14 @@ type Dequant struct {
 func scaledView(r safetensors.Reader, file string) (*view, *Dequant, error) {
 	names := r.Names()
 	has := func(n string) bool { _, ok := r.Info(n); return ok }
-	marker := has("scaled_fp8")
+	// The marker sits under the model prefix: at the root once an
+	// all-in-one file's prefix is removed, under it in a ComfyUI-named
+	// diffusion model file that keeps its names.
+	markerName := "scaled_fp8"
+	if !has(markerName) && has(DiffusionPrefix+markerName) {
+		markerName = DiffusionPrefix + markerName
+	}
+	marker := has(markerName)
 	layers := map[string]string{} // layer → format ("scaled_fp8" for the legacy scheme)
 	found := marker
 	for _, n := range names {
@@ -106,7 +113,7 @@ func scaledView(r safetensors.Reader, file string) (*view, *Dequant, error) {
 		d.Scheme = "ComfyUI comfy_quant"
 	}
 	v := newView(r, r.Metadata(), func() error { return nil })
-	consumed := map[string]bool{"scaled_fp8": marker}
+	consumed := map[string]bool{markerName: marker}
 	for _, n := range names {
 		for _, suf := range scaleSuffixes {
 			if strings.HasSuffix(n, suf) {

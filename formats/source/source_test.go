@@ -119,6 +119,35 @@ func TestScaledFP8(t *testing.T) {
 	}
 }
 
+// TestScaledPrefixed: a ComfyUI-named diffusion model file (every name
+// under model.diffusion_model., no other component) keeps its names; its
+// marker there is recognised and consumed.
+func TestScaledPrefixed(t *testing.T) {
+	pre := DiffusionPrefix
+	p := writeST(t, nil,
+		tensor{pre + "scaled_fp8", safetensors.F8E4M3, []int64{0}, nil},
+		tensor{pre + "a.weight", safetensors.F8E4M3, []int64{2, 4}, fp8codes},
+		tensor{pre + "a.scale_weight", safetensors.F32, []int64{}, f32(0.5)},
+	)
+	in, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if got := strings.Join(in.Names(), " "); got != pre+"a.weight" {
+		t.Fatalf("names %s", got)
+	}
+	if got := floats(t, in, pre+"a.weight"); got[4] != 224 {
+		t.Errorf("a.weight %v", got)
+	}
+	// Without the scale the marker makes the FP8 weight an error.
+	p = writeST(t, nil, tensor{pre + "scaled_fp8", safetensors.F8E4M3, []int64{0}, nil},
+		tensor{pre + "a.weight", safetensors.F8E4M3, []int64{2, 4}, fp8codes})
+	if _, err := Open(p); err == nil || !strings.Contains(err.Error(), pre+"a.scale_weight") {
+		t.Errorf("missing scale: %v", err)
+	}
+}
+
 func TestComfyQuantFP8(t *testing.T) {
 	p := writeST(t, nil,
 		tensor{"a.weight", safetensors.F8E5M2, []int64{1, 2}, []byte{0x3c, 0x40}}, // E5M2: 1, 2
