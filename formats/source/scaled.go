@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -108,9 +109,9 @@ func scaledView(r safetensors.Reader, file string) (*view, *Dequant, error) {
 			}
 		}
 	}
-	d := &Dequant{Scheme: "ComfyUI scaled FP8"}
-	if !marker {
-		d.Scheme = "ComfyUI comfy_quant"
+	d := &Dequant{Scheme: "ComfyUI comfy_quant"}
+	if marker || slices.Contains(slices.Collect(maps.Values(layers)), "scaled_fp8") {
+		d.Scheme = "ComfyUI scaled FP8"
 	}
 	v := newView(r, r.Metadata(), func() error { return nil })
 	consumed := map[string]bool{markerName: marker}
