@@ -75,7 +75,10 @@ func printInput(w io.Writer, s *model.InputSummary) {
 // all-in-one checkpoint to --out, nothing quantized.
 func extractAction(c *cli.Context, name string) error {
 	out := c.String("out")
-	if out == "" {
+	switch {
+	case c.Bool("dry-run"):
+		return fmt.Errorf("quantize: --extract-component writes --out, --dry-run writes nothing: pass one of them")
+	case out == "":
 		return fmt.Errorf("quantize: --extract-component needs --out")
 	}
 	comp, err := model.ExtractComponent(c.String("model"), name, out)

@@ -128,4 +128,8 @@ func TestExtractComponent(t *testing.T) {
 		t.Errorf("unknown component: %q", e)
 	}
 	mustRun(t, 2, "quantize", "--model", p, "--extract-component", "vae", "--out", p)
+	dry := filepath.Join(dir, "dry.safetensors")
+	mustRun(t, 2, "quantize", "--model", p, "--extract-component", "vae", "--out", dry, "--dry-run")
+	absent(t, dry)
+	mustRun(t, 2, "quantize", "--model", p, "--extract-component", "vae")
 }
