@@ -65,6 +65,9 @@ func printInspection(w io.Writer, in *model.Inspection) {
 		fmt.Fprintf(w, "%-*s  %-7s  %-18s  %10.3f\n", width, t.Name, t.DType, shapeString(t.Shape), float64(t.Bytes)/(1<<20))
 	}
 	fmt.Fprintf(w, "\n%s: %d tensors, %d parameters, %s\n", in.Path, in.Count, in.Params, human(in.Bytes))
+	if in.Format != "safetensors" || len(in.Components) > 0 || len(in.Dequant) > 0 { // how svdq reads it (formats/source)
+		printInput(w, &model.InputSummary{Format: in.Format, Found: in.Found, LeftOut: in.LeftOut(), Dequant: in.Dequant})
+	}
 	for _, d := range slices.Sorted(maps.Keys(in.ByDType)) {
 		fmt.Fprintf(w, "  %-7s %s\n", d, human(in.ByDType[d]))
 	}

@@ -50,6 +50,7 @@ func init() {
 			&cli.StringFlag{Name: "dtype", Usage: "16-bit type of the output: bf16 or fp16 (default: the checkpoint's; fp16 for GPUs without BF16)"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and the output size; quantize and write nothing"},
 			&cli.StringFlag{Name: "report", Usage: "write per-layer results and totals to `FILE.json`"},
+			&cli.StringFlag{Name: "extract-component", Usage: "write component `NAME` of an all-in-one checkpoint (vae, clip_l, t5xxl, …: the summary lists them) to --out as plain safetensors, and quantize nothing"},
 		},
 		Action: quantizeAction,
 	})
@@ -110,6 +111,9 @@ func regexps(flag string, vs []string) ([]*regexp.Regexp, error) {
 func quantizeAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("quantize: unexpected argument %q", c.Args().First())
+	}
+	if name := c.String("extract-component"); name != "" {
+		return extractAction(c, name)
 	}
 	po, err := planOptions(c)
 	if err != nil {
@@ -227,6 +231,7 @@ func printSummary(w io.Writer, rep *model.QuantizeReport, out string) {
 	fmt.Fprintf(w, "relative error on calibration rows: mean %.4f, max %.4f (%s)\n", t.MeanRelError, t.MaxRelError, worst)
 	printKept(w, p)
 	printConversions(w, p)
+	printInput(w, rep.Input)
 	fmt.Fprintf(w, "time: %s\n", time.Duration(t.Seconds*float64(time.Second)).Round(time.Millisecond))
 }
 
@@ -320,6 +325,7 @@ func printPlan(w io.Writer, p *model.Plan) {
 		fmt.Fprintf(w, "  %4d  %s\n", count[r], r)
 	}
 	printConversions(w, p)
+	printInput(w, p.InputSummary())
 	fmt.Fprintf(w, "output: %s -> %s (estimate, header excluded); quantized layers %.2f bits per weight\n",
 		human(p.InBytes), human(p.OutBytes), p.BitsPerWeight())
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/formats/safetensors"
+	input "github.com/svdq/svdq/formats/source"
 	"github.com/svdq/svdq/quant"
 )
 
@@ -128,9 +129,11 @@ func openCheckInputs(model, reference, calibPath string, re *regexp.Regexp, what
 	if in.f, err = openQuantized(model); err != nil {
 		return nil, err
 	}
-	if in.ref, err = safetensors.OpenCheckpoint(reference); err != nil {
+	ref, err := input.Open(reference) // GGUF, all-in-one, scaled FP8: as quantize read it
+	if err != nil {
 		return nil, err
 	}
+	in.ref = ref
 	if in.cf, err = calib.Open(calibPath); err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sort"
@@ -202,6 +203,15 @@ func Convert(opt ConvertOptions) (*ConvertReport, error) {
 			return nil, err
 		}
 		t := nunchaku.Tensor{Suffix: n, DType: string(info.DType), Shape: info.Shape, Data: b}
+		if info.DType == safetensors.F8E4M3 || info.DType == safetensors.F8E5M2 {
+			// Outside a 4-bit layer nothing is FP8 in an output (issue 23):
+			// widen exactly to the file's 16-bit type.
+			to := cmp.Or(want, dtype, "BF16")
+			if t.Data, err = convert16(b, info.DType, safetensors.DType(to)); err != nil {
+				return nil, fmt.Errorf("%s: tensor %q: %v", opt.In, n, err)
+			}
+			t.DType = to
+		}
 		if err := conv(&t, n); err != nil {
 			return nil, err
 		}

@@ -2,12 +2,13 @@ package model
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
-	"github.com/svdq/svdq/formats/safetensors"
+	input "github.com/svdq/svdq/formats/source"
 )
 
 // TensorEntry is one tensor of an inspected checkpoint.
@@ -16,6 +17,10 @@ type TensorEntry struct {
 	DType string  `json:"dtype"`
 	Shape []int64 `json:"shape"`
 	Bytes int64   `json:"bytes"`
+	// ReadAs is, for a tensor svdq reads dequantized (formats/source: a
+	// GGUF block type, scaled FP8), the dtype it is read as ("F32"); DType
+	// and Bytes are then as stored ("Q4_K", "F8_E4M3").
+	ReadAs string `json:"read_as,omitempty"`
 }
 
 // QuantLayer is one quantized layer of an inspected checkpoint.
@@ -72,22 +77,36 @@ type Inspection struct {
 	// LoRAs is the fuse-lora provenance record (formats/lora), nil when
 	// no LoRA is fused.
 	LoRAs *lora.Provenance `json:"loras,omitempty"`
+	// Format, Found, Components and Dequant say how the file was read
+	// (formats/source): "safetensors" or "gguf"; stored dtypes or ggml
+	// types with their tensor counts; an all-in-one file's components
+	// (Tensors then lists the diffusion model's); dequantizations done
+	// (Tensors then lists the dequantized dtype, F32).
+	Format     string            `json:"format"`
+	Found      map[string]int    `json:"dtypes_found"`
+	Components []input.Component `json:"components,omitempty"`
+	Dequant    []input.Dequant   `json:"dequantized,omitempty"`
 }
 
 // Inspect reads the header of the checkpoint at path (a file, sharded
 // index or diffusers folder); no tensor data is read unless opt.Verify.
 func Inspect(path string, opt InspectOptions) (*Inspection, error) {
-	r, err := safetensors.OpenCheckpoint(path)
+	r, err := input.Open(path) // GGUF, all-in-one and scaled FP8 read as quantize reads them
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
 	in := &Inspection{Path: path, Metadata: r.Metadata(), ByDType: map[string]int64{}, Tensors: []TensorEntry{},
-		Layers: []QuantLayer{}}
+		Layers: []QuantLayer{}, Format: r.Format, Found: r.Found, Components: r.Components, Dequant: r.Dequant}
 	var infos []nunchaku.TensorInfo
 	for _, n := range r.Names() {
 		i, _ := r.Info(n)
 		e := TensorEntry{Name: n, DType: string(i.DType), Shape: i.Shape, Bytes: i.End - i.Begin}
+		if form, ok := r.Dequantized(n); ok {
+			e.ReadAs = e.DType
+			e.DType, _, _ = strings.Cut(form, " ")
+			e.Bytes, _ = r.StoredSize(n)
+		}
 		in.Tensors = append(in.Tensors, e)
 		in.Bytes += e.Bytes
 		in.Params += i.Elems()
@@ -155,4 +174,13 @@ func Inspect(path string, opt InspectOptions) (*Inspection, error) {
 		in.Mismatches = Mismatches(ints)
 	}
 	return in, nil
+}
+
+// LeftOut returns the components of an all-in-one file other than the
+// diffusion model (whose tensors Tensors lists).
+func (in *Inspection) LeftOut() []input.Component {
+	if len(in.Components) < 2 {
+		return nil
+	}
+	return in.Components[1:]
 }

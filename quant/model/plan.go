@@ -1,6 +1,7 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/preset"
 	"github.com/svdq/svdq/formats/safetensors"
+	input "github.com/svdq/svdq/formats/source"
 	"github.com/svdq/svdq/quant"
 )
 
@@ -55,13 +57,19 @@ type PlannedKept struct {
 	preset.Kept
 	DType    safetensors.DType // as written
 	SrcDType safetensors.DType // as read (differs when the plan converts it)
-	Bytes    int64
+	// SrcForm is how the checkpoint stores a dequantized tensor ("Q8_0",
+	// "F8_E4M3 × scale_weight"; formats/source), "" when read as stored.
+	SrcForm string
+	Bytes   int64
 }
 
 // Plan is what QuantizePlan finds: the family, every layer with its form
 // and every tensor kept 16-bit, with exact output sizes.
 type Plan struct {
-	Model      string // path as given
+	Model string // path as given
+	// Input says how the checkpoint was read (formats/source): all-in-one
+	// components left out, dequantizations, input dtypes as found.
+	Input      *input.Input `json:"-"`
 	Family     string
 	ModelClass string
 	Naming     string
@@ -131,7 +139,7 @@ func (t table) Shape(name string) ([]int64, bool) {
 // quantizing anything (what `svdq quantize --dry-run` prints). The returned
 // reader stays open for the caller (Quantize uses it); close it when done.
 func QuantizePlan(opt PlanOptions) (*Plan, safetensors.Reader, error) {
-	r, err := safetensors.OpenCheckpoint(opt.Model)
+	r, err := input.Open(opt.Model)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -140,7 +148,33 @@ func QuantizePlan(opt PlanOptions) (*Plan, safetensors.Reader, error) {
 		r.Close()
 		return nil, nil, err
 	}
+	p.Input = r
 	return p, r, nil
+}
+
+// dequantized returns the stored form of a tensor r computes by
+// dequantization (formats/source.Input.Dequantized); "" otherwise.
+func dequantized(r safetensors.Reader, name string) string {
+	if d, ok := r.(interface {
+		Dequantized(string) (string, bool)
+	}); ok {
+		if s, ok := d.Dequantized(name); ok {
+			return s
+		}
+	}
+	return ""
+}
+
+// storedPerElem is the stored bytes per element of a tensor: its dtype's
+// size, or for a dequantized tensor (formats/source) its stored form's
+// (a Q4_K block's 144 bytes / 256).
+func storedPerElem(r safetensors.Reader, name string, info safetensors.Info) float64 {
+	if in, ok := r.(*input.Input); ok && info.Elems() > 0 {
+		if sz, ok := in.StoredSize(name); ok {
+			return float64(sz) / float64(info.Elems())
+		}
+	}
+	return float64(info.DType.Size())
 }
 
 // planFor plans the open checkpoint r.
@@ -186,9 +220,13 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 	}
 	p := &Plan{Model: file, Family: pp.Family, ModelClass: pp.ModelClass, Naming: pp.Naming,
 		Precision: prec, Rank: rank, Layout: layout, DType: opt.DType, preset: pp}
-	for _, name := range r.Names() {
-		info, _ := r.Info(name)
-		p.InBytes += info.End - info.Begin
+	if in, ok := r.(*input.Input); ok {
+		p.InBytes = in.StoredBytes // as stored: GGUF blocks, FP8 with its scales
+	} else {
+		for _, name := range r.Names() {
+			info, _ := r.Info(name)
+			p.InBytes += info.End - info.Begin
+		}
 	}
 	cache := map[specKey][]nunchaku.Tensor{}
 	for _, l := range pp.Layers {
@@ -201,6 +239,12 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			return nil, fmt.Errorf("%s: no tensor %q (layer %s)", file, l.Sources[0].Tensor, l.Name)
 		}
 		pl.DType = string(first.DType)
+		if form := dequantized(r, l.Sources[0].Tensor); form != "" { // "Q4_K", "F8_E4M3×s"
+			pl.DType, _, _ = strings.Cut(form, " ")
+			if form != pl.DType {
+				pl.DType += "×s"
+			}
+		}
 		if p.DType == 0 {
 			p.DType = quant.BF16
 			if first.DType == safetensors.F16 {
@@ -216,7 +260,7 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			if _, _, err := matrixShape(info); err != nil {
 				return nil, fmt.Errorf("%s: tensor %q: %v", file, s.Tensor, err)
 			}
-			pl.InBytes += int64(s.SrcRows.Len()*s.Cols.Len()) * int64(info.DType.Size())
+			pl.InBytes += int64(float64(s.SrcRows.Len()*s.Cols.Len()) * storedPerElem(r, s.Tensor, info))
 			if s.Bias != "" {
 				if b, ok := r.Info(s.Bias); ok {
 					pl.InBytes += int64(s.SrcRows.Len()) * int64(b.DType.Size())
@@ -268,10 +312,16 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			return nil, fmt.Errorf("%s: no tensor %q (kept as %s)", file, k.Tensor, k.Name)
 		}
 		pk := PlannedKept{Kept: k, DType: info.DType, SrcDType: info.DType}
+		for _, t := range keptTensors(&k) {
+			if s := dequantized(r, t); s != "" {
+				pk.SrcForm = s
+			}
+		}
 		// FP8 inputs are always widened (exactly) to the model's 16-bit
-		// type: the output's non-4-bit tensors are 16-bit.
+		// type, and dequantized ones (GGUF blocks, scaled FP8, read as
+		// F32) rounded to it: the output's non-4-bit tensors are 16-bit.
 		fp8 := info.DType == safetensors.F8E4M3 || info.DType == safetensors.F8E5M2
-		if isFloat(info.DType) && (fp8 || opt.DType != 0 || (layout != nil && layout.DType != engine.DTypeCast)) {
+		if isFloat(info.DType) && (fp8 || pk.SrcForm != "" || opt.DType != 0 || (layout != nil && layout.DType != engine.DTypeCast)) {
 			pk.DType = safetensors.DType(p.DType.String())
 		}
 		if k.Transform == "" {
@@ -352,8 +402,8 @@ func tensorBytes(dtype string, shape []int64) int64 {
 func (p *Plan) Conversions() map[string]int {
 	out := map[string]int{}
 	for _, k := range p.Kept {
-		if k.DType != k.SrcDType {
-			out[string(k.SrcDType)+" → "+string(k.DType)]++
+		if k.DType != k.SrcDType || k.SrcForm != "" {
+			out[cmp.Or(k.SrcForm, string(k.SrcDType))+" → "+string(k.DType)]++
 		}
 	}
 	return out

@@ -74,6 +74,7 @@ type QuantizeReport struct {
 	Plan   *Plan         `json:"-"`
 	Layers []LayerReport `json:"layers"` // in plan order
 	Totals Totals        `json:"totals"`
+	Input  *InputSummary `json:"input"` // how the checkpoint was read, dtypes written
 }
 
 // Totals summarise a quantization.
@@ -166,6 +167,7 @@ func Quantize(opt QuantizeOptions) (*QuantizeReport, error) {
 	}
 	rep := &QuantizeReport{Plan: plan, Layers: q.reports}
 	rep.Totals = plan.totals(rep.Layers)
+	rep.Input = plan.InputSummary()
 	if fi, err := os.Stat(opt.Out); err == nil {
 		rep.Totals.OutBytes = fi.Size()
 	}

@@ -36,7 +36,17 @@ func limitHeap() (restore func()) {
 // releaseTensors drops the mapped pages of the named tensors of r (names
 // r does not hold are skipped).
 func releaseTensors(r safetensors.Reader, names ...string) {
+	// Tensors a formats/source.Input computes (dequantized) are heap
+	// bytes it may cache: drop them from its cache, never unmap them.
+	computed, _ := r.(interface {
+		Computed(string) bool
+		Release(...string)
+	})
 	for _, n := range names {
+		if computed != nil && computed.Computed(n) {
+			computed.Release(n)
+			continue
+		}
 		if n == "" {
 			continue
 		}
