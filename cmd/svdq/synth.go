@@ -33,6 +33,7 @@ func init() {
 			&cli.StringFlag{Name: "pattern", Value: "aligned", Usage: "outlier pattern: " + strings.Join(synth.Patterns(), ", ") + " (formats/synth doc)"},
 			&cli.IntFlag{Name: "shards", Value: 1, Usage: "split the model into `N` files with an index"},
 			&cli.IntFlag{Name: "samples", Usage: "calibration rows per module (0: 256)"},
+			&cli.IntFlag{Name: "lora", Usage: "also write DIR/lora.safetensors, a PEFT LoRA of rank `R` on the attention projections (to try fuse-lora)"},
 		},
 		Action: synthAction,
 	})
@@ -46,8 +47,8 @@ func synthAction(c *cli.Context) error {
 	if !(scale > 0 && scale <= 1) {
 		return fmt.Errorf("synth: --scale %v is not in (0, 1]", scale)
 	}
-	if c.Int("blocks") < 0 || c.Int("shards") < 1 || c.Int("samples") < 0 {
-		return fmt.Errorf("synth: --blocks, --samples must be ≥ 0 and --shards ≥ 1")
+	if c.Int("blocks") < 0 || c.Int("shards") < 1 || c.Int("samples") < 0 || c.Int("lora") < 0 {
+		return fmt.Errorf("synth: --blocks, --samples, --lora must be ≥ 0 and --shards ≥ 1")
 	}
 	start := time.Now()
 	b := newBar(c.App.Writer, 1, "synth", true)
@@ -67,6 +68,12 @@ func synthAction(c *cli.Context) error {
 	model := filepath.Join(opt.Out, synth.ModelFile)
 	if opt.Shards > 1 {
 		model = filepath.Join(opt.Out, synth.IndexFile)
+	}
+	if r := c.Int("lora"); r > 0 {
+		if err := synth.GenerateLoRA(opt, r); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "wrote %s (rank %d)\n", filepath.Join(opt.Out, synth.LoRAFile), r)
 	}
 	fmt.Fprintf(c.App.Writer, "wrote %s and %s in %.1fs\n", model, filepath.Join(opt.Out, synth.CalibFile), time.Since(start).Seconds())
 	return nil
