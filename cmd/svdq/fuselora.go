@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/quant/model"
 	"github.com/urfave/cli/v2"
 )
@@ -50,6 +51,11 @@ func init() {
 			&cli.BoolFlag{Name: "allow-unmatched", Usage: "warn about LoRA keys that match no layer instead of failing"},
 			&cli.StringFlag{Name: "w4a16", Value: model.W4A16Auto, Usage: "adaLN W4A16 layers: auto (branch where every engine the input loads in reads one), branch or skip"},
 			&cli.StringFlag{Name: "kept", Value: model.KeptMerge, Usage: "16-bit layers: merge or skip"},
+			&cli.StringFlag{Name: "delta", Usage: "full fine-tune `FINETUNED` (file or checkpoint folder) to fuse as ΔW = W_FINETUNED − W_BASE (needs --base)"},
+			&cli.StringFlag{Name: "base", Usage: "the `BASE` checkpoint --delta was fine-tuned from"},
+			&cli.IntFlag{Name: "delta-rank", Usage: "rank `R` of the truncated SVD of a dense ΔW (LoHa, LoKr, --delta) on W4A4/W4A16 layers"},
+			&cli.Float64Flag{Name: "delta-energy", Usage: "instead of --delta-rank: the smallest rank keeping a fraction `E` of ‖ΔW‖²"},
+			&cli.StringFlag{Name: "calib", Usage: "calibration `FILE` (svdq-calib/1) to measure each truncation's error on its rows"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "check and list what would change; write nothing"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as one JSON object"},
 		},
@@ -66,21 +72,42 @@ func fuseLoRAAction(c *cli.Context) error {
 		return err
 	}
 	names := c.StringSlice("name")
-	if len(names) > len(specs) {
-		return fmt.Errorf("%d --name values for %d --lora files", len(names), len(specs))
+	nspec := len(specs)
+	if c.String("delta") != "" {
+		nspec++ // the last --name may name the --delta
+	}
+	if len(names) > nspec {
+		return fmt.Errorf("%d --name values for %d --lora/--delta inputs", len(names), nspec)
 	}
 	for i, n := range names {
-		specs[i].Name = n
+		if i < len(specs) {
+			specs[i].Name = n
+		}
 	}
 	for _, s := range specs {
 		if st, err := os.Stat(s.Path); err != nil || st.IsDir() {
 			return fmt.Errorf("--lora %s: not a file", s.Path)
 		}
 	}
+	if (c.String("delta") == "") != (c.String("base") == "") {
+		return fmt.Errorf("--delta and --base go together")
+	}
+	if d := c.String("delta"); d != "" {
+		for _, p := range []string{d, c.String("base")} {
+			if _, err := os.Stat(p); err != nil {
+				return fmt.Errorf("--delta/--base %s: %v", p, err)
+			}
+		}
+		specs = append(specs, model.LoRASpec{Path: d, Strength: 1, Base: c.String("base")})
+		if len(names) > len(specs)-1 {
+			specs[len(specs)-1].Name = names[len(specs)-1]
+		}
+	}
 	if err := dirExists(c.String("out")); err != nil {
 		return err
 	}
-	opt := model.FuseOptions{Model: c.String("model"), Out: c.String("out"), LoRAs: specs,
+	opt := model.FuseOptions{Model: c.String("model"), Out: c.String("out"), LoRAs: specs, Calib: c.String("calib"),
+		Trunc:  lora.TruncOptions{Rank: c.Int("delta-rank"), Energy: c.Float64("delta-energy")},
 		Remove: c.StringSlice("remove"), RemoveAll: c.Bool("remove-all"), AllowUnmatched: c.Bool("allow-unmatched"),
 		W4A16: c.String("w4a16"), Kept: c.String("kept"), DryRun: c.Bool("dry-run"),
 		OnWarn: func(s string) { fmt.Fprintln(c.App.ErrWriter, "svdq: warning:", s) }}
@@ -127,6 +154,13 @@ func printFuse(w io.Writer, rep *model.FuseReport, opt model.FuseOptions) {
 			rank += rg[1] - rg[0]
 		}
 		fmt.Fprintf(w, "fused %s: %s, %s, strength %g, %d layers, rank +%d in total\n", a.Name, a.File, a.Format, a.Strength, len(a.Ranges), rank)
+	}
+	for _, t := range rep.Truncated {
+		on := "weights"
+		if t.Rows > 0 {
+			on = fmt.Sprintf("%d calibration rows", t.Rows)
+		}
+		fmt.Fprintf(w, "  truncated %s on %-*s  rank %d of %d, energy %.4f, error %.4f (%s)\n", t.LoRA, width, t.Layer, t.Rank, t.Full, t.Energy, t.Error, on)
 	}
 	if len(rep.Removed) > 0 {
 		fmt.Fprintf(w, "removed: %s\n", strings.Join(rep.Removed, ", "))

@@ -57,6 +57,10 @@ func Map(f *File, ix *Index, strength float64) (*Mapping, error) {
 			for _, t := range ts {
 				layers = append(layers, t.Layer)
 			}
+			if !m.LowRank() {
+				return nil, fmt.Errorf("%s: module %s: %s ΔW is [%d %d], but layer %s takes it as [%d %d]",
+					f.Path, m.Key, m.Type, m.N, m.K, strings.Join(uniq(layers), ", "), n, k)
+			}
 			return nil, fmt.Errorf("%s: module %s: ΔW is [%d %d] (tensor %q [%d %d], tensor %q [%d %d]), but layer %s takes it as [%d %d]",
 				f.Path, m.Key, m.N, m.K, m.B, m.N, m.Rank, m.A, m.Rank, m.K, strings.Join(uniq(layers), ", "), n, k)
 		}
@@ -123,7 +127,39 @@ func firstRow(p *Part) int {
 	return lo
 }
 
-// Build materialises the plan as a branch of the layer's shape, unrounded:
+// Dense returns the sum of the plan's non-low-rank parts (LoHa, LoKr,
+// diff) as the layer's ΔW [N, K] in float64, each part's scale applied,
+// or nil when every part is a plain LoRA (Build's).
+func (lp *LayerPlan) Dense() ([]float64, error) {
+	var d []float64
+	li := lp.Info
+	for _, p := range lp.Parts {
+		m := p.Module
+		if m.LowRank() {
+			continue
+		}
+		md, err := m.Dense()
+		if err != nil {
+			return nil, err
+		}
+		if d == nil {
+			d = make([]float64, li.N*li.K)
+		}
+		for _, t := range p.Targets {
+			for i := 0; i < t.Rows.Len(); i++ {
+				src := md[(t.SrcRows.Lo+i)*m.K+t.Cols.Lo : (t.SrcRows.Lo+i)*m.K+t.Cols.Hi]
+				dst := d[(t.Rows.Lo+i)*li.K : (t.Rows.Lo+i+1)*li.K]
+				for j, v := range src {
+					dst[j] += p.Scale * v
+				}
+			}
+		}
+	}
+	return d, nil
+}
+
+// Build materialises the plan's plain LoRA parts (Dense has the others)
+// as a branch of the layer's shape, unrounded:
 // each part's Down = A[:, Cols] and Up = float32(scale·B) placed at its
 // rows. Parts whose Down is bit-identical and whose rows do not overlap
 // share one block (their up rows combined), and rank columns that add
@@ -139,6 +175,9 @@ func (lp *LayerPlan) Build() (*Branch, error) {
 	}
 	var blocks []*block
 	for _, p := range lp.Parts {
+		if !p.Module.LowRank() {
+			continue
+		}
 		a, b, err := p.Module.Factors()
 		if err != nil {
 			return nil, err
@@ -231,7 +270,9 @@ func disjoint(rows []preset.Range, ts []Target) bool {
 func (lp *LayerPlan) Rank() int {
 	r := 0
 	for _, p := range lp.Parts {
-		r += p.Module.Rank
+		if p.Module.LowRank() {
+			r += p.Module.Rank
+		}
 	}
 	return r
 }

@@ -92,7 +92,9 @@ func newLoRACheck(f *qfile, specs []LoRASpec) (*loraCheck, error) {
 	return lc, nil
 }
 
-// add accumulates one LoRA's blocks on the quantized layers.
+// add accumulates one LoRA's ΔW on the quantized layers: plain LoRA blocks
+// as factors, a dense ΔW (LoHa, LoKr) exactly (lora.ExactBranch), so the
+// check measures a truncated branch against the full ΔW.
 func (lc *loraCheck) add(lf *lora.File, ix *lora.Index, strength float64) error {
 	mp, err := lora.Map(lf, ix, strength)
 	if err != nil {
@@ -106,6 +108,13 @@ func (lc *loraCheck) add(lf *lora.File, ix *lora.Index, strength float64) error 
 		b, err := lp.Build()
 		if err != nil {
 			return err
+		}
+		dense, err := lp.Dense() // LoHa, LoKr: their full ΔW, whatever rank the file kept
+		if err != nil {
+			return err
+		}
+		if dense != nil {
+			b.Append(lora.ExactBranch(dense, lp.Info.N, lp.Info.K))
 		}
 		if d := lc.delta[lp.Info.Name]; d != nil {
 			d.Append(b)

@@ -516,14 +516,7 @@ func (fu *fusion) branch(t *touched, cur *lora.Branch) (*lora.Branch, error) {
 		cur.Drop(rg[0], rg[1])
 	}
 	for _, a := range fu.adds[t.info.Name] {
-		b, err := a.plan.Build()
-		if err != nil {
-			return nil, err
-		}
-		if t.info.Kind != lora.Kept {
-			b.Round(t.info.DType)
-		}
-		cur.Append(b)
+		cur.Append(a.br)
 	}
 	if cur.R != t.newRank {
 		return nil, fmt.Errorf("lora: layer %s: built rank %d, planned %d", t.info.Name, cur.R, t.newRank)

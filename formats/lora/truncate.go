@@ -1,0 +1,187 @@
+package lora
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/svdq/svdq/svd"
+)
+
+// TruncOptions choose the rank of a dense ΔW's branch on a W4A4 or W4A16
+// layer (fuse-lora --delta-rank / --delta-energy): exactly one is set.
+type TruncOptions struct {
+	Rank   int     // keep the R leading singular directions (capped at min(N, K))
+	Energy float64 // keep the fewest directions whose σ² sum to ≥ Energy·‖ΔW‖²_F, 0 < Energy ≤ 1
+}
+
+// Validate checks that exactly one of Rank and Energy is set and in range.
+func (o TruncOptions) Validate() error {
+	switch {
+	case o.Rank < 0:
+		return fmt.Errorf("delta rank %d is negative", o.Rank)
+	case o.Rank > 0 && o.Energy != 0:
+		return fmt.Errorf("give a delta rank or a delta energy, not both")
+	case o.Energy < 0 || o.Energy > 1 || math.IsNaN(o.Energy):
+		return fmt.Errorf("delta energy %v is not in (0, 1]", o.Energy)
+	}
+	return nil
+}
+
+// Set reports whether a rank rule was given.
+func (o TruncOptions) Set() bool { return o.Rank > 0 || o.Energy > 0 }
+
+// Truncation describes the branch a dense ΔW became on one layer.
+type Truncation struct {
+	LoRA  string `json:"lora"`
+	Layer string `json:"layer"`
+	Rank  int    `json:"rank"` // rank kept
+	Full  int    `json:"full"` // min(N, K)
+	// Energy is the fraction of ‖ΔW‖²_F the kept singular values hold.
+	Energy float64 `json:"energy"`
+	// Error is ‖x·(ΔW − ΔW_r)ᵀ‖_F / ‖x·ΔWᵀ‖_F over Rows calibration rows
+	// x, or ‖ΔW − ΔW_r‖_F / ‖ΔW‖_F when Rows is 0; ΔW_r is the branch as
+	// stored (rounded to the model's 16-bit type).
+	Error float64 `json:"error"`
+	Rows  int     `json:"rows"`
+}
+
+// exactSVDWork bounds m·n·min(m, n) for the exact (gonum) SVD; larger
+// matrices use svd.Randomized.
+const exactSVDWork = 1 << 27
+
+// Truncate returns the best rank-r approximation of d [n, k] as a branch
+// Up = U_r·diag(S_r) [n, r], Down = V_rᵀ [r, k] (float32, unrounded), with
+// r chosen by opt, and the fraction of ‖d‖²_F it keeps. The SVD comes
+// from the svd package: exact (gonum) for small matrices, else
+// randomized subspace iteration, whose rank is doubled until the energy
+// rule is met. A zero d returns a rank-0 branch. It panics on a bad shape
+// or options (Validate first).
+func Truncate(d []float64, n, k int, opt TruncOptions) (*Branch, float64) {
+	if len(d) != n*k || n <= 0 || k <= 0 || !opt.Set() || opt.Validate() != nil {
+		panic(fmt.Sprintf("lora: Truncate: %d values for [%d %d], options %+v", len(d), n, k, opt))
+	}
+	total := 0.0
+	a := make([]float32, len(d))
+	for i, v := range d {
+		total += v * v
+		a[i] = float32(v)
+	}
+	if total == 0 {
+		return NewBranch(n, k), 1
+	}
+	full := min(n, k)
+	var t *svd.Truncated
+	if n*k*full <= exactSVDWork {
+		t = svd.Exact(a, n, k, full)
+	} else {
+		r := opt.Rank
+		if r == 0 {
+			r = min(32, full)
+		}
+		for {
+			t, _ = svd.Randomized(a, n, k, min(r, full), svd.RandOptions{Seed: 1})
+			if opt.Rank > 0 || r >= full || energyRank(t.S, total, opt.Energy) > 0 {
+				break
+			}
+			r *= 2
+		}
+	}
+	r := min(opt.Rank, t.R)
+	if opt.Rank == 0 {
+		if r = energyRank(t.S, total, opt.Energy); r == 0 {
+			r = t.R // float rounding: the whole spectrum found falls just short
+		}
+	}
+	kept := 0.0
+	for _, s := range t.S[:r] {
+		kept += s * s
+	}
+	b := &Branch{N: n, K: k, R: r, Down: make([]float32, r*k), Up: make([]float32, n*r)}
+	for i := 0; i < n; i++ {
+		for j := 0; j < r; j++ {
+			b.Up[i*r+j] = float32(float64(t.U[i*t.R+j]) * t.S[j])
+		}
+	}
+	copy(b.Down, t.Vt[:r*k])
+	b.pruneZero()
+	return b, min(kept/total, 1)
+}
+
+// energyRank returns the fewest leading values of s whose squares sum to
+// at least e·total, 0 when all of s falls short.
+func energyRank(s []float64, total, e float64) int {
+	acc := 0.0
+	for i, v := range s {
+		acc += v * v
+		if acc >= e*total*(1-1e-12) {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// ExactBranch returns an exact factorisation of d [n, k] with float32
+// values: Up = I, Down = d when n ≤ k, else Up = d, Down = I (rank
+// min(n, k)). It carries a dense ΔW into a 16-bit weight merge (Merge
+// sums Up·Down in float64, so the identity adds no rounding).
+func ExactBranch(d []float64, n, k int) *Branch {
+	if len(d) != n*k {
+		panic(fmt.Sprintf("lora: ExactBranch: %d values for [%d %d]", len(d), n, k))
+	}
+	if n <= k {
+		b := &Branch{N: n, K: k, R: n, Down: make([]float32, n*k), Up: make([]float32, n*n)}
+		for i, v := range d {
+			b.Down[i] = float32(v)
+		}
+		for i := 0; i < n; i++ {
+			b.Up[i*n+i] = 1
+		}
+		return b
+	}
+	b := &Branch{N: n, K: k, R: k, Down: make([]float32, k*k), Up: make([]float32, n*k)}
+	for i, v := range d {
+		b.Up[i] = float32(v)
+	}
+	for i := 0; i < k; i++ {
+		b.Down[i*k+i] = 1
+	}
+	return b
+}
+
+// TruncError returns ‖x·(d − b)ᵀ‖_F / ‖x·dᵀ‖_F for rows x [m, k] (m > 0),
+// or ‖d − b‖_F / ‖d‖_F when m is 0, where b is the branch's Up·Down; 0
+// when d is zero.
+func TruncError(d []float64, b *Branch, x []float32, m int) float64 {
+	e := b.Delta()
+	for i := range e {
+		e[i] = d[i] - e[i]
+	}
+	if m == 0 {
+		num, den := 0.0, 0.0
+		for i := range d {
+			num += e[i] * e[i]
+			den += d[i] * d[i]
+		}
+		if den == 0 {
+			return 0
+		}
+		return math.Sqrt(num / den)
+	}
+	num, den := 0.0, 0.0
+	for r := 0; r < m; r++ {
+		row := x[r*b.K : (r+1)*b.K]
+		for i := 0; i < b.N; i++ {
+			var ye, yd float64
+			for j, v := range row {
+				ye += float64(v) * e[i*b.K+j]
+				yd += float64(v) * d[i*b.K+j]
+			}
+			num += ye * ye
+			den += yd * yd
+		}
+	}
+	if den == 0 {
+		return 0
+	}
+	return math.Sqrt(num / den)
+}
