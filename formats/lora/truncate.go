@@ -11,7 +11,7 @@ import (
 // layer (fuse-lora --delta-rank / --delta-energy): exactly one is set.
 type TruncOptions struct {
 	Rank   int     // keep the R leading singular directions (capped at min(N, K))
-	Energy float64 // keep the fewest directions whose σ² sum to ≥ Energy·‖ΔW‖²_F, 0 < Energy ≤ 1
+	Energy float64 // keep the fewest directions whose σ² sum to ≥ Energy·‖ΔW‖²_F (less 1e-6·‖ΔW‖²_F), 0 < Energy ≤ 1
 }
 
 // Validate checks that exactly one of Rank and Energy is set and in range.
@@ -107,13 +107,18 @@ func Truncate(d []float64, n, k int, opt TruncOptions) (*Branch, float64) {
 	return b, min(kept/total, 1)
 }
 
+// energyTol is how far short of e·‖ΔW‖² the kept energy may fall: the
+// SVD runs in float32, so directions below ~1e-6 of the energy are noise
+// (energy 1 then keeps the exact rank of a low-rank ΔW, not min(N, K)).
+const energyTol = 1e-6
+
 // energyRank returns the fewest leading values of s whose squares sum to
-// at least e·total, 0 when all of s falls short.
+// at least e·total (less energyTol·total), 0 when all of s falls short.
 func energyRank(s []float64, total, e float64) int {
 	acc := 0.0
 	for i, v := range s {
 		acc += v * v
-		if acc >= e*total*(1-1e-12) {
+		if acc >= (e-energyTol)*total {
 			return i + 1
 		}
 	}
