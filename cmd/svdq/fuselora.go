@@ -56,6 +56,7 @@ func init() {
 			&cli.IntFlag{Name: "delta-rank", Usage: "rank `R` of the truncated SVD of a dense ΔW (LoHa, LoKr, --delta) on W4A4/W4A16 layers"},
 			&cli.Float64Flag{Name: "delta-energy", Usage: "instead of --delta-rank: the smallest rank keeping a fraction `E` of ‖ΔW‖²"},
 			&cli.StringFlag{Name: "calib", Usage: "calibration `FILE` (svdq-calib/1) to measure each truncation's error on its rows"},
+			&cli.StringFlag{Name: "reference", Usage: "16-bit checkpoint `REF` the model was quantized from: DoRA LoRAs normalise its weights"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "check and list what would change; write nothing"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as one JSON object"},
 		},
@@ -106,7 +107,7 @@ func fuseLoRAAction(c *cli.Context) error {
 	if err := dirExists(c.String("out")); err != nil {
 		return err
 	}
-	opt := model.FuseOptions{Model: c.String("model"), Out: c.String("out"), LoRAs: specs, Calib: c.String("calib"),
+	opt := model.FuseOptions{Model: c.String("model"), Out: c.String("out"), LoRAs: specs, Calib: c.String("calib"), Reference: c.String("reference"),
 		Trunc:  lora.TruncOptions{Rank: c.Int("delta-rank"), Energy: c.Float64("delta-energy")},
 		Remove: c.StringSlice("remove"), RemoveAll: c.Bool("remove-all"), AllowUnmatched: c.Bool("allow-unmatched"),
 		W4A16: c.String("w4a16"), Kept: c.String("kept"), DryRun: c.Bool("dry-run"),

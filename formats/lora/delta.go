@@ -158,8 +158,16 @@ func productShape(rd safetensors.Reader, path, a, b, t string) (n, k, r int, err
 // LoHa's (w1a·w1b) ⊙ (w2a·w2b), the LoKr's w1 ⊗ w2, the diff's
 // W_finetuned − W_base. Products are summed in float64. Errors come from
 // reading the tensors (NaN and ±Inf included). It panics for a plain
-// LoRA module (use Factors).
+// LoRA module (use Factors) and for a DoRA one (use DenseDoRA).
 func (m *Module) Dense() ([]float64, error) {
+	if m.Dora != "" {
+		panic("lora: Module.Dense of DoRA module " + m.Key)
+	}
+	return m.denseProduct()
+}
+
+// denseProduct is Dense without the DoRA check.
+func (m *Module) denseProduct() ([]float64, error) {
 	switch m.Type {
 	case TypeLoHa:
 		p1, err := m.product(m.T[roleHadaW1A], m.T[roleHadaW1B], m.T[roleHadaT1])

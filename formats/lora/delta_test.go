@@ -183,3 +183,53 @@ func TestDenseErrors(t *testing.T) {
 		t.Errorf("NaN: %v", err)
 	}
 }
+
+// TestDoRAConventions: DoRA's ΔW = strength·(Wc ⊙ m/‖Wc‖ − W), Wc = W +
+// (α/r)·B·A, by hand for W = [[3 0] [0 4]], B·A = [[0 0] [1 0]]: a PEFT
+// magnitude [6 1] per output row (‖Wc rows‖ = 3, √17) and a LyCORIS
+// dora_scale [[2 8]] per input column (‖Wc columns‖ = √10, 4).
+func TestDoRAConventions(t *testing.T) {
+	w := []float64{3, 0, 0, 4}
+	s17, s10 := math.Sqrt(17), math.Sqrt(10)
+	cases := []struct {
+		name     string
+		ts       []rawTensor
+		strength float64
+		out      bool
+		want     []float64
+	}{
+		{"peft magnitude", []rawTensor{m32("m.lora_A.weight", 1, 2, 1, 0), m32("m.lora_B.weight", 2, 1, 0, 1),
+			{"m.lora_magnitude_vector.weight", safetensors.F32, []int64{2}, []float32{6, 1}}},
+			0.5, true, []float64{1.5, 0, 0.5 / s17, 0.5 * (4/s17 - 4)}},
+		{"lycoris dora_scale input axis, alpha 2", []rawTensor{m32("m.lora_down.weight", 1, 2, 0.5, 0), m32("m.lora_up.weight", 2, 1, 0, 1),
+			alpha32("m.alpha", 2), m32("m.dora_scale", 1, 2, 2, 8)},
+			// (α/r)·B·A = 2·[[0 0] [.5 0]] = [[0 0] [1 0]]
+			1, false, []float64{6/s10 - 3, 0, 2 / s10, 4}},
+		{"loha with dora_scale [N, 1]", []rawTensor{
+			m32("m.hada_w1_a", 2, 1, 0, 1), m32("m.hada_w1_b", 1, 2, 1, 0),
+			m32("m.hada_w2_a", 2, 1, 1, 1), m32("m.hada_w2_b", 1, 2, 1, 1),
+			m32("m.dora_scale", 2, 1, 6, 1)},
+			// (w1a·w1b) ⊙ (w2a·w2b) = [[0 0] [1 0]] ⊙ [[1 1] [1 1]]
+			1, true, []float64{3, 0, 1 / s17, 4/s17 - 4}},
+	}
+	for _, c := range cases {
+		f, err := Open(writeRaw(t, c.ts))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		m := &f.Modules[0]
+		if m.LowRank() || m.Dora == "" || m.DoraOut != c.out {
+			t.Fatalf("%s: dora %q out %v", c.name, m.Dora, m.DoraOut)
+		}
+		d, err := m.DenseDoRA(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, want := range c.want {
+			if got := m.Scale(c.strength) * d[i]; math.Abs(got-want) > 1e-6 {
+				t.Errorf("%s: ΔW[%d] = %v, want %v", c.name, i, got, want)
+			}
+		}
+		f.Close()
+	}
+}

@@ -63,21 +63,36 @@ type Module struct {
 	// Split takes one third of B's rows (1 the first, 3 the last): an
 	// XLabs single-block qkv LoRA is q, k and v sharing A. 0: all rows.
 	Split int
+	// Dora names the module's DoRA magnitude ("" for none); DoraOut is
+	// true when it is per output row ([N] or [N, 1]), false per input
+	// column ([1, K]). See DenseDoRA.
+	Dora    string
+	DoraOut bool
 
 	f *File
 }
 
 // LowRank reports whether the module's ΔW is given as factors B·A (a
-// plain LoRA), which fuse exactly; the other types form a dense ΔW.
-func (m *Module) LowRank() bool { return m.Type == TypeLoRA }
+// plain LoRA without DoRA), which fuse exactly; the others form a dense
+// ΔW.
+func (m *Module) LowRank() bool { return m.Type == TypeLoRA && m.Dora == "" }
 
-// Scale returns strength·α/r, the factor of the module's product, as
-// float64 (strength alone when Rank is 0).
+// Scale returns the factor of the module's ΔW: strength·α/r for its
+// product (strength alone when Rank is 0), strength for a DoRA module
+// (whose α/r is inside DenseDoRA).
 func (m *Module) Scale(strength float64) float64 {
-	if m.Rank == 0 {
+	if m.Rank == 0 || m.Dora != "" {
 		return strength
 	}
-	return strength * m.Alpha / float64(m.Rank)
+	return m.ownScale() * strength
+}
+
+// ownScale is α/r (1 when Rank is 0).
+func (m *Module) ownScale() float64 {
+	if m.Rank == 0 {
+		return 1
+	}
+	return m.Alpha / float64(m.Rank)
 }
 
 // Shape formats the module's ΔW shape for messages.
@@ -162,8 +177,8 @@ func parse(r safetensors.Reader, path string) (*File, error) {
 	}
 	styles := map[string]bool{}
 	for name, p := range mods {
-		if len(p.t) == 1 && p.t[roleAlpha] != "" {
-			f.Unknown = append(f.Unknown, p.t[roleAlpha]) // an alpha alone
+		if lone := onlyExtras(p.t); lone != nil {
+			f.Unknown = append(f.Unknown, lone...) // an alpha or a magnitude alone
 			continue
 		}
 		m := Module{Key: name, Style: moduleStyle(name, p.style), f: f}
@@ -177,6 +192,9 @@ func parse(r safetensors.Reader, path string) (*File, error) {
 			err = m.parseLoRA(r, path, p.t)
 		}
 		if err != nil {
+			return nil, err
+		}
+		if err := m.parseDora(r, path, p.t[roleDora]); err != nil {
 			return nil, err
 		}
 		if m.Alpha = float64(m.Rank); p.t[roleAlpha] != "" {
@@ -214,6 +232,19 @@ func parse(r safetensors.Reader, path string) (*File, error) {
 	return f, nil
 }
 
+// onlyExtras returns the tensors of a module that has nothing but an
+// alpha and/or a DoRA magnitude, nil otherwise.
+func onlyExtras(t map[role]string) []string {
+	var out []string
+	for r, n := range t {
+		if r != roleAlpha && r != roleDora {
+			return nil
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
 func hasAny(t map[role]string, roles ...role) bool {
 	for _, r := range roles {
 		if t[r] != "" {
@@ -228,7 +259,7 @@ func hasAny(t map[role]string, roles ...role) bool {
 func onlyRoles(path, module, kind string, t map[role]string, allowed ...role) error {
 	var names []string
 	for r, name := range t {
-		ok := r == roleAlpha
+		ok := r == roleAlpha || r == roleDora
 		for _, a := range allowed {
 			ok = ok || r == a
 		}

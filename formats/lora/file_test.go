@@ -150,6 +150,7 @@ func TestOpenErrors(t *testing.T) {
 		{"conv3", []rawTensor{{"m.lora_A.weight", safetensors.F32, []int64{2, 4, 3, 3}, zeros(72)}, B("m", 4, 2)}, "1×1 convolution"},
 		{"alpha shape", []rawTensor{A("m", 2, 4), B("m", 4, 2), {"m.alpha", safetensors.F32, []int64{2}, zeros(2)}}, "alpha shape"},
 		{"mixed", []rawTensor{A("m", 2, 4), B("m", 4, 2), {"m.hada_w1_a", safetensors.F32, []int64{4, 2}, zeros(8)}}, "mixes it with LoHa"},
+		{"dora shape", []rawTensor{A("m", 2, 4), B("m", 4, 2), {"m.dora_scale", safetensors.F32, []int64{3}, zeros(3)}}, "DoRA magnitude"},
 		{"alpha nan", []rawTensor{A("m", 2, 4), B("m", 4, 2), {"m.alpha", safetensors.F32, []int64{}, []float32{float32(math.NaN())}}}, "not finite"},
 	}
 	for _, c := range cases {
@@ -168,14 +169,14 @@ func TestOpenErrors(t *testing.T) {
 	// Unknown keys and lone alphas are listed; a NaN factor fails on read.
 	nan := A("m", 2, 4)
 	nan.v[5] = float32(math.Inf(1))
-	path := writeRaw(t, []rawTensor{nan, B("m", 4, 2), {"m.dora_scale", safetensors.F32, []int64{4}, zeros(4)},
+	path := writeRaw(t, []rawTensor{nan, B("m", 4, 2), {"y.dora_scale", safetensors.F32, []int64{4}, zeros(4)},
 		{"x.alpha", safetensors.F32, []int64{}, zeros(1)}, {"m.lora_mid.weight", safetensors.F32, []int64{1}, zeros(1)}})
 	f, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if want := []string{"m.dora_scale", "m.lora_mid.weight", "x.alpha"}; strings.Join(f.Unknown, ",") != strings.Join(want, ",") {
+	if want := []string{"m.lora_mid.weight", "x.alpha", "y.dora_scale"}; strings.Join(f.Unknown, ",") != strings.Join(want, ",") {
 		t.Errorf("unknown %v, want %v", f.Unknown, want)
 	}
 	if _, _, err := f.Modules[0].Factors(); err == nil || !strings.Contains(err.Error(), "[1, 1]") {

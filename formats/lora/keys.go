@@ -31,6 +31,10 @@ const (
 	roleLokrW2A
 	roleLokrW2B
 	roleLokrT2
+	// DoRA magnitude (weight decomposition) beside any of the above:
+	// LyCORIS/kohya dora_scale [N, 1] (output axis) or [1, K] (input axis),
+	// PEFT lora_magnitude_vector [N].
+	roleDora
 )
 
 // suffixes maps key suffixes to roles and the style they imply ("" for
@@ -57,6 +61,10 @@ var suffixes = []struct {
 	{".lokr_w2_a", roleLokrW2A, StyleLyCORIS},
 	{".lokr_w2_b", roleLokrW2B, StyleLyCORIS},
 	{".lokr_t2", roleLokrT2, StyleLyCORIS},
+	{".dora_scale", roleDora, ""},
+	{".lora_magnitude_vector", roleDora, StylePEFT},
+	{".lora_magnitude_vector.weight", roleDora, StylePEFT},
+	{".lora_magnitude_vector.default.weight", roleDora, StylePEFT},
 	{".lora_down.weight", roleA, StyleKohya},
 	{".lora_up.weight", roleB, StyleKohya},
 	{".alpha", roleAlpha, ""},

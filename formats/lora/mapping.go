@@ -23,6 +23,8 @@ type Mapping struct {
 type LayerPlan struct {
 	Info  *LayerInfo
 	Parts []Part // ordered by first output row, then module key
+
+	layers map[string]*LayerInfo // the index's, for DoRA's module weights
 }
 
 // Part is one (module, input columns) rank block of a layer: Down =
@@ -30,8 +32,11 @@ type LayerPlan struct {
 // zero.
 type Part struct {
 	Module  *Module
-	Scale   float64 // strength · α / r
+	Scale   float64 // Module.Scale(strength)
 	Targets []Target
+	// All holds every target of the module, in this layer and others
+	// (DoRA normalises the module's whole weight).
+	All []Target
 }
 
 // Map resolves every module of f through ix and checks its shape: a
@@ -79,7 +84,7 @@ func Map(f *File, ix *Index, strength float64) (*Mapping, error) {
 			kk := key{t.Layer, t.Cols}
 			p := parts[kk]
 			if p == nil {
-				p = &Part{Module: m, Scale: s}
+				p = &Part{Module: m, Scale: s, All: ts}
 				parts[kk] = p
 				order = append(order, kk)
 			}
@@ -88,7 +93,7 @@ func Map(f *File, ix *Index, strength float64) (*Mapping, error) {
 		for _, kk := range order {
 			lp := byLayer[kk.layer]
 			if lp == nil {
-				lp = &LayerPlan{Info: ix.Layers[kk.layer]}
+				lp = &LayerPlan{Info: ix.Layers[kk.layer], layers: ix.Layers}
 				byLayer[kk.layer] = lp
 			}
 			lp.Parts = append(lp.Parts, *parts[kk])
@@ -128,9 +133,10 @@ func firstRow(p *Part) int {
 }
 
 // Dense returns the sum of the plan's non-low-rank parts (LoHa, LoKr,
-// diff) as the layer's ΔW [N, K] in float64, each part's scale applied,
-// or nil when every part is a plain LoRA (Build's).
-func (lp *LayerPlan) Dense() ([]float64, error) {
+// diff, DoRA) as the layer's ΔW [N, K] in float64, each part's scale
+// applied, or nil when every part is a plain LoRA (Build's). src gives
+// the base weights DoRA needs (nil: a DoRA part is an error).
+func (lp *LayerPlan) Dense(src WeightSource) ([]float64, error) {
 	var d []float64
 	li := lp.Info
 	for _, p := range lp.Parts {
@@ -138,7 +144,19 @@ func (lp *LayerPlan) Dense() ([]float64, error) {
 		if m.LowRank() {
 			continue
 		}
-		md, err := m.Dense()
+		var md []float64
+		var err error
+		if m.Dora != "" {
+			if src == nil {
+				return nil, fmt.Errorf("%s: module %s: DoRA needs the base weights", m.f.Path, m.Key)
+			}
+			var w []float64
+			if w, err = moduleWeight(m, p.All, src, lp.layers); err == nil {
+				md, err = m.DenseDoRA(w)
+			}
+		} else {
+			md, err = m.Dense()
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -158,7 +176,8 @@ func (lp *LayerPlan) Dense() ([]float64, error) {
 	return d, nil
 }
 
-// Build materialises the plan's plain LoRA parts (Dense has the others)
+// Build materialises the plan's plain LoRA parts (Dense has the others;
+// a LoRA with a DoRA magnitude is one of them)
 // as a branch of the layer's shape, unrounded:
 // each part's Down = A[:, Cols] and Up = float32(scale·B) placed at its
 // rows. Parts whose Down is bit-identical and whose rows do not overlap

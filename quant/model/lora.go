@@ -17,6 +17,7 @@ import (
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/safetensors"
+	"github.com/svdq/svdq/quant"
 )
 
 // LoRASpec names one LoRA to fuse (or to check against).
@@ -96,6 +97,10 @@ type FuseOptions struct {
 	// Calib, when set, is an svdq-calib/1 file whose rows (the layer's key
 	// in the file's svdq_calib record) measure each truncation's error.
 	Calib string
+	// Reference, when set, is the 16-bit checkpoint Model was quantized
+	// from: a DoRA module on a quantized layer normalises its weight.
+	// Kept tensors use their own base.
+	Reference string
 	// DryRun plans and validates everything and fills the report, but
 	// writes nothing.
 	DryRun bool
@@ -172,6 +177,8 @@ type fusion struct {
 	rewritten map[string]*safetensors.Spec
 	// cf is opt.Calib, open (nil without one).
 	cf *calib.File
+	// ref is opt.Reference, open (nil without one).
+	ref safetensors.Reader
 }
 
 // addition is one new LoRA's branch for one layer (rounded to the model's
@@ -274,6 +281,12 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 			return nil, err
 		}
 		defer fu.cf.Close()
+	}
+	if opt.Reference != "" {
+		if fu.ref, err = safetensors.OpenCheckpoint(opt.Reference); err != nil {
+			return nil, err
+		}
+		defer fu.ref.Close()
 	}
 	defer func() {
 		for _, lf := range fu.files {
@@ -501,7 +514,7 @@ func (fu *fusion) build(path, name string, lp *lora.LayerPlan) (*lora.Branch, er
 	if err != nil {
 		return nil, err
 	}
-	d, err := lp.Dense()
+	d, err := lp.Dense(fu.weightOf)
 	if err != nil {
 		return nil, err
 	}
@@ -528,6 +541,46 @@ func (fu *fusion) build(path, name string, lp *lora.LayerPlan) (*lora.Branch, er
 		br.Round(li.DType)
 	}
 	return br, nil
+}
+
+// weightOf returns a layer's 16-bit base weight for DoRA: a kept
+// tensor's base bytes (the sidecar's when LoRAs are merged into it), a
+// quantized layer's from opt.Reference.
+func (fu *fusion) weightOf(layer string) ([]float64, error) {
+	li := fu.ix.Layers[layer]
+	if li == nil {
+		return nil, fmt.Errorf("%s: no layer %s", fu.opt.Model, layer)
+	}
+	var w []float32
+	if li.Kind == lora.Kept {
+		src, name, path := fu.f.r, layer, fu.opt.Model
+		if _, ok := fu.sideInfo(lora.ReservedBase(layer)); ok {
+			src, name, path = fu.side, lora.ReservedBase(layer), fu.sideName()
+		}
+		info, _ := src.Info(name)
+		raw, err := src.Bytes(name)
+		if err != nil {
+			return nil, err
+		}
+		w = make([]float32, li.N*li.K)
+		if err := quant.Decode(w, string(info.DType), raw); err != nil {
+			return nil, fmt.Errorf("%s: tensor %q: %v", path, name, err)
+		}
+	} else {
+		if fu.ref == nil {
+			return nil, fmt.Errorf("%s: layer %s: a DoRA LoRA normalises the layer's 16-bit weight, which a quantized file does not hold: give --reference (the checkpoint it was quantized from)", fu.opt.Model, layer)
+		}
+		lm, _ := fu.f.meta.Layer(layer)
+		var err error
+		if w, _, _, err = readWeight(fu.ref, fu.opt.Reference, metaSources(lm.Sources), lm.N, lm.K); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]float64, len(w))
+	for i, v := range w {
+		out[i] = float64(v)
+	}
+	return out, nil
 }
 
 func allZero(d []float64) bool {

@@ -98,6 +98,63 @@ func lokrModule(rng *rand.Rand, module string, n, k int) denseModule {
 	}, d}
 }
 
+// doraModule writes a rank-4 LoRA with a DoRA magnitude, α = 2 (scale
+// 1/2): on an attention or MLP module PEFT's lora_magnitude_vector [N] per
+// output row (diffusers names, transformer. prefix), on the embedder a
+// LyCORIS dora_scale [1, K] per input column (kohya names). The magnitude
+// is the norm of W·(1 + 0.1·noise) along that axis. ΔW = Wc ⊙ m/‖Wc‖ − W
+// with Wc = W + ½·B·A, as this test computes it from the base weight w.
+func doraModule(rng *rand.Rand, module string, n, k int, w []float64, kohya bool) denseModule {
+	const r = 4
+	a, b := gauss(rng, r*k, 0.3), gauss(rng, n*r, 0.1)
+	ba := mm(b, a, n, r, k)
+	wc := make([]float64, n*k)
+	for i := range wc {
+		wc[i] = w[i] + 0.5*ba[i]
+	}
+	size := n
+	if kohya {
+		size = k
+	}
+	mag, norm := make([]float64, size), make([]float64, size)
+	for i := 0; i < n; i++ {
+		for j := 0; j < k; j++ {
+			at := i
+			if kohya {
+				at = j
+			}
+			mag[at] += w[i*k+j] * w[i*k+j] * (1 + 0.1*rng.NormFloat64())
+			norm[at] += wc[i*k+j] * wc[i*k+j]
+		}
+	}
+	for i := range mag {
+		mag[i] = float64(float32(math.Sqrt(math.Abs(mag[i]))))
+		norm[i] = math.Sqrt(norm[i])
+	}
+	d := make([]float64, n*k)
+	for i := 0; i < n; i++ {
+		for j := 0; j < k; j++ {
+			at := i
+			if kohya {
+				at = j
+			}
+			d[i*k+j] = wc[i*k+j]*mag[at]/norm[at] - w[i*k+j]
+		}
+	}
+	if kohya {
+		key := "lora_unet_" + strings.ReplaceAll(module, ".", "_")
+		return denseModule{module, n, k, []safetensors.Tensor{
+			f32Tensor(key+".lora_down.weight", []int64{r, int64(k)}, a), f32Tensor(key+".lora_up.weight", []int64{int64(n), r}, b),
+			f32Tensor(key+".alpha", []int64{}, []float64{2}), f32Tensor(key+".dora_scale", []int64{1, int64(k)}, mag),
+		}, d}
+	}
+	key := "transformer." + module
+	return denseModule{module, n, k, []safetensors.Tensor{
+		f32Tensor(key+".lora_A.weight", []int64{r, int64(k)}, a), f32Tensor(key+".lora_B.weight", []int64{int64(n), r}, b),
+		f32Tensor(key+".alpha", []int64{}, []float64{2}), f32Tensor(key+".lora_magnitude_vector.weight", []int64{int64(n)}, mag),
+	}, d}
+}
+
 // denseTargets are, per test checkpoint, a W4A4 attention module (rows of
 // a fused qkv layer), a W4A4 MLP-down module (shifted input) and a kept
 // 16-bit embedder.
@@ -115,7 +172,7 @@ var denseTargets = map[string][]string{
 // --remove-all restores the base byte for byte.
 func TestFuseDense(t *testing.T) {
 	for _, which := range []string{"flux", "qwen-image"} {
-		for _, format := range []string{"loha", "lokr"} {
+		for _, format := range []string{"loha", "lokr", "dora"} {
 			t.Run(which+"/"+format, func(t *testing.T) { fuseDense(t, which, format) })
 		}
 	}
@@ -139,9 +196,23 @@ func fuseDense(t *testing.T, which, format string) {
 			t.Fatalf("%s: no %s.weight", b.src, m)
 		}
 		n, k := int(info.Shape[0]), int(info.Shape[1])
-		dm := lohaModule(rng, m, n, k)
-		if format == "lokr" {
+		var dm denseModule
+		switch format {
+		case "loha":
+			dm = lohaModule(rng, m, n, k)
+		case "lokr":
 			dm = lokrModule(rng, m, n, k)
+		case "dora":
+			w32 := make([]float32, n*k)
+			raw, _ := src.Bytes(m + ".weight")
+			if err := quant.Decode(w32, string(info.DType), raw); err != nil {
+				t.Fatal(err)
+			}
+			w := make([]float64, n*k)
+			for i, v := range w32 {
+				w[i] = float64(v)
+			}
+			dm = doraModule(rng, m, n, k, w, m == denseTargets[which][2])
 		}
 		mods = append(mods, dm)
 		ts = append(ts, dm.tensors...)
@@ -151,16 +222,22 @@ func fuseDense(t *testing.T, which, format string) {
 		t.Fatal(err)
 	}
 	spec := []LoRASpec{{Path: lp, Strength: strength}}
+	if format == "dora" { // DoRA normalises the 16-bit weight: without it, refused
+		_, err := FuseLoRA(FuseOptions{Model: b.q, Out: filepath.Join(dir, "x.safetensors"), LoRAs: spec, W4A16: W4A16Skip, Trunc: lora.TruncOptions{Rank: 4}})
+		if err == nil || !strings.Contains(err.Error(), "--reference") {
+			t.Errorf("DoRA without --reference: %v", err)
+		}
+	}
 
 	// Without a rank rule a dense ΔW on a W4A4 layer is refused.
-	if _, err := FuseLoRA(FuseOptions{Model: b.q, Out: filepath.Join(dir, "x.safetensors"), LoRAs: spec, W4A16: W4A16Skip}); err == nil ||
+	if _, err := FuseLoRA(FuseOptions{Model: b.q, Out: filepath.Join(dir, "x.safetensors"), LoRAs: spec, W4A16: W4A16Skip, Reference: b.src}); err == nil ||
 		!strings.Contains(err.Error(), "--delta-energy") || !strings.Contains(err.Error(), lp) {
 		t.Errorf("no rank rule: %v", err)
 	}
 
 	out := filepath.Join(dir, "fused.safetensors")
 	const energy = 0.9
-	rep := fuse(t, FuseOptions{Model: b.q, Out: out, LoRAs: spec, Trunc: lora.TruncOptions{Energy: energy}, Calib: b.calib})
+	rep := fuse(t, FuseOptions{Model: b.q, Out: out, LoRAs: spec, Trunc: lora.TruncOptions{Energy: energy}, Calib: b.calib, Reference: b.src})
 	fused, err := openQuantized(out)
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +245,7 @@ func fuseDense(t *testing.T, which, format string) {
 	defer fused.Close()
 	// The same at energy 1: the branch holds all of ΔW.
 	full := filepath.Join(dir, "full.safetensors")
-	fuse(t, FuseOptions{Model: b.q, Out: full, LoRAs: spec, Trunc: lora.TruncOptions{Energy: 1}})
+	fuse(t, FuseOptions{Model: b.q, Out: full, LoRAs: spec, Trunc: lora.TruncOptions{Energy: 1}, Reference: b.src})
 	fullF, err := openQuantized(full)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +261,7 @@ func fuseDense(t *testing.T, which, format string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if prov.LoRAs[0].Format != lora.StyleLyCORIS {
+	if want := map[string]string{"loha": "lycoris", "lokr": "lycoris", "dora": "kohya+peft"}[format]; prov.LoRAs[0].Format != want {
 		t.Errorf("format %q", prov.LoRAs[0].Format)
 	}
 	ix := fusedIndex(t, fused)
