@@ -27,6 +27,11 @@ type File struct {
 	// Unknown lists the keys that are not LoRA factors or alphas, and
 	// alphas whose module has no factors, sorted.
 	Unknown []string
+	// Control lists the keys of a BFL control LoRA (FLUX.1 Canny/Depth,
+	// diffusers _convert_bfl_flux_control_lora_to_diffusers) that are not
+	// LoRA factors: bias deltas (<module>.lora_B.bias) and replacement
+	// norm scales (<…>_norm.scale). They are not fused (sorted).
+	Control []string
 	// TextEncoder lists the keys of text-encoder modules (lora_te*,
 	// text_encoder*): an svdq file holds no text encoder, so they are
 	// reported as not in the file and never fused (sorted).
@@ -159,7 +164,11 @@ func parse(r safetensors.Reader, path string) (*File, error) {
 		}
 		m, rl, style, ok := splitKey(key)
 		if !ok {
-			f.Unknown = append(f.Unknown, key)
+			if isControlKey(key) {
+				f.Control = append(f.Control, key)
+			} else {
+				f.Unknown = append(f.Unknown, key)
+			}
 			continue
 		}
 		p := mods[m]
@@ -227,6 +236,7 @@ func parse(r safetensors.Reader, path string) (*File, error) {
 		f.Modules[i].f = f
 	}
 	sort.Strings(f.Unknown)
+	sort.Strings(f.Control)
 	sort.Strings(f.TextEncoder)
 	f.Format = joinStyles(styles)
 	return f, nil

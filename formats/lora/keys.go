@@ -167,6 +167,15 @@ func xlabsTargets(module string) ([]xlabsPart, bool) {
 	return nil, false
 }
 
+// isControlKey reports whether a key is one of a BFL control LoRA's
+// non-factor tensors: a bias delta <module>.lora_B.bias (or lora_A.bias)
+// or a norm scale <…>.query_norm.scale / .key_norm.scale (diffusers
+// _convert_bfl_flux_control_lora_to_diffusers).
+func isControlKey(key string) bool {
+	return strings.HasSuffix(key, ".lora_B.bias") || strings.HasSuffix(key, ".lora_A.bias") ||
+		strings.HasSuffix(key, "_norm.scale")
+}
+
 // textEncoderPrefixes start the module names of text-encoder LoRA parts
 // (kohya lora_te_, lora_te1_, lora_te2_, lora_te3_; diffusers
 // text_encoder., text_encoder_2.; ComfyUI text_encoders.): svdq files hold

@@ -66,8 +66,12 @@ func Map(f *File, ix *Index, strength float64) (*Mapping, error) {
 				return nil, fmt.Errorf("%s: module %s: %s ΔW is [%d %d], but layer %s takes it as [%d %d]",
 					f.Path, m.Key, m.Type, m.N, m.K, strings.Join(uniq(layers), ", "), n, k)
 			}
-			return nil, fmt.Errorf("%s: module %s: ΔW is [%d %d] (tensor %q [%d %d], tensor %q [%d %d]), but layer %s takes it as [%d %d]",
-				f.Path, m.Key, m.N, m.K, m.B, m.N, m.Rank, m.A, m.Rank, m.K, strings.Join(uniq(layers), ", "), n, k)
+			hint := ""
+			if m.N == n && m.K > k {
+				hint = " (a control LoRA that widens the model's input, as FLUX.1 Canny/Depth's img_in does, needs a model built for that input: it cannot be fused into this one)"
+			}
+			return nil, fmt.Errorf("%s: module %s: ΔW is [%d %d] (tensor %q [%d %d], tensor %q [%d %d]), but layer %s takes it as [%d %d]%s",
+				f.Path, m.Key, m.N, m.K, m.B, m.N, m.Rank, m.A, m.Rank, m.K, strings.Join(uniq(layers), ", "), n, k, hint)
 		}
 		s := m.Scale(strength)
 		if math.IsNaN(s) || math.IsInf(s, 0) {

@@ -450,6 +450,10 @@ func (fu *fusion) planAdditions() error {
 		} else if len(lf.Unknown) > 0 {
 			bad = append(bad, fmt.Sprintf("%s that %s not LoRA factors: %s", count(len(lf.Unknown), "key"), isAre(len(lf.Unknown)), listSome(lf.Unknown, 10)))
 		}
+		if len(lf.Control) > 0 {
+			bad = append(bad, fmt.Sprintf("%s of a BFL control LoRA (bias deltas, norm scales) that svdq does not fuse: %s",
+				count(len(lf.Control), "key"), listSome(lf.Control, 10)))
+		}
 		if len(mp.Unmatched) > 0 {
 			bad = append(bad, fmt.Sprintf("%s matching no layer of %s: %s", count(len(mp.Unmatched), "module"), fu.opt.Model, listSome(mp.Unmatched, 10)))
 		}
