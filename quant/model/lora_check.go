@@ -62,7 +62,7 @@ func newLoRACheck(f *qfile, specs []LoRASpec, weights lora.WeightSource) (*loraC
 		want[fmt.Sprintf("%s strength %g", a.SHA256, a.Strength)]++
 	}
 	for _, spec := range specs {
-		lf, err := lora.Open(spec.Path)
+		lf, err := spec.open()
 		if err != nil {
 			return nil, err
 		}

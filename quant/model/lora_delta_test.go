@@ -185,6 +185,27 @@ func TestFuseDeltaFinetune(t *testing.T) {
 		t.Errorf("record %+v", prov.LoRAs[0])
 	}
 
+	// check --delta: the fused file against base + the full ΔW is closer
+	// than against the plain base on every touched layer.
+	errs := func(loras []LoRASpec) map[string]float64 {
+		r, _, err := Check(CheckOptions{Model: out, Reference: b.src, Calib: b.calib, Search: quant.SearchOff, Workers: 2, LoRAs: loras})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]float64{}
+		for _, l := range r.Layers {
+			m[l.Name] = l.RelError[MethodSVDQuant]
+		}
+		return m
+	}
+	with, without := errs(spec), errs(nil)
+	for l := range layers {
+		t.Logf("%-40s check against base+ΔW %.4f, against base %.4f", l, with[l], without[l])
+		if !(with[l] < without[l]) {
+			t.Errorf("%s: check --delta error %v not below the plain check's %v", l, with[l], without[l])
+		}
+	}
+
 	back := filepath.Join(dir, "back.safetensors")
 	if r := fuse(t, FuseOptions{Model: out, Out: back, RemoveAll: true}); !r.Restored || !bytes.Equal(fileBytes(t, back), fileBytes(t, b.q)) {
 		t.Errorf("remove-all did not restore the base")
