@@ -240,6 +240,8 @@ func TestFuseLoRADense(t *testing.T) {
 		{[]string{"--delta", ft}, "--delta and --base go together"},
 		{[]string{"--lora", lp, "--delta-rank", "4", "--delta-energy", "0.5"}, "not both"},
 		{[]string{"--lora", lp, "--delta-energy", "1.5"}, "not in (0, 1]"},
+		{[]string{"--lora", lp, "--delta-energy", "-0.5"}, "not in (0, 1]"},
+		{[]string{"--lora", lp, "--delta-rank", "-3"}, "negative"},
 		{[]string{"--delta", ft, "--base", filepath.Join(dir, "missing.safetensors"), "--delta-rank", "2"}, "missing.safetensors"},
 		{[]string{"--delta", ft, "--base", m, "--delta-rank", "2", "--out", ft}, "overwrite"},
 	} {

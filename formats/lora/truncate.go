@@ -14,7 +14,8 @@ type TruncOptions struct {
 	Energy float64 // keep the fewest directions whose σ² sum to ≥ Energy·‖ΔW‖²_F (less 1e-6·‖ΔW‖²_F), 0 < Energy ≤ 1
 }
 
-// Validate checks that exactly one of Rank and Energy is set and in range.
+// Validate checks that at most one of Rank and Energy is set and that
+// both are in range (zero: unset).
 func (o TruncOptions) Validate() error {
 	switch {
 	case o.Rank < 0:

@@ -236,10 +236,8 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	default:
 		return nil, fmt.Errorf("kept policy %q: want merge or skip", opt.Kept)
 	}
-	if opt.Trunc.Set() {
-		if err := opt.Trunc.Validate(); err != nil {
-			return nil, err
-		}
+	if err := opt.Trunc.Validate(); err != nil {
+		return nil, err
 	}
 	if err := checkOut(opt.Out, opt.Model); err != nil {
 		return nil, err

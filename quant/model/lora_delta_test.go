@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -187,8 +188,13 @@ func TestFuseDeltaFinetune(t *testing.T) {
 
 	// check --delta: the fused file against base + the full ΔW is closer
 	// than against the plain base on every touched layer.
+	var names []string
+	for l := range layers {
+		names = append(names, regexp.QuoteMeta(l))
+	}
+	only := regexp.MustCompile("^(" + strings.Join(names, "|") + ")$")
 	errs := func(loras []LoRASpec) map[string]float64 {
-		r, _, err := Check(CheckOptions{Model: out, Reference: b.src, Calib: b.calib, Search: quant.SearchOff, Workers: 2, LoRAs: loras})
+		r, _, err := Check(CheckOptions{Model: out, Reference: b.src, Calib: b.calib, Search: quant.SearchOff, Workers: 2, LoRAs: loras, Layers: only})
 		if err != nil {
 			t.Fatal(err)
 		}
