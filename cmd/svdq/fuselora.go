@@ -18,8 +18,8 @@ func init() {
 		Name:      "fuse-lora",
 		Usage:     "fuse LoRAs into an SVDQuant checkpoint, or take fused ones out again",
 		ArgsUsage: " ",
-		Description: "Reads diffusers/PEFT, kohya (BFL or diffusers names) and ComfyUI LoRAs (F32/F16/BF16/F8) and\n" +
-			"fuses ΔW = strength·(alpha/r)·B·A exactly:\n" +
+		Description: "Reads diffusers/PEFT, kohya (BFL or diffusers names), ComfyUI, XLabs, fal/ai-toolkit and Qwen-Image\n" +
+			"LoRAs (F32/F16/BF16/F8) and fuses ΔW = strength·(alpha/r)·B·A exactly (text-encoder keys: skipped):\n" +
 			"  W4A4 layers   the 16-bit low-rank branch grows: proj_down ← [proj_down | Aᵀ], proj_up ← [proj_up | s·B];\n" +
 			"                every W4A4 layer is then stored at one rank, the largest any layer needs (the others\n" +
 			"                widened with zero columns, exactly), and quantization_config records it, as nunchaku's\n" +
@@ -29,6 +29,11 @@ func init() {
 			"                AWQW4A16Linear does not: for a BF16 FLUX file pass --w4a16 skip, or --w4a16 branch if\n" +
 			"                it will run only on the C++ engine; --w4a16 branch warns per engine that then rejects it)\n" +
 			"  16-bit layers W ← round16(W + ΔW); the base tensor and the factors go to the sidecar OUT.lora-base\n" +
+			"LyCORIS LoHa/LoKr, DoRA (dora_scale, lora_magnitude_vector; --reference gives quantized layers' 16-bit\n" +
+			"weights) and full fine-tunes (--delta FT --base BASE: ΔW = W_FT − W_BASE) have a dense ΔW: W4A4 and\n" +
+			"W4A16 layers take its truncated SVD at --delta-rank R, or at the fewest singular values keeping a\n" +
+			"fraction --delta-energy E of ‖ΔW‖²; each truncation's rank and error (on --calib rows) is reported;\n" +
+			"16-bit layers take the full ΔW. BFL control LoRAs' bias deltas and norm scales are not fused.\n" +
 			"Nothing 4-bit is re-quantized. The output loads in every engine the input loads in (checked against\n" +
 			"the loader contract before anything is written). The svdq_loras metadata records each LoRA's file\n" +
 			"hash, strength and rank ranges, the base's ranks and the sidecar's name and hash, so --remove NAME\n" +
@@ -40,6 +45,7 @@ func init() {
 			"Unknown keys or modules that match no layer are an error (--allow-unmatched: a warning); a LoRA\n" +
 			"whose shapes do not fit is an error naming the layer and both shapes. Nothing is written on error.\n\n" +
 			"Example: svdq fuse-lora --model flux-int4.safetensors --lora style.safetensors:0.8 --out flux-int4-style.safetensors\n" +
+			"         svdq fuse-lora --model flux-int4.safetensors --lora lokr.safetensors --delta-energy 0.9 --out flux-int4-lokr.safetensors\n" +
 			"         svdq fuse-lora --model flux-int4-style.safetensors --remove style --out flux-int4.safetensors",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Required: true, Usage: "SVDQuant `Q.safetensors` written by svdq (base or already fused)"},
@@ -53,7 +59,7 @@ func init() {
 			&cli.StringFlag{Name: "kept", Value: model.KeptMerge, Usage: "16-bit layers: merge or skip"},
 			&cli.StringFlag{Name: "delta", Usage: "full fine-tune `FINETUNED` (file or checkpoint folder) to fuse as ΔW = W_FINETUNED − W_BASE (needs --base)"},
 			&cli.StringFlag{Name: "base", Usage: "the `BASE` checkpoint --delta was fine-tuned from"},
-			&cli.IntFlag{Name: "delta-rank", Usage: "rank `R` of the truncated SVD of a dense ΔW (LoHa, LoKr, --delta) on W4A4/W4A16 layers"},
+			&cli.IntFlag{Name: "delta-rank", Usage: "rank `R` of the truncated SVD of a dense ΔW (LoHa, LoKr, DoRA, --delta) on W4A4/W4A16 layers"},
 			&cli.Float64Flag{Name: "delta-energy", Usage: "instead of --delta-rank: the smallest rank keeping a fraction `E` of ‖ΔW‖²"},
 			&cli.StringFlag{Name: "calib", Usage: "calibration `FILE` (svdq-calib/1) to measure each truncation's error on its rows"},
 			&cli.StringFlag{Name: "reference", Usage: "16-bit checkpoint `REF` the model was quantized from: DoRA LoRAs normalise its weights"},
