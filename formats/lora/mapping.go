@@ -136,6 +136,17 @@ func firstRow(p *Part) int {
 	return lo
 }
 
+// HasDense reports whether a part of the plan is not a plain LoRA (Dense
+// is not nil).
+func (lp *LayerPlan) HasDense() bool {
+	for _, p := range lp.Parts {
+		if !p.Module.LowRank() {
+			return true
+		}
+	}
+	return false
+}
+
 // Dense returns the sum of the plan's non-low-rank parts (LoHa, LoKr,
 // diff, DoRA) as the layer's ΔW [N, K] in float64, each part's scale
 // applied, or nil when every part is a plain LoRA (Build's). src gives

@@ -181,11 +181,29 @@ type fusion struct {
 	ref safetensors.Reader
 }
 
-// addition is one new LoRA's branch for one layer (rounded to the model's
-// 16-bit type except on kept tensors).
+// addition is one new LoRA's part of one layer: the plan, rebuilt when
+// written (plain LoRA factors: cheap, so nothing is held meanwhile), or,
+// when it has a dense ΔW, the branch built at planning (an SVD is not
+// redone), rounded to the model's 16-bit type except on kept tensors.
 type addition struct {
+	plan *lora.LayerPlan
 	br   *lora.Branch
 	rank int
+}
+
+// branch returns the addition's branch (see addition).
+func (a *addition) branch() (*lora.Branch, error) {
+	if a.br != nil {
+		return a.br, nil
+	}
+	br, err := a.plan.Build()
+	if err != nil {
+		return nil, err
+	}
+	if a.plan.Info.Kind != lora.Kept {
+		br.Round(a.plan.Info.DType)
+	}
+	return br, nil
 }
 
 // FuseLoRA takes LoRAs out of and/or fuses LoRAs into an SVDQuant
@@ -488,7 +506,11 @@ func (fu *fusion) planAdditions() error {
 			}
 			cur := fu.currentRank(li)
 			applied.Ranges[li.Name] = [2]int{cur, cur + br.R}
-			fu.adds[li.Name] = append(fu.adds[li.Name], &addition{br: br, rank: br.R})
+			a := &addition{plan: lp, rank: br.R}
+			if lp.HasDense() {
+				a.br = br
+			}
+			fu.adds[li.Name] = append(fu.adds[li.Name], a)
 		}
 		if len(skipped) > 0 {
 			fu.warn("%s: %s left without this LoRA's part by the %s policy: %s", spec.Path, count(len(skipped), "layer"), policyOf(fu, skipped[0]), listSome(skipped, 8))

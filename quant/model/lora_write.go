@@ -516,7 +516,11 @@ func (fu *fusion) branch(t *touched, cur *lora.Branch) (*lora.Branch, error) {
 		cur.Drop(rg[0], rg[1])
 	}
 	for _, a := range fu.adds[t.info.Name] {
-		cur.Append(a.br)
+		b, err := a.branch()
+		if err != nil {
+			return nil, err
+		}
+		cur.Append(b)
 	}
 	if cur.R != t.newRank {
 		return nil, fmt.Errorf("lora: layer %s: built rank %d, planned %d", t.info.Name, cur.R, t.newRank)
