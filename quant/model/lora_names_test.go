@@ -1,6 +1,7 @@
 package model
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"path/filepath"
 	"reflect"
@@ -106,6 +107,10 @@ func TestFuseNamings(t *testing.T) {
 			t.Errorf("%s: warnings %v, want the text-encoder keys reported", l.name, rep.Warnings)
 		}
 		ts, _ := tensorsOf(t, out)
+		back := filepath.Join(dir, l.name+"-back.safetensors")
+		if r := fuse(t, FuseOptions{Model: out, Out: back, RemoveAll: true}); !r.Restored || !bytes.Equal(fileBytes(t, back), fileBytes(t, b.q)) {
+			t.Errorf("%s: --remove-all did not restore the base", l.name)
+		}
 		if i == 0 {
 			want = ts
 			continue
@@ -154,6 +159,10 @@ func TestFuseNamings(t *testing.T) {
 		out := filepath.Join(dir, l.name+"-fused.safetensors")
 		fuse(t, FuseOptions{Model: q.q, Out: out, LoRAs: []LoRASpec{{Path: lp, Strength: 1.3, Name: "x"}}})
 		ts, _ := tensorsOf(t, out)
+		back := filepath.Join(dir, l.name+"-back.safetensors")
+		if r := fuse(t, FuseOptions{Model: out, Out: back, RemoveAll: true}); !r.Restored || !bytes.Equal(fileBytes(t, back), fileBytes(t, q.q)) {
+			t.Errorf("%s: --remove-all did not restore the base", l.name)
+		}
 		if i == 0 {
 			want = ts
 			continue
