@@ -177,3 +177,29 @@ func benchTruncate(b *testing.B, n, k, r int, opt TruncOptions) {
 		b.ReportMetric(e, "energy")
 	}
 }
+
+// BenchmarkTruncError measures the error of a rank-64 branch of a FLUX
+// MLP-down-sized [3072, 12288] ΔW on 256 calibration rows.
+func BenchmarkTruncError(b *testing.B) {
+	const n, k, r, m = 3072, 12288, 64, 256
+	rng := rand.New(rand.NewPCG(6, 6))
+	d := make([]float64, n*k)
+	for i := range d {
+		d[i] = rng.NormFloat64()
+	}
+	br := &Branch{N: n, K: k, R: r, Down: make([]float32, r*k), Up: make([]float32, n*r)}
+	for i := range br.Down {
+		br.Down[i] = float32(rng.NormFloat64())
+	}
+	for i := range br.Up {
+		br.Up[i] = float32(rng.NormFloat64())
+	}
+	x := make([]float32, m*k)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
+	}
+	b.ResetTimer()
+	for range b.N {
+		TruncError(d, br, x, m)
+	}
+}
