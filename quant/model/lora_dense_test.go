@@ -162,17 +162,18 @@ func doraModule(rng *rand.Rand, module string, n, k int, w []float64, kohya bool
 var denseTargets = map[string][]string{
 	"flux":       {"transformer_blocks.0.attn.to_k", "transformer_blocks.0.ff.net.2", "x_embedder"},
 	"qwen-image": {"transformer_blocks.0.attn.to_k", "transformer_blocks.0.img_mlp.net.2", "img_in"},
+	"pixart":     {"transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2", "transformer_blocks.0.attn2.to_k"},
 }
 
 // TestFuseDense: a LoHa and a LoKr built from LyCORIS's key scheme fuse
-// into synthetic FLUX.1 and Qwen-Image checkpoints: on W4A4 layers the
+// into synthetic FLUX.1, Qwen-Image and PixArt-Σ checkpoints: on W4A4 layers the
 // stored branch is the truncated SVD of the ΔW this test computes, within
 // the error fuse-lora reports (relative Frobenius error, 16-bit rounding
 // aside), at the rank the energy rule gives; the kept embedder takes the
 // full ΔW; check --lora measures the file against ref + the full ΔW; and
 // --remove-all restores the base byte for byte.
 func TestFuseDense(t *testing.T) {
-	for _, which := range []string{"flux", "qwen-image"} {
+	for _, which := range []string{"flux", "qwen-image", "pixart"} {
 		for _, format := range []string{"loha", "lokr", "dora"} {
 			t.Run(which+"/"+format, func(t *testing.T) { fuseDense(t, which, format) })
 		}
