@@ -103,6 +103,21 @@ func (m *Module) parseLoKr(r safetensors.Reader, path string, t map[role]string)
 	return nil
 }
 
+// parseFull reads a LyCORIS full module: diff [N, K] is ΔW
+// (lycoris/modules/full.py get_diff_weight: weight·multiplier, no α).
+func (m *Module) parseFull(r safetensors.Reader, path string, t map[role]string) error {
+	m.Type, m.T = TypeFull, t
+	if err := onlyRoles(path, m.Key, "full (diff)", t, roleFullDiff); err != nil {
+		return err
+	}
+	n, k, err := factorShape(r, path, t[roleFullDiff])
+	if err != nil {
+		return err
+	}
+	m.N, m.K = n, k
+	return nil
+}
+
 // needRoles returns an error naming the first missing factor.
 func needRoles(path, module string, t map[role]string, roles ...role) error {
 	for _, r := range roles {
@@ -192,6 +207,12 @@ func (m *Module) denseProduct() ([]float64, error) {
 			return nil, err
 		}
 		return kron(w1, a, c, w2, p, q), nil
+	case TypeFull:
+		v, err := m.f.decode(m.T[roleFullDiff], m.N*m.K, m.K)
+		if err != nil {
+			return nil, err
+		}
+		return widen64(v), nil
 	case TypeDiff:
 		ft, err := decodeFrom(m.f.r, m.f.Path, m.A, m.N*m.K, m.K)
 		if err != nil {

@@ -233,3 +233,27 @@ func TestDoRAConventions(t *testing.T) {
 		f.Close()
 	}
 }
+
+// TestFullModule: a LyCORIS full module's diff is ΔW at strength·1
+// whatever its α; its diff_b is listed as a bias delta (not fused).
+func TestFullModule(t *testing.T) {
+	f, err := Open(writeRaw(t, []rawTensor{m32("m.diff", 2, 2, 1, -2, 3, 0.5), alpha32("m.alpha", 8),
+		{"m.diff_b", safetensors.F32, []int64{2}, []float32{1, 1}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if len(f.Modules) != 1 || len(f.Control) != 1 || f.Control[0] != "m.diff_b" {
+		t.Fatalf("modules %+v, control %v", f.Modules, f.Control)
+	}
+	m := &f.Modules[0]
+	d, err := m.Dense()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []float64{0.5, -1, 1.5, 0.25} {
+		if got := m.Scale(0.5) * d[i]; got != want {
+			t.Errorf("ΔW[%d] = %v, want %v", i, got, want)
+		}
+	}
+}

@@ -26,7 +26,7 @@
 //
 // Beyond these (delta.go, dora.go, keys.go): LyCORIS LoHa (hada_w1_a/b,
 // hada_w2_a/b, Tucker hada_t1/t2) and LoKr (lokr_w1 or lokr_w1_a/b, lokr_w2
-// or lokr_w2_a/b, Tucker lokr_t2); DoRA magnitudes (dora_scale,
+// or lokr_w2_a/b, Tucker lokr_t2) and full modules (diff); DoRA magnitudes (dora_scale,
 // lora_magnitude_vector) beside any of them; XLabs processor LoRAs
 // (double_blocks.N.processor.qkv_lora1.down.weight, …), mapped to BFL and
 // diffusers modules; PEFT keys with the adapter name (lora_A.default.weight).

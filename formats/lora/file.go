@@ -48,6 +48,7 @@ type File struct {
 //	loha  (α/r)·(w1a·w1b) ⊙ (w2a·w2b)     r = rows of hada_w1_b
 //	lokr  (α/r)·w1 ⊗ w2                   r = rows of lokr_w2_b, else of lokr_w1_b; 1 when both are full
 //	diff  W_finetuned − W_base
+//	full  the LyCORIS full module's diff tensor (α not used)
 //
 // with α = r when the file has none (ComfyUI comfy/weight_adapter/loha.py,
 // lokr.py: no alpha is a scale of 1).
@@ -197,6 +198,8 @@ func parse(r safetensors.Reader, path string) (*File, error) {
 			err = m.parseLoHa(r, path, p.t)
 		case hasAny(p.t, roleLokrW1, roleLokrW1A, roleLokrW1B, roleLokrW2, roleLokrW2A, roleLokrW2B, roleLokrT2):
 			err = m.parseLoKr(r, path, p.t)
+		case hasAny(p.t, roleFullDiff):
+			err = m.parseFull(r, path, p.t)
 		default:
 			err = m.parseLoRA(r, path, p.t)
 		}

@@ -311,7 +311,7 @@ func FuzzOpen(f *testing.F) {
 		defer lf.Close()
 		for i := range lf.Modules {
 			m := &lf.Modules[i]
-			if m.Rank < 0 || (m.Rank == 0 && m.Type != TypeLoKr) || m.N <= 0 || m.K <= 0 || math.IsNaN(m.Alpha) {
+			if m.Rank < 0 || (m.Rank == 0 && m.Type != TypeLoKr && m.Type != TypeFull) || m.N <= 0 || m.K <= 0 || math.IsNaN(m.Alpha) {
 				t.Fatalf("module %+v", m)
 			}
 			if m.N*m.K > 1<<16 {

@@ -31,6 +31,8 @@ const (
 	roleLokrW2A
 	roleLokrW2B
 	roleLokrT2
+	// LyCORIS full module (lycoris/modules/full.py): diff [N, K] is ΔW itself.
+	roleFullDiff
 	// DoRA magnitude (weight decomposition) beside any of the above:
 	// LyCORIS/kohya dora_scale [N, 1] (output axis) or [1, K] (input axis),
 	// PEFT lora_magnitude_vector [N].
@@ -61,6 +63,7 @@ var suffixes = []struct {
 	{".lokr_w2_a", roleLokrW2A, StyleLyCORIS},
 	{".lokr_w2_b", roleLokrW2B, StyleLyCORIS},
 	{".lokr_t2", roleLokrT2, StyleLyCORIS},
+	{".diff", roleFullDiff, StyleLyCORIS},
 	{".dora_scale", roleDora, ""},
 	{".lora_magnitude_vector", roleDora, StylePEFT},
 	{".lora_magnitude_vector.weight", roleDora, StylePEFT},
@@ -86,6 +89,7 @@ const (
 	TypeLoHa = "loha" // s·(w1a·w1b) ⊙ (w2a·w2b)
 	TypeLoKr = "lokr" // s·w1 ⊗ w2
 	TypeDiff = "diff" // W_finetuned − W_base
+	TypeFull = "full" // LyCORIS full module: the diff tensor
 )
 
 // splitKey returns the module part and role of a LoRA key, ok false for a
@@ -171,9 +175,10 @@ func xlabsTargets(module string) ([]xlabsPart, bool) {
 // non-factor tensors: a bias delta <module>.lora_B.bias (or lora_A.bias)
 // or a norm scale <…>.query_norm.scale / .key_norm.scale (diffusers
 // _convert_bfl_flux_control_lora_to_diffusers).
+// A LyCORIS full module's bias delta (.diff_b) is listed with them.
 func isControlKey(key string) bool {
 	return strings.HasSuffix(key, ".lora_B.bias") || strings.HasSuffix(key, ".lora_A.bias") ||
-		strings.HasSuffix(key, "_norm.scale")
+		strings.HasSuffix(key, "_norm.scale") || strings.HasSuffix(key, ".diff_b")
 }
 
 // textEncoderPrefixes start the module names of text-encoder LoRA parts

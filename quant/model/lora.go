@@ -467,7 +467,7 @@ func (fu *fusion) planAdditions() error {
 			bad = append(bad, fmt.Sprintf("%s that %s not LoRA factors: %s", count(len(lf.Unknown), "key"), isAre(len(lf.Unknown)), listSome(lf.Unknown, 10)))
 		}
 		if len(lf.Control) > 0 {
-			bad = append(bad, fmt.Sprintf("%s of a BFL control LoRA (bias deltas, norm scales) that svdq does not fuse: %s",
+			bad = append(bad, fmt.Sprintf("%s of a BFL control LoRA (bias deltas, norm scales) or LyCORIS bias deltas (diff_b) that svdq does not fuse: %s",
 				count(len(lf.Control), "key"), listSome(lf.Control, 10)))
 		}
 		if len(mp.Unmatched) > 0 {
