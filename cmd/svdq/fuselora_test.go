@@ -244,6 +244,8 @@ func TestFuseLoRADense(t *testing.T) {
 		{[]string{"--lora", lp, "--delta-rank", "-3"}, "negative"},
 		{[]string{"--delta", ft, "--base", filepath.Join(dir, "missing.safetensors"), "--delta-rank", "2"}, "missing.safetensors"},
 		{[]string{"--delta", ft, "--base", m, "--delta-rank", "2", "--out", ft}, "overwrite"},
+		{[]string{"--lora", lp, "--delta-rank", "2", "--reference", ft, "--out", ft}, "overwrite the reference"},
+		{[]string{"--lora", lp, "--delta-rank", "2", "--calib", ft, "--out", ft}, "overwrite the calibration file"},
 	} {
 		o := filepath.Join(dir, "o.safetensors")
 		args := append([]string{"fuse-lora", "--model", q, "--out", o, "--w4a16", "skip"}, c.args...)

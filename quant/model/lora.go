@@ -276,6 +276,13 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	if opt.Calib != "" && sameFile(opt.Out, opt.Calib) {
 		return nil, fmt.Errorf("%s: output would overwrite the calibration file %s", opt.Out, opt.Calib)
 	}
+	if opt.Reference != "" {
+		for _, p := range checkpointFiles(opt.Reference) {
+			if sameFile(opt.Out, p) {
+				return nil, fmt.Errorf("%s: output would overwrite the reference %s", opt.Out, p)
+			}
+		}
+	}
 	f, err := openQuantized(opt.Model)
 	if err != nil {
 		return nil, err

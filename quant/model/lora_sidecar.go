@@ -103,6 +103,9 @@ func (fu *fusion) checkSidecarPath() error {
 	if fu.opt.Calib != "" {
 		inputs = append(inputs, fu.opt.Calib)
 	}
+	if fu.opt.Reference != "" {
+		inputs = append(inputs, checkpointFiles(fu.opt.Reference)...)
+	}
 	for _, in := range inputs {
 		if sameFile(side, in) {
 			return fmt.Errorf("%s: the output's sidecar %s would overwrite the input %s: choose another --out", fu.opt.Out, side, in)
