@@ -257,3 +257,18 @@ func TestFullModule(t *testing.T) {
 		}
 	}
 }
+
+// TestXLabsDoRA: a DoRA magnitude on an XLabs processor LoRA is refused.
+func TestXLabsDoRA(t *testing.T) {
+	path := writeRaw(t, []rawTensor{
+		m32("double_blocks.0.processor.qkv_lora1.down.weight", 1, 2, 1, 2),
+		m32("double_blocks.0.processor.qkv_lora1.up.weight", 6, 1, 1, 2, 3, 4, 5, 6),
+		m32("double_blocks.0.processor.qkv_lora1.dora_scale", 6, 1, 1, 1, 1, 1, 1, 1),
+	})
+	if f, err := Open(path); err == nil {
+		f.Close()
+		t.Fatal("no error")
+	} else if !strings.Contains(err.Error(), "XLabs") || !strings.Contains(err.Error(), "dora_scale") {
+		t.Errorf("error %v", err)
+	}
+}

@@ -49,9 +49,6 @@ func (m *Module) parseDora(r safetensors.Reader, path, name string) error {
 		return fmt.Errorf("%s: tensor %q: DoRA magnitude %v fits neither the output [%d] / [%d 1] nor the input axis [1 %d] of module %s",
 			path, name, s, m.N, m.N, m.K, m.Key)
 	}
-	if m.Split > 0 {
-		return fmt.Errorf("%s: tensor %q: DoRA on an XLabs processor LoRA", path, name)
-	}
 	m.Dora = name
 	return nil
 }

@@ -218,6 +218,9 @@ func parse(r safetensors.Reader, path string) (*File, error) {
 		}
 		styles[m.Style] = true
 		if m.Style == StyleXLabs {
+			if m.Dora != "" {
+				return nil, fmt.Errorf("%s: tensor %q: DoRA on an XLabs processor LoRA", path, m.Dora)
+			}
 			ts, _ := xlabsTargets(name)
 			for _, t := range ts {
 				x := m
