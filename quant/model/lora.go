@@ -464,7 +464,10 @@ func (fu *fusion) planAdditions() error {
 			if spec.Base != "" {
 				return fmt.Errorf("%s: no 2-D weight differs from the base %s", spec.Path, spec.Base)
 			}
-			return fmt.Errorf("%s: no LoRA factors (keys: %s)", spec.Path, listSome(append(lf.Unknown, lf.TextEncoder...), 10))
+			if len(lf.TextEncoder) > 0 && len(lf.Unknown) == 0 && len(lf.Control) == 0 {
+				return fmt.Errorf("%s: only text-encoder keys (%d), none for the transformer in %s: nothing to fuse", spec.Path, len(lf.TextEncoder), fu.opt.Model)
+			}
+			return fmt.Errorf("%s: no LoRA factors (keys: %s)", spec.Path, listSome(append(append(append([]string(nil), lf.Unknown...), lf.Control...), lf.TextEncoder...), 10))
 		}
 		var bad []string
 		if len(lf.Unknown) > 0 && spec.Base != "" {
