@@ -48,7 +48,8 @@ func init() {
 			&cli.StringFlag{Name: "spectrum", Usage: "plot the singular values of `LAYER` before and after smoothing"},
 			&cli.StringFlag{Name: "spectrum-out", Usage: "file of the --spectrum plot (`FILE.png|svg`)"},
 			// fuse-lora: the LoRAs fused into --model, merged into the reference in full precision.
-			&cli.StringSliceFlag{Name: "lora", Usage: "LoRA fused into --model, `FILE[:STRENGTH]` (repeatable): measure against the reference with it merged"},
+			&cli.StringSliceFlag{Name: "lora", Usage: "LoRA fused into --model, `FILE[:STRENGTH]` (repeatable; LoHa, LoKr, DoRA too): measure against the reference with its full ΔW merged"},
+			&cli.StringFlag{Name: "delta", Usage: "fine-tune `FINETUNED` fused into --model with fuse-lora --delta (its --base is --reference): measure against it"},
 		},
 		Action: checkAction,
 	})
@@ -75,6 +76,9 @@ func checkAction(c *cli.Context) error {
 	}
 	if opt.LoRAs, err = model.ParseLoRASpecs(c.StringSlice("lora")); err != nil { // fuse-lora
 		return err
+	}
+	if d := c.String("delta"); d != "" { // fuse-lora --delta d --base (the reference)
+		opt.LoRAs = append(opt.LoRAs, model.LoRASpec{Path: d, Strength: 1, Base: opt.Reference})
 	}
 	plot, specOut := c.String("plot"), spectrumOut(c)
 	for _, p := range []string{plot, specOut} {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/quant/model"
 	"github.com/urfave/cli/v2"
 )
@@ -17,8 +18,8 @@ func init() {
 		Name:      "fuse-lora",
 		Usage:     "fuse LoRAs into an SVDQuant checkpoint, or take fused ones out again",
 		ArgsUsage: " ",
-		Description: "Reads diffusers/PEFT, kohya (BFL or diffusers names) and ComfyUI LoRAs (F32/F16/BF16/F8) and\n" +
-			"fuses ΔW = strength·(alpha/r)·B·A exactly:\n" +
+		Description: "Reads diffusers/PEFT, kohya (BFL or diffusers names), ComfyUI, XLabs, fal/ai-toolkit and Qwen-Image\n" +
+			"LoRAs (F32/F16/BF16/F8) and fuses ΔW = strength·(alpha/r)·B·A exactly (text-encoder keys: skipped):\n" +
 			"  W4A4 layers   the 16-bit low-rank branch grows: proj_down ← [proj_down | Aᵀ], proj_up ← [proj_up | s·B];\n" +
 			"                every W4A4 layer is then stored at one rank, the largest any layer needs (the others\n" +
 			"                widened with zero columns, exactly), and quantization_config records it, as nunchaku's\n" +
@@ -28,6 +29,11 @@ func init() {
 			"                AWQW4A16Linear does not: for a BF16 FLUX file pass --w4a16 skip, or --w4a16 branch if\n" +
 			"                it will run only on the C++ engine; --w4a16 branch warns per engine that then rejects it)\n" +
 			"  16-bit layers W ← round16(W + ΔW); the base tensor and the factors go to the sidecar OUT.lora-base\n" +
+			"LyCORIS LoHa/LoKr, DoRA (dora_scale, lora_magnitude_vector; --reference gives quantized layers' 16-bit\n" +
+			"weights) and full fine-tunes (--delta FT --base BASE: ΔW = W_FT − W_BASE) have a dense ΔW: W4A4 and\n" +
+			"W4A16 layers take its truncated SVD at --delta-rank R, or at the fewest singular values keeping a\n" +
+			"fraction --delta-energy E of ‖ΔW‖²; each truncation's rank and error (on --calib rows) is reported;\n" +
+			"16-bit layers take the full ΔW. BFL control LoRAs' bias deltas and norm scales are not fused.\n" +
 			"Nothing 4-bit is re-quantized. The output loads in every engine the input loads in (checked against\n" +
 			"the loader contract before anything is written). The svdq_loras metadata records each LoRA's file\n" +
 			"hash, strength and rank ranges, the base's ranks and the sidecar's name and hash, so --remove NAME\n" +
@@ -39,6 +45,7 @@ func init() {
 			"Unknown keys or modules that match no layer are an error (--allow-unmatched: a warning); a LoRA\n" +
 			"whose shapes do not fit is an error naming the layer and both shapes. Nothing is written on error.\n\n" +
 			"Example: svdq fuse-lora --model flux-int4.safetensors --lora style.safetensors:0.8 --out flux-int4-style.safetensors\n" +
+			"         svdq fuse-lora --model flux-int4.safetensors --lora lokr.safetensors --delta-energy 0.9 --out flux-int4-lokr.safetensors\n" +
 			"         svdq fuse-lora --model flux-int4-style.safetensors --remove style --out flux-int4.safetensors",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Required: true, Usage: "SVDQuant `Q.safetensors` written by svdq (base or already fused)"},
@@ -50,6 +57,12 @@ func init() {
 			&cli.BoolFlag{Name: "allow-unmatched", Usage: "warn about LoRA keys that match no layer instead of failing"},
 			&cli.StringFlag{Name: "w4a16", Value: model.W4A16Auto, Usage: "adaLN W4A16 layers: auto (branch where every engine the input loads in reads one), branch or skip"},
 			&cli.StringFlag{Name: "kept", Value: model.KeptMerge, Usage: "16-bit layers: merge or skip"},
+			&cli.StringFlag{Name: "delta", Usage: "full fine-tune `FINETUNED` (file or checkpoint folder) to fuse as ΔW = W_FINETUNED − W_BASE (needs --base)"},
+			&cli.StringFlag{Name: "base", Usage: "the `BASE` checkpoint --delta was fine-tuned from"},
+			&cli.IntFlag{Name: "delta-rank", Usage: "rank `R` of the truncated SVD of a dense ΔW (LoHa, LoKr, DoRA, --delta) on W4A4/W4A16 layers"},
+			&cli.Float64Flag{Name: "delta-energy", Usage: "instead of --delta-rank: the smallest rank keeping a fraction `E` of ‖ΔW‖²"},
+			&cli.StringFlag{Name: "calib", Usage: "calibration `FILE` (svdq-calib/1) to measure each truncation's error on its rows"},
+			&cli.StringFlag{Name: "reference", Usage: "16-bit checkpoint `REF` the model was quantized from: DoRA LoRAs normalise its weights"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "check and list what would change; write nothing"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as one JSON object"},
 		},
@@ -66,21 +79,42 @@ func fuseLoRAAction(c *cli.Context) error {
 		return err
 	}
 	names := c.StringSlice("name")
-	if len(names) > len(specs) {
-		return fmt.Errorf("%d --name values for %d --lora files", len(names), len(specs))
+	nspec := len(specs)
+	if c.String("delta") != "" {
+		nspec++ // the last --name may name the --delta
+	}
+	if len(names) > nspec {
+		return fmt.Errorf("%d --name values for %d --lora/--delta inputs", len(names), nspec)
 	}
 	for i, n := range names {
-		specs[i].Name = n
+		if i < len(specs) {
+			specs[i].Name = n
+		}
 	}
 	for _, s := range specs {
 		if st, err := os.Stat(s.Path); err != nil || st.IsDir() {
 			return fmt.Errorf("--lora %s: not a file", s.Path)
 		}
 	}
+	if (c.String("delta") == "") != (c.String("base") == "") {
+		return fmt.Errorf("--delta and --base go together")
+	}
+	if d := c.String("delta"); d != "" {
+		for _, p := range []string{d, c.String("base")} {
+			if _, err := os.Stat(p); err != nil {
+				return fmt.Errorf("--delta/--base %s: %v", p, err)
+			}
+		}
+		specs = append(specs, model.LoRASpec{Path: d, Strength: 1, Base: c.String("base")})
+		if len(names) > len(specs)-1 {
+			specs[len(specs)-1].Name = names[len(specs)-1]
+		}
+	}
 	if err := dirExists(c.String("out")); err != nil {
 		return err
 	}
-	opt := model.FuseOptions{Model: c.String("model"), Out: c.String("out"), LoRAs: specs,
+	opt := model.FuseOptions{Model: c.String("model"), Out: c.String("out"), LoRAs: specs, Calib: c.String("calib"), Reference: c.String("reference"),
+		Trunc:  lora.TruncOptions{Rank: c.Int("delta-rank"), Energy: c.Float64("delta-energy")},
 		Remove: c.StringSlice("remove"), RemoveAll: c.Bool("remove-all"), AllowUnmatched: c.Bool("allow-unmatched"),
 		W4A16: c.String("w4a16"), Kept: c.String("kept"), DryRun: c.Bool("dry-run"),
 		OnWarn: func(s string) { fmt.Fprintln(c.App.ErrWriter, "svdq: warning:", s) }}
@@ -127,6 +161,13 @@ func printFuse(w io.Writer, rep *model.FuseReport, opt model.FuseOptions) {
 			rank += rg[1] - rg[0]
 		}
 		fmt.Fprintf(w, "fused %s: %s, %s, strength %g, %d layers, rank +%d in total\n", a.Name, a.File, a.Format, a.Strength, len(a.Ranges), rank)
+	}
+	for _, t := range rep.Truncated {
+		on := "weights"
+		if t.Rows > 0 {
+			on = fmt.Sprintf("%d calibration rows", t.Rows)
+		}
+		fmt.Fprintf(w, "  truncated %s on %-*s  rank %d of %d, energy %.4f, error %.4f (%s)\n", t.LoRA, width, t.Layer, t.Rank, t.Full, t.Energy, t.Error, on)
 	}
 	if len(rep.Removed) > 0 {
 		fmt.Fprintf(w, "removed: %s\n", strings.Join(rep.Removed, ", "))

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -152,5 +153,182 @@ func TestFuseLoRACommand(t *testing.T) {
 	_, e = mustRun(t, 0, "fuse-lora", "--model", q, "--out", o, "--lora", te, "--allow-unmatched", "--w4a16", "branch")
 	if !strings.Contains(e, "warning:") || !strings.Contains(e, "te1_text_model") {
 		t.Errorf("allow-unmatched stderr %q", e)
+	}
+}
+
+// TestFuseLoRADense: the command with a LyCORIS LoKr (--delta-energy,
+// --json lists the truncations with the contract's keys), a full
+// fine-tune difference (--delta/--base, --delta-rank) and the flag
+// errors, each exiting 2 with one line and no file.
+func TestFuseLoRADense(t *testing.T) {
+	m, _ := tinyModel(t)
+	q := tinyQuantized(t)
+	dir := t.TempDir()
+	const D = 128
+	rng := rand.New(rand.NewPCG(5, 6))
+	vals := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() * 0.2)
+		}
+		return v
+	}
+	enc := func(name string, shape []int64, v []float32) safetensors.Tensor {
+		return safetensors.Tensor{Spec: safetensors.Spec{Name: name, DType: safetensors.F32, Shape: shape}, Data: lora.EncodeF32(v)}
+	}
+	lp := filepath.Join(dir, "lokr.safetensors")
+	// double_blocks.0.img_attn.proj [D, D] = w1 [4, 4] ⊗ (w2_a [32, 2]·w2_b [2, 32]).
+	if err := safetensors.WriteFile(lp, []safetensors.Tensor{
+		enc("lora_unet_double_blocks_0_img_attn_proj.lokr_w1", []int64{4, 4}, vals(16)),
+		enc("lora_unet_double_blocks_0_img_attn_proj.lokr_w2_a", []int64{D / 4, 2}, vals(D/4*2)),
+		enc("lora_unet_double_blocks_0_img_attn_proj.lokr_w2_b", []int64{2, D / 4}, vals(2*D/4)),
+		enc("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", []int64{2, 8}, vals(16)),
+		enc("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", []int64{8, 2}, vals(16)),
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	fused := filepath.Join(dir, "fused.safetensors")
+	_, e := mustRun(t, 2, "fuse-lora", "--model", q, "--lora", lp, "--out", fused, "--w4a16", "skip")
+	lines := strings.Split(strings.TrimSpace(e), "\n") // the text-encoder warning, then the error
+	if len(lines) != 2 || !strings.Contains(lines[0], "warning") || !strings.Contains(lines[1], "--delta-rank") || !strings.Contains(lines[1], "lokr") {
+		t.Errorf("no rank rule: %q", e)
+	}
+	absent(t, fused)
+	out, e := mustRun(t, 0, "fuse-lora", "--model", q, "--lora", lp, "--out", fused, "--w4a16", "skip", "--delta-energy", "0.9", "--json")
+	var rep struct {
+		Truncated []map[string]any `json:"truncated"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Truncated) != 1 || rep.Truncated[0]["layer"] != "transformer_blocks.0.out_proj" || rep.Truncated[0]["lora"] != "lokr" {
+		t.Fatalf("truncated %v", rep.Truncated)
+	}
+	for _, k := range []string{"rank", "full", "energy", "error", "rows"} {
+		if _, ok := rep.Truncated[0][k]; !ok {
+			t.Errorf("truncation lacks %q: %v", k, rep.Truncated[0])
+		}
+	}
+	if !strings.Contains(e, "text encoder") {
+		t.Errorf("text-encoder keys not reported: %q", e)
+	}
+	back := filepath.Join(dir, "back.safetensors")
+	mustRun(t, 0, "fuse-lora", "--model", fused, "--remove-all", "--out", back)
+	if a, b := readAll(t, back), readAll(t, q); !bytes.Equal(a, b) {
+		t.Error("remove-all did not restore the base")
+	}
+
+	// A fine-tune difference: the base itself with one weight changed.
+	ft := filepath.Join(dir, "ft.safetensors")
+	rewrite(t, m, ft, func(ts *safetensors.Tensor) bool {
+		if ts.Name != "transformer_blocks.0.attn.to_out.0.weight" {
+			return true
+		}
+		for i := 0; i < 200; i++ {
+			putValue(ts, rng.IntN(D*D), float32(rng.NormFloat64()))
+		}
+		return true
+	})
+	out, _ = mustRun(t, 0, "fuse-lora", "--model", q, "--delta", ft, "--base", m, "--name", "ft", "--out", fused, "--w4a16", "skip", "--delta-rank", "8")
+	if !strings.Contains(out, "truncated ft on transformer_blocks.0.out_proj") || !strings.Contains(out, "rank 8 of 128") || !strings.Contains(out, "(weights)") {
+		t.Errorf("fine-tune output:\n%s", out)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--delta", ft}, "--delta and --base go together"},
+		{[]string{"--lora", lp, "--delta-rank", "4", "--delta-energy", "0.5"}, "not both"},
+		{[]string{"--lora", lp, "--delta-energy", "1.5"}, "not in (0, 1]"},
+		{[]string{"--lora", lp, "--delta-energy", "-0.5"}, "not in (0, 1]"},
+		{[]string{"--lora", lp, "--delta-rank", "-3"}, "negative"},
+		{[]string{"--delta", ft, "--base", filepath.Join(dir, "missing.safetensors"), "--delta-rank", "2"}, "missing.safetensors"},
+		{[]string{"--delta", ft, "--base", m, "--delta-rank", "2", "--out", ft}, "overwrite"},
+		{[]string{"--lora", lp, "--delta-rank", "2", "--reference", ft, "--out", ft}, "overwrite the reference"},
+		{[]string{"--lora", lp, "--delta-rank", "2", "--calib", ft, "--out", ft}, "overwrite the calibration file"},
+	} {
+		o := filepath.Join(dir, "o.safetensors")
+		args := append([]string{"fuse-lora", "--model", q, "--out", o, "--w4a16", "skip"}, c.args...)
+		_, e := mustRun(t, 2, args...)
+		oneLine(t, c.want, e)
+		if !strings.Contains(e, c.want) {
+			t.Errorf("%v: %q lacks %q", c.args, e, c.want)
+		}
+		absent(t, o)
+	}
+}
+
+func readAll(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestHostileDenseLoRAs: malformed LoHa, LoKr and DoRA files (built here:
+// a missing factor, factors that do not multiply, a NaN, a magnitude of
+// the wrong shape, a Kronecker product of the wrong size) exit 2 with
+// one line naming the file from every command that reads LoRAs, and
+// write nothing.
+func TestHostileDenseLoRAs(t *testing.T) {
+	m, cal := tinyModel(t)
+	q := tinyQuantized(t)
+	dir := t.TempDir()
+	const D = 128
+	f32 := func(name string, shape []int64, v ...float32) safetensors.Tensor {
+		n := int64(1)
+		for _, s := range shape {
+			n *= s
+		}
+		if v == nil {
+			v = make([]float32, n)
+			for i := range v {
+				v[i] = 0.01 * float32(i%7)
+			}
+		}
+		return safetensors.Tensor{Spec: safetensors.Spec{Name: name, DType: safetensors.F32, Shape: shape}, Data: lora.EncodeF32(v)}
+	}
+	// A fused file for check --lora.
+	rng := rand.New(rand.NewPCG(9, 9))
+	lp := filepath.Join(dir, "plain.safetensors")
+	if err := lora.Write(lp, []lora.Factors{loraFactors(rng, "double_blocks.0.img_attn.proj", 2, D, D)}, lora.WriteOptions{Style: lora.StyleKohya}); err != nil {
+		t.Fatal(err)
+	}
+	fused := filepath.Join(dir, "fused.safetensors")
+	mustRun(t, 0, "fuse-lora", "--model", q, "--lora", lp, "--out", fused, "--w4a16", "skip")
+	k := "lora_unet_double_blocks_0_img_attn_proj"
+	nan := make([]float32, 16)
+	nan[3] = float32(math.NaN())
+	cases := map[string][]safetensors.Tensor{
+		"loha-missing": {f32(k+".hada_w1_a", []int64{D, 2}), f32(k+".hada_w1_b", []int64{2, D}), f32(k+".hada_w2_a", []int64{D, 2})},
+		"loha-inner":   {f32(k+".hada_w1_a", []int64{D, 2}), f32(k+".hada_w1_b", []int64{3, D}), f32(k+".hada_w2_a", []int64{D, 2}), f32(k+".hada_w2_b", []int64{2, D})},
+		"lokr-nan":     {f32(k+".lokr_w1", []int64{4, 4}, nan...), f32(k+".lokr_w2", []int64{D / 4, D / 4})},
+		"lokr-size":    {f32(k+".lokr_w1", []int64{4, 4}), f32(k+".lokr_w2", []int64{D / 4, D / 2})},
+		"dora-shape":   {f32(k+".lora_down.weight", []int64{2, D}), f32(k+".lora_up.weight", []int64{D, 2}), f32(k+".dora_scale", []int64{2, D})},
+	}
+	for name, ts := range cases {
+		bad := filepath.Join(dir, name+".safetensors")
+		if err := safetensors.WriteFile(bad, ts, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{
+			{"fuse-lora", "--model", q, "--lora", bad, "--out", "OUT", "--w4a16", "skip", "--delta-rank", "4", "--reference", m},
+			{"check", "--model", fused, "--reference", m, "--calib", cal, "--smooth-search", "off", "--lora", bad},
+		} {
+			out := filepath.Join(dir, "out.safetensors")
+			for i, a := range args {
+				if a == "OUT" {
+					args[i] = out
+				}
+			}
+			_, e := mustRun(t, 2, args...)
+			oneLine(t, name+" "+args[0], e)
+			if !strings.Contains(e, bad) {
+				t.Errorf("%s %s: error does not name the file: %s", name, args[0], e)
+			}
+			absent(t, out)
+		}
 	}
 }

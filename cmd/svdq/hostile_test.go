@@ -95,6 +95,10 @@ func TestHostileCorpus(t *testing.T) {
 		{"convert", []string{"convert", "F", "OUT"}, false},
 		{"fuse-lora --model", []string{"fuse-lora", "--model", "F", "--lora", lp, "--out", "OUT", "--w4a16", "skip"}, false},
 		{"fuse-lora --lora", []string{"fuse-lora", "--model", q, "--lora", "F", "--out", "OUT", "--w4a16", "skip"}, false},
+		{"fuse-lora --delta", []string{"fuse-lora", "--model", q, "--delta", "F", "--base", m, "--out", "OUT", "--w4a16", "skip", "--delta-rank", "4"}, false},
+		{"fuse-lora --base", []string{"fuse-lora", "--model", q, "--delta", m, "--base", "F", "--out", "OUT", "--w4a16", "skip", "--delta-rank", "4"}, false},
+		{"fuse-lora --reference", []string{"fuse-lora", "--model", q, "--lora", lp, "--reference", "F", "--out", "OUT", "--w4a16", "skip"}, true},
+		{"fuse-lora --calib", []string{"fuse-lora", "--model", q, "--lora", lp, "--calib", "F", "--out", "OUT", "--w4a16", "skip"}, true},
 		{"calib merge (first)", []string{"calib", "merge", "F", cal, "--out", "OUT"}, false},
 		{"calib merge (second)", []string{"calib", "merge", cal, "F", "--out", "OUT"}, false},
 	}

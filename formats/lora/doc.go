@@ -23,13 +23,29 @@
 // recorded, not trusted: every module resolves by its name against the
 // checkpoint's known modules (Index). Values may be F32, F16, BF16, F8_E4M3,
 // F8_E5M2 or F64; they are widened to float32 exactly (F64 rounds).
-// Any other key (DoRA magnitudes, LoHa/LoKr factors, bias deltas) is
-// "unknown" and reported, never silently dropped.
+//
+// Beyond these (delta.go, dora.go, keys.go): LyCORIS LoHa (hada_w1_a/b,
+// hada_w2_a/b, Tucker hada_t1/t2) and LoKr (lokr_w1 or lokr_w1_a/b, lokr_w2
+// or lokr_w2_a/b, Tucker lokr_t2) and full modules (diff); DoRA magnitudes (dora_scale,
+// lora_magnitude_vector) beside any of them; XLabs processor LoRAs
+// (double_blocks.N.processor.qkv_lora1.down.weight, …), mapped to BFL and
+// diffusers modules; PEFT keys with the adapter name (lora_A.default.weight).
+// Text-encoder keys (lora_te*, text_encoder*) are listed apart
+// (File.TextEncoder), BFL control LoRAs' bias deltas and norm scales too
+// (File.Control). A full fine-tune against its base opens as a File of
+// TypeDiff modules (OpenDiff). Any other key is "unknown" and reported,
+// never silently dropped.
 //
 // # The delta
 //
-// A module's update is ΔW = s · B · A with s = strength · α / r, α = r when
-// the file gives none (diffusers' rule for files without alphas).
+// A plain LoRA module's update is ΔW = s · B · A with s = strength · α / r,
+// α = r when the file gives none (diffusers' rule for files without
+// alphas). LoHa, LoKr, DoRA and diff modules have a dense ΔW
+// (Module.Dense, Module.DenseDoRA; the conventions are in delta.go and
+// dora.go with their sources): on W4A4 and W4A16 layers it becomes its
+// truncated SVD (Truncate: a rank, or the fewest singular values holding
+// a fraction of ‖ΔW‖²), on kept tensors an exact factorisation
+// (ExactBranch); plain LoRA parts are never re-factored.
 //
 // # Fusion by kind of target layer
 //

@@ -107,7 +107,7 @@ type rawTensor struct {
 	v     []float32
 }
 
-func writeRaw(t *testing.T, ts []rawTensor) string {
+func writeRaw(t testing.TB, ts []rawTensor) string {
 	t.Helper()
 	var out []safetensors.Tensor
 	for _, r := range ts {
@@ -149,6 +149,8 @@ func TestOpenErrors(t *testing.T) {
 		{"int", []rawTensor{A("m", 2, 4), {"m.lora_B.weight", safetensors.I32, []int64{4, 2}, zeros(8)}}, "not a float type"},
 		{"conv3", []rawTensor{{"m.lora_A.weight", safetensors.F32, []int64{2, 4, 3, 3}, zeros(72)}, B("m", 4, 2)}, "1×1 convolution"},
 		{"alpha shape", []rawTensor{A("m", 2, 4), B("m", 4, 2), {"m.alpha", safetensors.F32, []int64{2}, zeros(2)}}, "alpha shape"},
+		{"mixed", []rawTensor{A("m", 2, 4), B("m", 4, 2), {"m.hada_w1_a", safetensors.F32, []int64{4, 2}, zeros(8)}}, "mixes it with LoHa"},
+		{"dora shape", []rawTensor{A("m", 2, 4), B("m", 4, 2), {"m.dora_scale", safetensors.F32, []int64{3}, zeros(3)}}, "DoRA magnitude"},
 		{"alpha nan", []rawTensor{A("m", 2, 4), B("m", 4, 2), {"m.alpha", safetensors.F32, []int64{}, []float32{float32(math.NaN())}}}, "not finite"},
 	}
 	for _, c := range cases {
@@ -167,14 +169,14 @@ func TestOpenErrors(t *testing.T) {
 	// Unknown keys and lone alphas are listed; a NaN factor fails on read.
 	nan := A("m", 2, 4)
 	nan.v[5] = float32(math.Inf(1))
-	path := writeRaw(t, []rawTensor{nan, B("m", 4, 2), {"m.dora_scale", safetensors.F32, []int64{4}, zeros(4)},
-		{"x.alpha", safetensors.F32, []int64{}, zeros(1)}, {"m.hada_w1_a", safetensors.F32, []int64{1}, zeros(1)}})
+	path := writeRaw(t, []rawTensor{nan, B("m", 4, 2), {"y.dora_scale", safetensors.F32, []int64{4}, zeros(4)},
+		{"x.alpha", safetensors.F32, []int64{}, zeros(1)}, {"m.lora_mid.weight", safetensors.F32, []int64{1}, zeros(1)}})
 	f, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if want := []string{"m.dora_scale", "m.hada_w1_a", "x.alpha"}; strings.Join(f.Unknown, ",") != strings.Join(want, ",") {
+	if want := []string{"m.lora_mid.weight", "x.alpha", "y.dora_scale"}; strings.Join(f.Unknown, ",") != strings.Join(want, ",") {
 		t.Errorf("unknown %v, want %v", f.Unknown, want)
 	}
 	if _, _, err := f.Modules[0].Factors(); err == nil || !strings.Contains(err.Error(), "[1, 1]") {
@@ -262,7 +264,9 @@ func FuzzParseSpec(f *testing.F) {
 // FuzzParseHeader. Inputs over 4 KiB (8 times the seeds) are skipped before
 // any work: the fuzzer minimizes each new input in time quadratic in its
 // length and fuzzes nothing meanwhile. Seeds are small LoRAs (rank 2,
-// [3, 4]) in every style.
+// [3, 4]) in every style, and a LoHa, a LoKr, a DoRA and an XLabs module.
+// Dense modules' ΔW is formed when it has at most 2^16 values (fuse-lora
+// forms it only for modules whose shape matches a layer).
 func FuzzOpen(f *testing.F) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	dir := f.TempDir()
@@ -274,6 +278,18 @@ func FuzzOpen(f *testing.F) {
 			f.Fatal(err)
 		}
 		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	for _, ts := range [][]rawTensor{
+		{m32("m.hada_w1_a", 2, 1, 1, 2), m32("m.hada_w1_b", 1, 3, 1, 0, -1), m32("m.hada_w2_a", 2, 1, 3, 1), m32("m.hada_w2_b", 1, 3, 2, 1, 1), alpha32("m.alpha", 0.5)},
+		{m32("m.lokr_w1", 2, 2, 1, 2, 3, 4), m32("m.lokr_w2_a", 2, 1, 1, -1), m32("m.lokr_w2_b", 1, 2, 2, 0.5)},
+		{m32("m.lora_A.weight", 1, 2, 1, 0), m32("m.lora_B.weight", 2, 1, 0, 1), {"m.lora_magnitude_vector.weight", safetensors.F32, []int64{2}, []float32{6, 1}}},
+		{m32("single_blocks.0.processor.qkv_lora.down.weight", 1, 2, 1, 2), m32("single_blocks.0.processor.qkv_lora.up.weight", 3, 1, 1, 2, 3)},
+	} {
+		b, err := os.ReadFile(writeRaw(f, ts))
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -295,12 +311,27 @@ func FuzzOpen(f *testing.F) {
 		defer lf.Close()
 		for i := range lf.Modules {
 			m := &lf.Modules[i]
-			if m.Rank <= 0 || m.N <= 0 || m.K <= 0 || math.IsNaN(m.Alpha) {
+			if m.Rank < 0 || (m.Rank == 0 && m.Type != TypeLoKr && m.Type != TypeFull) || m.N <= 0 || m.K <= 0 || math.IsNaN(m.Alpha) {
 				t.Fatalf("module %+v", m)
 			}
-			a, b, err := m.Factors()
-			if err == nil && (len(a) != m.Rank*m.K || len(b) != m.N*m.Rank) {
-				t.Fatalf("factors %d, %d for %+v", len(a), len(b), m)
+			if m.N*m.K > 1<<16 {
+				continue
+			}
+			var d []float64
+			switch {
+			case m.Dora != "":
+				d, err = m.DenseDoRA(make([]float64, m.N*m.K))
+			case !m.LowRank():
+				d, err = m.Dense()
+			default:
+				a, b, err := m.Factors()
+				if err == nil && (len(a) != m.Rank*m.K || len(b) != m.N*m.Rank) {
+					t.Fatalf("factors %d, %d for %+v", len(a), len(b), m)
+				}
+				continue
+			}
+			if err == nil && len(d) != m.N*m.K {
+				t.Fatalf("ΔW has %d values for %+v", len(d), m)
 			}
 		}
 	})

@@ -23,6 +23,8 @@ type Mapping struct {
 type LayerPlan struct {
 	Info  *LayerInfo
 	Parts []Part // ordered by first output row, then module key
+
+	layers map[string]*LayerInfo // the index's, for DoRA's module weights
 }
 
 // Part is one (module, input columns) rank block of a layer: Down =
@@ -30,8 +32,11 @@ type LayerPlan struct {
 // zero.
 type Part struct {
 	Module  *Module
-	Scale   float64 // strength · α / r
+	Scale   float64 // Module.Scale(strength)
 	Targets []Target
+	// All holds every target of the module, in this layer and others
+	// (DoRA normalises the module's whole weight).
+	All []Target
 }
 
 // Map resolves every module of f through ix and checks its shape: a
@@ -57,8 +62,16 @@ func Map(f *File, ix *Index, strength float64) (*Mapping, error) {
 			for _, t := range ts {
 				layers = append(layers, t.Layer)
 			}
-			return nil, fmt.Errorf("%s: module %s: ΔW is [%d %d] (tensor %q [%d %d], tensor %q [%d %d]), but layer %s takes it as [%d %d]",
-				f.Path, m.Key, m.N, m.K, m.B, m.N, m.Rank, m.A, m.Rank, m.K, strings.Join(uniq(layers), ", "), n, k)
+			if !m.LowRank() {
+				return nil, fmt.Errorf("%s: module %s: %s ΔW is [%d %d], but layer %s takes it as [%d %d]",
+					f.Path, m.Key, m.Type, m.N, m.K, strings.Join(uniq(layers), ", "), n, k)
+			}
+			hint := ""
+			if m.N == n && m.K > k {
+				hint = " (a control LoRA that widens the model's input, as FLUX.1 Canny/Depth's img_in does, needs a model built for that input: it cannot be fused into this one)"
+			}
+			return nil, fmt.Errorf("%s: module %s: ΔW is [%d %d] (tensor %q [%d %d], tensor %q [%d %d]), but layer %s takes it as [%d %d]%s",
+				f.Path, m.Key, m.N, m.K, m.B, m.N, m.Rank, m.A, m.Rank, m.K, strings.Join(uniq(layers), ", "), n, k, hint)
 		}
 		s := m.Scale(strength)
 		if math.IsNaN(s) || math.IsInf(s, 0) {
@@ -75,7 +88,7 @@ func Map(f *File, ix *Index, strength float64) (*Mapping, error) {
 			kk := key{t.Layer, t.Cols}
 			p := parts[kk]
 			if p == nil {
-				p = &Part{Module: m, Scale: s}
+				p = &Part{Module: m, Scale: s, All: ts}
 				parts[kk] = p
 				order = append(order, kk)
 			}
@@ -84,7 +97,7 @@ func Map(f *File, ix *Index, strength float64) (*Mapping, error) {
 		for _, kk := range order {
 			lp := byLayer[kk.layer]
 			if lp == nil {
-				lp = &LayerPlan{Info: ix.Layers[kk.layer]}
+				lp = &LayerPlan{Info: ix.Layers[kk.layer], layers: ix.Layers}
 				byLayer[kk.layer] = lp
 			}
 			lp.Parts = append(lp.Parts, *parts[kk])
@@ -123,7 +136,64 @@ func firstRow(p *Part) int {
 	return lo
 }
 
-// Build materialises the plan as a branch of the layer's shape, unrounded:
+// HasDense reports whether a part of the plan is not a plain LoRA (Dense
+// is not nil).
+func (lp *LayerPlan) HasDense() bool {
+	for _, p := range lp.Parts {
+		if !p.Module.LowRank() {
+			return true
+		}
+	}
+	return false
+}
+
+// Dense returns the sum of the plan's non-low-rank parts (LoHa, LoKr,
+// diff, DoRA) as the layer's ΔW [N, K] in float64, each part's scale
+// applied, or nil when every part is a plain LoRA (Build's). src gives
+// the base weights DoRA needs (nil: a DoRA part is an error).
+func (lp *LayerPlan) Dense(src WeightSource) ([]float64, error) {
+	var d []float64
+	li := lp.Info
+	for _, p := range lp.Parts {
+		m := p.Module
+		if m.LowRank() {
+			continue
+		}
+		var md []float64
+		var err error
+		if m.Dora != "" {
+			if src == nil {
+				return nil, fmt.Errorf("%s: module %s: DoRA needs the base weights", m.f.Path, m.Key)
+			}
+			var w []float64
+			if w, err = moduleWeight(m, p.All, src, lp.layers); err == nil {
+				md, err = m.DenseDoRA(w)
+			}
+		} else {
+			md, err = m.Dense()
+		}
+		if err != nil {
+			return nil, err
+		}
+		if d == nil {
+			d = make([]float64, li.N*li.K)
+		}
+		for _, t := range p.Targets {
+			for i := 0; i < t.Rows.Len(); i++ {
+				src := md[(t.SrcRows.Lo+i)*m.K+t.Cols.Lo : (t.SrcRows.Lo+i)*m.K+t.Cols.Hi]
+				dst := d[(t.Rows.Lo+i)*li.K : (t.Rows.Lo+i+1)*li.K]
+				for j, v := range src {
+					dst[j] += p.Scale * v
+				}
+			}
+		}
+	}
+	return d, nil
+}
+
+// Build materialises the plan's plain LoRA parts (Dense has the others;
+// a LoRA with a DoRA magnitude is one of them)
+// as a branch of the layer's shape, unrounded:
 // each part's Down = A[:, Cols] and Up = float32(scale·B) placed at its
 // rows. Parts whose Down is bit-identical and whose rows do not overlap
 // share one block (their up rows combined), and rank columns that add
@@ -139,6 +209,9 @@ func (lp *LayerPlan) Build() (*Branch, error) {
 	}
 	var blocks []*block
 	for _, p := range lp.Parts {
+		if !p.Module.LowRank() {
+			continue
+		}
 		a, b, err := p.Module.Factors()
 		if err != nil {
 			return nil, err
@@ -231,7 +304,9 @@ func disjoint(rows []preset.Range, ts []Target) bool {
 func (lp *LayerPlan) Rank() int {
 	r := 0
 	for _, p := range lp.Parts {
-		r += p.Module.Rank
+		if p.Module.LowRank() {
+			r += p.Module.Rank
+		}
 	}
 	return r
 }

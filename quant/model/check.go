@@ -63,7 +63,7 @@ func Check(opt CheckOptions) (*CheckReport, *Spectrum, error) {
 		return nil, nil, err
 	}
 	defer in.Close()
-	lc, err := newLoRACheck(in.f, opt.LoRAs) // --lora (lora_check.go)
+	lc, err := newLoRACheck(in.f, opt.LoRAs, in.loraWeight) // --lora (lora_check.go)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -12,10 +12,12 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/svdq/svdq/calib"
 	"github.com/svdq/svdq/formats/engine"
 	"github.com/svdq/svdq/formats/lora"
 	"github.com/svdq/svdq/formats/nunchaku"
 	"github.com/svdq/svdq/formats/safetensors"
+	"github.com/svdq/svdq/quant"
 )
 
 // LoRASpec names one LoRA to fuse (or to check against).
@@ -25,6 +27,18 @@ type LoRASpec struct {
 	// Name identifies the LoRA in the provenance record (--remove NAME);
 	// "" takes the file's base name without its extension.
 	Name string
+	// Base, when set, makes this a full fine-tune difference (fuse-lora
+	// --delta Path --base Base): ΔW = W_Path − W_Base per 2-D weight
+	// (lora.OpenDiff). Path and Base may be files or checkpoint folders.
+	Base string
+}
+
+// open opens the spec's LoRA file, or its fine-tune difference.
+func (s LoRASpec) open() (*lora.File, error) {
+	if s.Base != "" {
+		return lora.OpenDiff(s.Path, s.Base)
+	}
+	return lora.Open(s.Path)
 }
 
 // ParseLoRASpecs parses command-line FILE[:STRENGTH] arguments.
@@ -45,7 +59,7 @@ func (s LoRASpec) name() string {
 	if s.Name != "" {
 		return s.Name
 	}
-	b := filepath.Base(s.Path)
+	b := filepath.Base(filepath.Clean(s.Path))
 	return strings.TrimSuffix(b, filepath.Ext(b))
 }
 
@@ -75,6 +89,18 @@ type FuseOptions struct {
 	AllowUnmatched bool
 	W4A16          string // W4A16Auto (""), W4A16Branch or W4A16Skip
 	Kept           string // KeptMerge ("") or KeptSkip
+	// Trunc chooses the rank of the branch a dense ΔW (LoHa, LoKr, a
+	// fine-tune difference) becomes on W4A4 and W4A16 layers (its
+	// truncated SVD); required when such a ΔW lands on one. Plain LoRAs
+	// are never re-factored, and 16-bit layers take the full ΔW.
+	Trunc lora.TruncOptions
+	// Calib, when set, is an svdq-calib/1 file whose rows (the layer's key
+	// in the file's svdq_calib record) measure each truncation's error.
+	Calib string
+	// Reference, when set, is the 16-bit checkpoint Model was quantized
+	// from: a DoRA module on a quantized layer normalises its weight.
+	// Kept tensors use their own base.
+	Reference string
 	// DryRun plans and validates everything and fills the report, but
 	// writes nothing.
 	DryRun bool
@@ -118,6 +144,9 @@ type FuseReport struct {
 	// Engines says, per engine that runs the family, whether the output
 	// loads there (formats/engine, as inspect reports it).
 	Engines []engine.Verdict `json:"engines,omitempty"`
+	// Truncated lists, per added LoRA and layer, the rank a dense ΔW was
+	// truncated to and its error (lora.Truncation), in order.
+	Truncated []lora.Truncation `json:"truncated,omitempty"`
 }
 
 // fusion holds the state of one FuseLoRA call.
@@ -146,12 +175,35 @@ type fusion struct {
 	// rewritten maps the name of every tensor the fusion rewrites to its
 	// output spec (nil: not in the output).
 	rewritten map[string]*safetensors.Spec
+	// cf is opt.Calib, open (nil without one).
+	cf *calib.File
+	// ref is opt.Reference, open (nil without one).
+	ref safetensors.Reader
 }
 
-// addition is one new LoRA's plan for one layer.
+// addition is one new LoRA's part of one layer: the plan, rebuilt when
+// written (plain LoRA factors: cheap, so nothing is held meanwhile), or,
+// when it has a dense ΔW, the branch built at planning (an SVD is not
+// redone), rounded to the model's 16-bit type except on kept tensors.
 type addition struct {
 	plan *lora.LayerPlan
+	br   *lora.Branch
 	rank int
+}
+
+// branch returns the addition's branch (see addition).
+func (a *addition) branch() (*lora.Branch, error) {
+	if a.br != nil {
+		return a.br, nil
+	}
+	br, err := a.plan.Build()
+	if err != nil {
+		return nil, err
+	}
+	if a.plan.Info.Kind != lora.Kept {
+		br.Round(a.plan.Info.DType)
+	}
+	return br, nil
 }
 
 // FuseLoRA takes LoRAs out of and/or fuses LoRAs into an SVDQuant
@@ -202,12 +254,33 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	default:
 		return nil, fmt.Errorf("kept policy %q: want merge or skip", opt.Kept)
 	}
+	if err := opt.Trunc.Validate(); err != nil {
+		return nil, err
+	}
 	if err := checkOut(opt.Out, opt.Model); err != nil {
 		return nil, err
 	}
 	for _, l := range opt.LoRAs {
 		if sameFile(opt.Out, l.Path) {
 			return nil, fmt.Errorf("%s: output would overwrite the LoRA file %s", opt.Out, l.Path)
+		}
+		if l.Base == "" {
+			continue
+		}
+		for _, p := range append(checkpointFiles(l.Path), checkpointFiles(l.Base)...) {
+			if sameFile(opt.Out, p) {
+				return nil, fmt.Errorf("%s: output would overwrite the input %s of --delta/--base", opt.Out, p)
+			}
+		}
+	}
+	if opt.Calib != "" && sameFile(opt.Out, opt.Calib) {
+		return nil, fmt.Errorf("%s: output would overwrite the calibration file %s", opt.Out, opt.Calib)
+	}
+	if opt.Reference != "" {
+		for _, p := range checkpointFiles(opt.Reference) {
+			if sameFile(opt.Out, p) {
+				return nil, fmt.Errorf("%s: output would overwrite the reference %s", opt.Out, p)
+			}
 		}
 	}
 	f, err := openQuantized(opt.Model)
@@ -226,6 +299,18 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	}
 	fu := &fusion{opt: opt, f: f, rep: &FuseReport{Out: opt.Out},
 		old: map[string]int{}, base: map[string]lora.Layer{}, drops: map[string][][2]int{}, adds: map[string][]*addition{}}
+	if opt.Calib != "" {
+		if fu.cf, err = calib.Open(opt.Calib); err != nil {
+			return nil, err
+		}
+		defer fu.cf.Close()
+	}
+	if opt.Reference != "" {
+		if fu.ref, err = safetensors.OpenCheckpoint(opt.Reference); err != nil {
+			return nil, err
+		}
+		defer fu.ref.Close()
+	}
 	defer func() {
 		for _, lf := range fu.files {
 			lf.Close()
@@ -363,21 +448,37 @@ func (fu *fusion) planAdditions() error {
 			return fmt.Errorf("%s: a LoRA named %q is already fused or given twice (remove it first, or give it another name: --name)", spec.Path, name)
 		}
 		names[name] = true
-		lf, err := lora.Open(spec.Path)
+		lf, err := spec.open()
 		if err != nil {
 			return err
 		}
 		fu.files = append(fu.files, lf)
+		if len(lf.TextEncoder) > 0 {
+			fu.warn("%s: %s not in this file (text encoder, skipped): %s", spec.Path, count(len(lf.TextEncoder), "key"), listSome(lf.TextEncoder, 4))
+		}
 		mp, err := lora.Map(lf, fu.ix, spec.Strength)
 		if err != nil {
 			return err
 		}
 		if len(lf.Modules) == 0 {
-			return fmt.Errorf("%s: no LoRA factors (keys: %s)", spec.Path, listSome(lf.Unknown, 10))
+			if spec.Base != "" {
+				return fmt.Errorf("%s: no 2-D weight differs from the base %s", spec.Path, spec.Base)
+			}
+			if len(lf.TextEncoder) > 0 && len(lf.Unknown) == 0 && len(lf.Control) == 0 {
+				return fmt.Errorf("%s: only text-encoder keys (%d), none for the transformer in %s: nothing to fuse", spec.Path, len(lf.TextEncoder), fu.opt.Model)
+			}
+			return fmt.Errorf("%s: no LoRA factors (keys: %s)", spec.Path, listSome(append(append(append([]string(nil), lf.Unknown...), lf.Control...), lf.TextEncoder...), 10))
 		}
 		var bad []string
-		if len(lf.Unknown) > 0 {
+		if len(lf.Unknown) > 0 && spec.Base != "" {
+			bad = append(bad, fmt.Sprintf("%s that differ%s from the base but %s not 2-D weights (biases, norm scales: no branch carries them): %s",
+				count(len(lf.Unknown), "tensor"), map[bool]string{true: "s", false: ""}[len(lf.Unknown) == 1], isAre(len(lf.Unknown)), listSome(lf.Unknown, 10)))
+		} else if len(lf.Unknown) > 0 {
 			bad = append(bad, fmt.Sprintf("%s that %s not LoRA factors: %s", count(len(lf.Unknown), "key"), isAre(len(lf.Unknown)), listSome(lf.Unknown, 10)))
+		}
+		if len(lf.Control) > 0 {
+			bad = append(bad, fmt.Sprintf("%s of a BFL control LoRA (bias deltas, norm scales) or LyCORIS bias deltas (diff_b) that svdq does not fuse: %s",
+				count(len(lf.Control), "key"), listSome(lf.Control, 10)))
 		}
 		if len(mp.Unmatched) > 0 {
 			bad = append(bad, fmt.Sprintf("%s matching no layer of %s: %s", count(len(mp.Unmatched), "module"), fu.opt.Model, listSome(mp.Unmatched, 10)))
@@ -403,12 +504,9 @@ func (fu *fusion) planAdditions() error {
 				skipped = append(skipped, li.Name)
 				continue
 			}
-			br, err := lp.Build()
+			br, err := fu.build(spec.Path, name, lp)
 			if err != nil {
 				return err
-			}
-			if li.Kind != lora.Kept {
-				br.Round(li.DType)
 			}
 			if br.R == 0 {
 				continue // all-zero factors or strength 0: nothing to add here
@@ -418,7 +516,11 @@ func (fu *fusion) planAdditions() error {
 			}
 			cur := fu.currentRank(li)
 			applied.Ranges[li.Name] = [2]int{cur, cur + br.R}
-			fu.adds[li.Name] = append(fu.adds[li.Name], &addition{plan: lp, rank: br.R})
+			a := &addition{plan: lp, rank: br.R}
+			if lp.HasDense() {
+				a.br = br
+			}
+			fu.adds[li.Name] = append(fu.adds[li.Name], a)
 		}
 		if len(skipped) > 0 {
 			fu.warn("%s: %s left without this LoRA's part by the %s policy: %s", spec.Path, count(len(skipped), "layer"), policyOf(fu, skipped[0]), listSome(skipped, 8))
@@ -433,6 +535,132 @@ func (fu *fusion) planAdditions() error {
 		return fmt.Errorf("%s (pass --allow-unmatched to fuse the rest)", strings.Join(problems, "\n"))
 	}
 	return nil
+}
+
+// build returns what one LoRA adds to one layer: its plain LoRA parts
+// exactly (lora.LayerPlan.Build) and its dense ΔW (LoHa, LoKr, diff) in
+// full on a kept tensor (lora.ExactBranch), truncated by opt.Trunc on a
+// W4A4 or W4A16 layer (lora.Truncate, the truncation reported), rounded
+// to the model's 16-bit type except on kept tensors.
+func (fu *fusion) build(path, name string, lp *lora.LayerPlan) (*lora.Branch, error) {
+	li := lp.Info
+	br, err := lp.Build()
+	if err != nil {
+		return nil, err
+	}
+	d, err := lp.Dense(fu.weightOf)
+	if err != nil {
+		return nil, err
+	}
+	if d != nil && !allZero(d) {
+		if li.Kind == lora.Kept {
+			br.Append(lora.ExactBranch(d, li.N, li.K))
+			return br, nil
+		}
+		if !fu.opt.Trunc.Set() {
+			return nil, fmt.Errorf("%s: layer %s (%s): the ΔW of %s is not low-rank, so its branch is a truncated SVD: give --delta-rank R or --delta-energy E",
+				path, li.Name, li.Kind, moduleTypes(lp))
+		}
+		tb, energy := lora.Truncate(d, li.N, li.K, fu.opt.Trunc)
+		tb.Round(li.DType)
+		x, m, err := fu.calibRows(li)
+		if err != nil {
+			return nil, err
+		}
+		fu.rep.Truncated = append(fu.rep.Truncated, lora.Truncation{LoRA: name, Layer: li.Name, Rank: tb.R, Full: min(li.N, li.K),
+			Energy: energy, Error: lora.TruncError(d, tb, x, m), Rows: m})
+		br.Append(tb)
+	}
+	if li.Kind != lora.Kept {
+		br.Round(li.DType)
+	}
+	return br, nil
+}
+
+// weightOf returns a layer's 16-bit base weight for DoRA: a kept
+// tensor's base bytes (the sidecar's when LoRAs are merged into it), a
+// quantized layer's from opt.Reference.
+func (fu *fusion) weightOf(layer string) ([]float64, error) {
+	li := fu.ix.Layers[layer]
+	if li == nil {
+		return nil, fmt.Errorf("%s: no layer %s", fu.opt.Model, layer)
+	}
+	var w []float32
+	if li.Kind == lora.Kept {
+		src, name, path := fu.f.r, layer, fu.opt.Model
+		if _, ok := fu.sideInfo(lora.ReservedBase(layer)); ok {
+			src, name, path = fu.side, lora.ReservedBase(layer), fu.sideName()
+		}
+		info, _ := src.Info(name)
+		raw, err := src.Bytes(name)
+		if err != nil {
+			return nil, err
+		}
+		w = make([]float32, li.N*li.K)
+		if err := quant.Decode(w, string(info.DType), raw); err != nil {
+			return nil, fmt.Errorf("%s: tensor %q: %v", path, name, err)
+		}
+	} else {
+		if fu.ref == nil {
+			return nil, fmt.Errorf("%s: layer %s: a DoRA LoRA normalises the layer's 16-bit weight, which a quantized file does not hold: give --reference (the checkpoint it was quantized from)", fu.opt.Model, layer)
+		}
+		lm, _ := fu.f.meta.Layer(layer)
+		var err error
+		if w, _, _, err = readWeight(fu.ref, fu.opt.Reference, metaSources(lm.Sources), lm.N, lm.K); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]float64, len(w))
+	for i, v := range w {
+		out[i] = float64(v)
+	}
+	return out, nil
+}
+
+func allZero(d []float64) bool {
+	for _, v := range d {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// moduleTypes names the non-low-rank module types of a plan ("loha", …).
+func moduleTypes(lp *lora.LayerPlan) string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range lp.Parts {
+		if t := p.Module.Type; !p.Module.LowRank() && !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	return strings.Join(out, "+")
+}
+
+// calibRows returns the calibration rows of a layer (its svdq_calib key in
+// opt.Calib), nil and 0 without --calib or when the file records no key
+// for the layer (the error is then measured on the weights, with a
+// warning).
+func (fu *fusion) calibRows(li *lora.LayerInfo) ([]float32, int, error) {
+	if fu.cf == nil {
+		return nil, 0, nil
+	}
+	ref, ok := fu.f.calib[li.Name]
+	if !ok {
+		fu.warn("%s: no calibration key recorded for layer %s: its truncation error is measured on the weights", fu.opt.Model, li.Name)
+		return nil, 0, nil
+	}
+	cal, err := loadCalib(fu.cf, ref)
+	if err != nil {
+		return nil, 0, err
+	}
+	if cal.S == 0 || len(cal.X) < cal.S*li.K {
+		return nil, 0, fmt.Errorf("%s: tensor %q: %d rows of width %d, layer %s reads %d columns", fu.opt.Calib, ref.Key+".input_samples", cal.S, len(cal.X)/max(cal.S, 1), li.Name, li.K)
+	}
+	x, m := sampleRows(cal, li.K, 0)
+	return x, m, nil
 }
 
 func policyOf(fu *fusion, layer string) string {

@@ -26,7 +26,10 @@ type loraCheck struct {
 // claims to approximate. Modules that match no layer are ignored here
 // (fuse-lora refused or reported them). It returns nil for a file without
 // LoRAs checked without specs.
-func newLoRACheck(f *qfile, specs []LoRASpec) (*loraCheck, error) {
+//
+// weights gives a quantized layer's reference weight, which a DoRA
+// module's ΔW depends on.
+func newLoRACheck(f *qfile, specs []LoRASpec, weights lora.WeightSource) (*loraCheck, error) {
 	s, ok := f.r.Metadata()[lora.MetaKey]
 	if !ok {
 		if len(specs) == 0 {
@@ -59,7 +62,7 @@ func newLoRACheck(f *qfile, specs []LoRASpec) (*loraCheck, error) {
 		want[fmt.Sprintf("%s strength %g", a.SHA256, a.Strength)]++
 	}
 	for _, spec := range specs {
-		lf, err := lora.Open(spec.Path)
+		lf, err := spec.open()
 		if err != nil {
 			return nil, err
 		}
@@ -73,7 +76,7 @@ func newLoRACheck(f *qfile, specs []LoRASpec) (*loraCheck, error) {
 			return nil, fmt.Errorf("%s at strength %g is not fused in %s (fused: %s)", spec.Path, spec.Strength, f.path, strings.Join(have, "; "))
 		}
 		want[key]--
-		err = lc.add(lf, ix, spec.Strength)
+		err = lc.add(lf, ix, spec.Strength, weights)
 		lf.Close()
 		if err != nil {
 			return nil, err
@@ -92,8 +95,27 @@ func newLoRACheck(f *qfile, specs []LoRASpec) (*loraCheck, error) {
 	return lc, nil
 }
 
-// add accumulates one LoRA's blocks on the quantized layers.
-func (lc *loraCheck) add(lf *lora.File, ix *lora.Index, strength float64) error {
+// loraWeight is the reference weight of a quantized layer, for DoRA.
+func (in *checkInputs) loraWeight(layer string) ([]float64, error) {
+	lm, ok := in.f.meta.Layer(layer)
+	if !ok {
+		return nil, fmt.Errorf("%s: DoRA module on %s, which is not a quantized layer: check measures quantized layers only", in.model, layer)
+	}
+	w, _, _, err := in.referenceWeight(lm)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float64, len(w))
+	for i, v := range w {
+		out[i] = float64(v)
+	}
+	return out, nil
+}
+
+// add accumulates one LoRA's ΔW on the quantized layers: plain LoRA blocks
+// as factors, a dense ΔW (LoHa, LoKr) exactly (lora.ExactBranch), so the
+// check measures a truncated branch against the full ΔW.
+func (lc *loraCheck) add(lf *lora.File, ix *lora.Index, strength float64, weights lora.WeightSource) error {
 	mp, err := lora.Map(lf, ix, strength)
 	if err != nil {
 		return err
@@ -106,6 +128,13 @@ func (lc *loraCheck) add(lf *lora.File, ix *lora.Index, strength float64) error 
 		b, err := lp.Build()
 		if err != nil {
 			return err
+		}
+		dense, err := lp.Dense(weights) // LoHa, LoKr, DoRA: their full ΔW, whatever rank the file kept
+		if err != nil {
+			return err
+		}
+		if dense != nil {
+			b.Append(lora.ExactBranch(dense, lp.Info.N, lp.Info.K))
 		}
 		if d := lc.delta[lp.Info.Name]; d != nil {
 			d.Append(b)

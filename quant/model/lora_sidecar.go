@@ -25,6 +25,15 @@ func sidecarOf(out string) string { return out + lora.SidecarSuffix }
 
 // sameFile reports whether a and b name one existing file (symbolic and
 // hard links followed, as checkOut does).
+// checkpointFiles lists the files of a checkpoint path (a folder's shards,
+// safetensors.CheckpointFiles), or the path itself.
+func checkpointFiles(path string) []string {
+	if fs, err := safetensors.CheckpointFiles(path); err == nil {
+		return append(fs, path)
+	}
+	return []string{path}
+}
+
 func sameFile(a, b string) bool {
 	ai, err := os.Stat(a)
 	if err != nil {
@@ -86,7 +95,16 @@ func (fu *fusion) checkSidecarPath() error {
 		}
 	}
 	for _, l := range fu.opt.LoRAs {
-		inputs = append(inputs, l.Path)
+		inputs = append(inputs, checkpointFiles(l.Path)...)
+		if l.Base != "" {
+			inputs = append(inputs, checkpointFiles(l.Base)...)
+		}
+	}
+	if fu.opt.Calib != "" {
+		inputs = append(inputs, fu.opt.Calib)
+	}
+	if fu.opt.Reference != "" {
+		inputs = append(inputs, checkpointFiles(fu.opt.Reference)...)
 	}
 	for _, in := range inputs {
 		if sameFile(side, in) {

@@ -516,12 +516,9 @@ func (fu *fusion) branch(t *touched, cur *lora.Branch) (*lora.Branch, error) {
 		cur.Drop(rg[0], rg[1])
 	}
 	for _, a := range fu.adds[t.info.Name] {
-		b, err := a.plan.Build()
+		b, err := a.branch()
 		if err != nil {
 			return nil, err
-		}
-		if t.info.Kind != lora.Kept {
-			b.Round(t.info.DType)
 		}
 		cur.Append(b)
 	}
