@@ -43,8 +43,8 @@ func crossInputs(opt CrossCheckOptions) (*checkInputs, error) {
 		})
 }
 
-// crossLayer is one layer's emulation, stored tensors and rows.
-type crossLayer struct {
+// packedRows is one layer's emulation, stored tensors and calibration rows.
+type packedRows struct {
 	name string
 	ql   *quant.Layer
 	p    *kernels.Packed
@@ -52,7 +52,10 @@ type crossLayer struct {
 	m    int
 }
 
-func (in *checkInputs) crossLayer(i, rows int) (*crossLayer, error) {
+// packedLayer reads layer i as gpu-check and the cross-check run it: the
+// emulation of the stored bytes, the stored bytes for the GPU (with fl's
+// fault injected, nil: none) and at most rows calibration rows.
+func (in *checkInputs) packedLayer(i, rows int, fl *flip) (*packedRows, error) {
 	lm := &in.layers[i].meta
 	get, errp := in.f.getter(lm.Name)
 	ql, err := nunchaku.UnpackW4A4(get, lm.W4A4Options(in.model))
@@ -62,15 +65,16 @@ func (in *checkInputs) crossLayer(i, rows int) (*crossLayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := kernels.PackedFromTensors(kernels.Getter(get), lm.N, lm.K, lm.Shifted)
+	gpuGet, err := fl.apply(kernels.Getter(get), lm.Name)
+	if err != nil {
+		return nil, err
+	}
+	p, err := kernels.PackedFromTensors(gpuGet, lm.N, lm.K, lm.Shifted)
 	if err == nil {
 		err = *errp
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: layer %s: %v", in.model, lm.Name, err)
-	}
-	if p.R == 0 {
-		return nil, fmt.Errorf("%s: layer %s has no low-rank branch, which nunchaku's launcher requires here", in.model, lm.Name)
 	}
 	cal, err := loadCalib(in.cf, in.refs[i])
 	if err != nil {
@@ -80,7 +84,17 @@ func (in *checkInputs) crossLayer(i, rows int) (*crossLayer, error) {
 	if m == 0 {
 		return nil, fmt.Errorf("%s: %s: no samples for layer %s", in.calib, in.refs[i].Key, lm.Name)
 	}
-	return &crossLayer{name: lm.Name, ql: ql, p: p, x: x, m: m}, nil
+	return &packedRows{name: lm.Name, ql: ql, p: p, x: x, m: m}, nil
+}
+
+// crossLayer is packedLayer for the cross-check, which needs a low-rank
+// branch (nunchaku's launcher runs the up projection only with one).
+func (in *checkInputs) crossLayer(i, rows int) (*packedRows, error) {
+	l, err := in.packedLayer(i, rows, nil)
+	if err == nil && l.p.R == 0 {
+		err = fmt.Errorf("%s: layer %s has no low-rank branch, which nunchaku's launcher requires here", in.model, l.name)
+	}
+	return l, err
 }
 
 // CrossCheckExport writes DIR/layers.txt and DIR/IDX/*.bin for crosscheck.cu

@@ -38,7 +38,7 @@ func TestCrossCheckRoundTrip(t *testing.T) {
 	}
 	defer in.Close()
 	type sim struct {
-		l    *crossLayer
+		l    *packedRows
 		lora []float32 // [m, R stored]
 		y    []uint16  // [m, NPad]
 		dir  string

@@ -212,33 +212,11 @@ func (f *flip) apply(get kernels.Getter, layer string) (kernels.Getter, error) {
 func (in *checkInputs) gpuLayer(d *kernels.Device, i, maxRows int, fl *flip) (GPULayer, error) {
 	lm := &in.layers[i].meta
 	row := GPULayer{Name: lm.Name, Precision: lm.Precision}
-	get, errp := in.f.getter(lm.Name)
-	ql, err := nunchaku.UnpackW4A4(get, lm.W4A4Options(in.model))
-	if err == nil {
-		err = *errp
-	}
+	cl, err := in.packedLayer(i, maxRows, fl)
 	if err != nil {
 		return row, err
 	}
-	gpuGet, err := fl.apply(kernels.Getter(get), lm.Name)
-	if err != nil {
-		return row, err
-	}
-	p, err := kernels.PackedFromTensors(gpuGet, lm.N, lm.K, lm.Shifted)
-	if err == nil {
-		err = *errp
-	}
-	if err != nil {
-		return row, fmt.Errorf("%s: layer %s: %v", in.model, lm.Name, err)
-	}
-	cal, err := loadCalib(in.cf, in.refs[i])
-	if err != nil {
-		return row, err
-	}
-	x, m := sampleRows(cal, lm.K, maxRows)
-	if m == 0 {
-		return row, fmt.Errorf("%s: %s: no samples for layer %s", in.calib, in.refs[i].Key, lm.Name)
-	}
+	ql, p, x, m := cl.ql, cl.p, cl.x, cl.m
 	row.Rows = m
 	v := kernels.Fused
 	row.Kernel = v.String()
