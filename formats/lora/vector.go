@@ -98,7 +98,16 @@ func (ix *Index) indexVectors(meta *nunchaku.Meta, infos []safetensors.Info) {
 		ok = ok && len(in.Shape) == 1 && in.Shape[0] > 0 && (in.DType == safetensors.BF16 || in.DType == safetensors.F16 || in.DType == safetensors.F32)
 		return in, ok
 	}
-	inLayer := map[string]bool{}
+	inLayer := map[string]bool{} // every tensor of a quantized layer (smooth, wtscale, …)
+	names := make([]string, len(infos))
+	for i, in := range infos {
+		names[i] = in.Name
+	}
+	for _, g := range nunchaku.Layers(names) {
+		for _, s := range g.Suffixes {
+			inLayer[g.Name+"."+s] = true
+		}
+	}
 	for i := range meta.Layers {
 		lm := &meta.Layers[i]
 		li := ix.Layers[lm.Name]

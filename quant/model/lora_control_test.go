@@ -53,7 +53,7 @@ func newControlLoRA(rng *rand.Rand) controlLoRA {
 	return c
 }
 
-// vecValues decodes a 1-D BF16 tensor of a file.
+// vecValues decodes a 1-D 16-bit tensor of a file.
 func vecValues(t *testing.T, path, name string) ([]float32, []byte) {
 	t.Helper()
 	f, err := safetensors.Open(path)
@@ -103,7 +103,8 @@ func layerBias(t *testing.T, path, layer string) []float32 {
 }
 
 // TestFuseControl: a BFL control LoRA's bias deltas and norm scales,
-// fused into the tiny FLUX quantized from diffusers and from BFL names:
+// fused into the tiny FLUX quantized from diffusers and from BFL names,
+// in NVFP4 and in F16 for the C++ engine:
 // biases become round16(b + s·Δb) in the rows the module's B feeds
 // (W4A4 q|k|v, a single block's linear1 split over qkv_proj and mlp_fc1,
 // linear2's bias on mlp_fc2 only, the W4A16 adaLN's interleaved rows, the
@@ -114,12 +115,15 @@ func layerBias(t *testing.T, path, layer string) []float32 {
 // back, and check --lora measures against the reference with the bias
 // deltas (within 5% of the base file's error; without them far worse).
 func TestFuseControl(t *testing.T) {
-	for _, which := range []string{"flux", "flux-bfl"} {
-		t.Run(which, func(t *testing.T) { fuseControl(t, which) })
+	for _, c := range []struct {
+		which string
+		dt    quant.Float16
+	}{{"flux", quant.BF16}, {"flux-bfl", quant.BF16}, {"flux-nvfp4", quant.BF16}, {"flux-f16-cpp", quant.F16}} {
+		t.Run(c.which, func(t *testing.T) { fuseControl(t, c.which, c.dt) })
 	}
 }
 
-func fuseControl(t *testing.T, which string) {
+func fuseControl(t *testing.T, which string, dt quant.Float16) {
 	const D, H, s = 128, 512, 0.5
 	dir := t.TempDir()
 	b := loraCheckpoint(t, which)
@@ -133,7 +137,7 @@ func fuseControl(t *testing.T, which string) {
 	}
 	// want is round16(b + float32(s·Δ)), the test's own arithmetic.
 	want := func(base float32, d float64) float32 {
-		return quant.BF16.Round(float32(float64(base) + float64(float32(s*d))))
+		return dt.Round(float32(float64(base) + float64(float32(s*d))))
 	}
 	expect := func(what string, got, base []float32, rows []int, delta func(int) float64) {
 		t.Helper()
@@ -178,7 +182,7 @@ func fuseControl(t *testing.T, which string) {
 		"single_blocks.0.norm.key_norm.scale": "single_transformer_blocks.0.norm_k.weight"} {
 		got, _ := vecValues(t, out, name)
 		for i, v := range c1.norm[key] {
-			if w := quant.BF16.Round(float32(v)); got[i] != w {
+			if w := dt.Round(float32(v)); got[i] != w {
 				t.Errorf("%s[%d] = %v, want the scale %v (replaced, not scaled by the strength)", name, i, got[i], w)
 				break
 			}
@@ -235,7 +239,7 @@ func fuseControl(t *testing.T, which string) {
 	two := filepath.Join(d3, "two.safetensors")
 	fuse(t, FuseOptions{Model: filepath.Join(d1, "x.safetensors"), Out: two, LoRAs: []LoRASpec{{Path: p2, Strength: 1}}})
 	got, _ := vecValues(t, two, "transformer_blocks.0.norm_q.weight")
-	if w := quant.BF16.Round(float32(c2.norm["double_blocks.0.img_attn.norm.query_norm.scale"][5])); got[5] != w {
+	if w := dt.Round(float32(c2.norm["double_blocks.0.img_attn.norm.query_norm.scale"][5])); got[5] != w {
 		t.Errorf("second control LoRA: norm_q[5] = %v, want its scale %v", got[5], w)
 	}
 	fuse(t, FuseOptions{Model: two, Out: filepath.Join(d3, "x.safetensors"), Remove: []string{"depth"}})
