@@ -32,9 +32,9 @@ type File struct {
 	// LyCORIS diff_b (sorted). A BFL control LoRA's bias deltas are on
 	// their Module (Bias), its norm scales in Norms.
 	Control []string
-	// Norms lists a BFL control LoRA's norm scales (<…>_norm.scale, FLUX.1
-	// Canny/Depth), sorted: replacements of the model's RMSNorm weights
-	// (see vector.go).
+	// Norms lists a control LoRA's norm scales (BFL <…>_norm.scale, FLUX.1
+	// Canny/Depth; diffusers <…>.attn.norm_q.weight etc. once converted),
+	// sorted: replacements of the model's RMSNorm weights (see vector.go).
 	Norms []string
 	// TextEncoder lists the keys of text-encoder modules (lora_te*,
 	// text_encoder*): an svdq file holds no text encoder, so they are

@@ -379,7 +379,7 @@ func (f *File) parseControl() error {
 				return err
 			}
 			m.Bias = key
-		case strings.HasSuffix(key, "_norm.scale"):
+		case isNormKey(key):
 			if err := vectorShape(f.r, f.Path, key, -1); err != nil {
 				return err
 			}

@@ -18,7 +18,7 @@ func vecTensor(name string, shape []int64) safetensors.Tensor {
 }
 
 // TestParseControl: a lora_B.bias goes to its plain LoRA module, a norm
-// scale to Norms; lora_A.bias, diff_b and a bias without factors stay in
+// scale (BFL, or diffusers-converted) to Norms; lora_A.bias, diff_b and a bias without factors stay in
 // Control; a bias of the wrong length and a 2-D scale are errors naming
 // the file and tensor.
 func TestParseControl(t *testing.T) {
@@ -32,7 +32,8 @@ func TestParseControl(t *testing.T) {
 		return p
 	}
 	p := write("ok.safetensors", vecTensor("double_blocks.0.img_attn.qkv.lora_B.bias", []int64{24}), vecTensor("double_blocks.0.img_attn.qkv.lora_A.bias", []int64{2}),
-		vecTensor("double_blocks.0.img_attn.norm.query_norm.scale", []int64{4}), vecTensor("txt_in.lora_B.bias", []int64{8}), vecTensor("x.diff_b", []int64{8}))
+		vecTensor("double_blocks.0.img_attn.norm.query_norm.scale", []int64{4}), vecTensor("txt_in.lora_B.bias", []int64{8}), vecTensor("x.diff_b", []int64{8}),
+		vecTensor("transformer.single_transformer_blocks.0.attn.norm_k.weight", []int64{4}))
 	f, err := Open(p)
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +42,7 @@ func TestParseControl(t *testing.T) {
 	if len(f.Modules) != 1 || f.Modules[0].Bias != "double_blocks.0.img_attn.qkv.lora_B.bias" {
 		t.Errorf("modules %+v", f.Modules)
 	}
-	if !reflect.DeepEqual(f.Norms, []string{"double_blocks.0.img_attn.norm.query_norm.scale"}) {
+	if !reflect.DeepEqual(f.Norms, []string{"double_blocks.0.img_attn.norm.query_norm.scale", "transformer.single_transformer_blocks.0.attn.norm_k.weight"}) {
 		t.Errorf("norms %v", f.Norms)
 	}
 	if want := []string{"double_blocks.0.img_attn.qkv.lora_A.bias", "txt_in.lora_B.bias", "x.diff_b"}; !reflect.DeepEqual(f.Control, want) {

@@ -313,3 +313,63 @@ func TestFuseControlHostile(t *testing.T) {
 		})
 	}
 }
+
+// TestFuseControlDiffusers: the same control LoRA in BFL names and
+// converted to diffusers names (PEFT to_q/to_k/to_v sharing A, each with
+// its rows of the bias; attn.norm_q.weight for query_norm.scale, as
+// _convert_bfl_flux_control_lora_to_diffusers writes them) fuses into the
+// same tensors, into a checkpoint quantized from BFL names.
+func TestFuseControlDiffusers(t *testing.T) {
+	const D, r = 128, 2
+	dir := t.TempDir()
+	b := loraCheckpoint(t, "flux-bfl")
+	rng := rand.New(rand.NewPCG(65, 66))
+	a, bw, bias, scale := gauss(rng, r*D, 0.1), gauss(rng, 3*D*r, 0.05), gauss(rng, 3*D, 0.25), gauss(rng, D, 1)
+	bfl := namedLoRA{}
+	bfl.add("double_blocks.0.img_attn.qkv.lora_A.weight", a, r, D)
+	bfl.add("double_blocks.0.img_attn.qkv.lora_B.weight", bw, 3*D, r)
+	bfl.add("double_blocks.0.img_attn.qkv.lora_B.bias", bias, 3*D)
+	bfl.add("double_blocks.0.img_attn.norm.query_norm.scale", scale, D)
+	dif := namedLoRA{}
+	for i, m := range []string{"to_q", "to_k", "to_v"} {
+		p := "transformer.transformer_blocks.0.attn." + m
+		dif.add(p+".lora_A.weight", a, r, D)
+		dif.add(p+".lora_B.weight", rows(bw, r, i*D, (i+1)*D), D, r)
+		dif.add(p+".lora_B.bias", bias[i*D:(i+1)*D], D)
+	}
+	dif.add("transformer.transformer_blocks.0.attn.norm_q.weight", scale, D)
+	var got [2][2]map[string]string
+	for i, l := range []namedLoRA{bfl, dif} {
+		d := filepath.Join(dir, []string{"bfl", "diffusers"}[i])
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(d, "o.safetensors")
+		fuse(t, FuseOptions{Model: b.q, Out: out, LoRAs: []LoRASpec{{Path: l.write(t, filepath.Join(d, "c.safetensors")), Strength: 0.8, Name: "c"}}})
+		got[i][0], _ = tensorsOf(t, out)
+		got[i][1], _ = tensorsOf(t, out+lora.SidecarSuffix)
+	}
+	for j, what := range []string{"fused file", "sidecar"} {
+		if len(got[0][j]) == 0 || !reflectEqual(got[0][j], got[1][j]) {
+			t.Errorf("%s: BFL and diffusers names fuse differently", what)
+		}
+	}
+	base, _ := tensorsOf(t, b.q)
+	for _, n := range []string{"transformer_blocks.0.qkv_proj.bias", "transformer_blocks.0.norm_q.weight"} {
+		if got[1][0][n] == base[n] {
+			t.Errorf("%s unchanged", n)
+		}
+	}
+}
+
+func reflectEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
