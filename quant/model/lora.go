@@ -238,6 +238,11 @@ func (a *addition) branch() (*lora.Branch, error) {
 // recorded hash stays without one, so that removal restores such a base
 // byte for byte.
 //
+// A BFL control LoRA's bias deltas and norm scales rewrite 1-D tensors
+// (the biases of kept and quantized layers, norm weights; see
+// lora_vector.go), always recomputed from their base bytes, which the
+// sidecar keeps.
+//
 // The output stores every W4A4 layer's branch at one rank, the largest
 // any layer needs, widening the others with zero columns, and its
 // quantization_config records that rank: nunchaku's Python loaders build
