@@ -138,10 +138,16 @@ func fuseLoRAAction(c *cli.Context) error {
 //
 //	transformer_blocks.0.qkv_proj  w4a4   r16 -> r28 (base r16)
 //	x_embedder.weight              kept   merged, LoRA rank 0 -> 4
+//	transformer_blocks.0.norm_q.weight  1-D    changed by 1 LoRA (bias delta or norm scale)
 func printFuse(w io.Writer, rep *model.FuseReport, opt model.FuseOptions) {
 	width := 0
 	for _, l := range rep.Layers {
 		width = max(width, len(l.Name))
+	}
+	vectors := map[string]bool{}
+	for _, v := range rep.Vectors {
+		width = max(width, len(v.Name))
+		vectors[v.Name] = true
 	}
 	for _, l := range rep.Layers {
 		change := fmt.Sprintf("r%d -> r%d (base r%d)", l.From, l.Rank, l.Base)
@@ -155,12 +161,27 @@ func printFuse(w io.Writer, rep *model.FuseReport, opt model.FuseOptions) {
 		}
 		fmt.Fprintf(w, "  %-*s  %-5s  %s\n", width, l.Name, l.Kind, change)
 	}
+	for _, v := range rep.Vectors {
+		change := "base restored"
+		if v.Ops > 0 {
+			change = fmt.Sprintf("changed by %d LoRA(s) (bias delta or norm scale)", v.Ops)
+		}
+		fmt.Fprintf(w, "  %-*s  %-5s  %s\n", width, v.Name, "1-D", change)
+	}
 	for _, a := range rep.Added {
-		rank := 0
-		for _, rg := range a.Ranges {
+		rank, vecs := 0, 0
+		for l, rg := range a.Ranges {
+			if vectors[l] {
+				vecs++
+				continue
+			}
 			rank += rg[1] - rg[0]
 		}
-		fmt.Fprintf(w, "fused %s: %s, %s, strength %g, %d layers, rank +%d in total\n", a.Name, a.File, a.Format, a.Strength, len(a.Ranges), rank)
+		line := fmt.Sprintf("fused %s: %s, %s, strength %g, %d layers, rank +%d in total", a.Name, a.File, a.Format, a.Strength, len(a.Ranges)-vecs, rank)
+		if vecs > 0 {
+			line += fmt.Sprintf(", %d biases/norms", vecs)
+		}
+		fmt.Fprintln(w, line)
 	}
 	for _, t := range rep.Truncated {
 		on := "weights"

@@ -332,3 +332,81 @@ func TestHostileDenseLoRAs(t *testing.T) {
 		}
 	}
 }
+
+// TestControlLoRACommand: a BFL control LoRA (factors, a bias delta, a
+// norm scale) fuses from the command line, which lists the rewritten 1-D
+// tensors, and --remove-all gives the base back byte for byte; malformed
+// ones (a bias delta of the wrong length, a NaN norm scale, a norm scale
+// of no norm in the model) exit 2 with one line naming the file (and the
+// tensor, where the file itself is bad) from fuse-lora and check --lora,
+// and write nothing.
+func TestControlLoRACommand(t *testing.T) {
+	m, cal := tinyModel(t)
+	q := tinyQuantized(t)
+	dir := t.TempDir()
+	const D = 128
+	f32 := func(name string, shape []int64, v []float32) safetensors.Tensor {
+		return safetensors.Tensor{Spec: safetensors.Spec{Name: name, DType: safetensors.F32, Shape: shape}, Data: lora.EncodeF32(v)}
+	}
+	vals := func(n int, s float32) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = s * float32(i%5-2)
+		}
+		return v
+	}
+	const qkv, norm = "double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.norm.query_norm.scale"
+	control := func(bias []float32, scale []float32, normKey string) []safetensors.Tensor {
+		return []safetensors.Tensor{f32(qkv+".lora_A.weight", []int64{2, D}, vals(2*D, 0.01)), f32(qkv+".lora_B.weight", []int64{3 * D, 2}, vals(6*D, 0.01)),
+			f32(qkv+".lora_B.bias", []int64{int64(len(bias))}, bias), f32(normKey, []int64{int64(len(scale))}, scale)}
+	}
+	good := filepath.Join(dir, "canny.safetensors")
+	if err := safetensors.WriteFile(good, control(vals(3*D, 0.1), vals(D, 0.5), norm), nil); err != nil {
+		t.Fatal(err)
+	}
+	fused := filepath.Join(dir, "fused.safetensors")
+	o, _ := mustRun(t, 0, "fuse-lora", "--model", q, "--lora", good, "--out", fused, "--w4a16", "skip")
+	for _, w := range []string{"transformer_blocks.0.qkv_proj.bias", "transformer_blocks.0.norm_q.weight", "1-D", "2 biases/norms"} {
+		if !strings.Contains(o, w) {
+			t.Errorf("fuse-lora output does not show %q:\n%s", w, o)
+		}
+	}
+	back := filepath.Join(dir, "back.safetensors")
+	mustRun(t, 0, "fuse-lora", "--model", fused, "--remove-all", "--out", back)
+	if !bytes.Equal(readAll(t, back), readAll(t, q)) {
+		t.Errorf("--remove-all: not the base's bytes")
+	}
+	mustRun(t, 0, "check", "--model", fused, "--reference", m, "--calib", cal, "--smooth-search", "off", "--lora", good)
+	nan := vals(D, 0.5)
+	nan[7] = float32(math.NaN())
+	for _, c := range []struct {
+		name, tensor string
+		ts           []safetensors.Tensor
+	}{
+		{"short-bias", qkv + ".lora_B.bias", control(vals(3*D-1, 0.1), vals(D, 0.5), norm)},
+		{"nan-scale", norm, control(vals(3*D, 0.1), nan, norm)},
+		{"missing-norm", "double_blocks.9.img_attn.norm.query_norm.scale", control(vals(3*D, 0.1), vals(D, 0.5), "double_blocks.9.img_attn.norm.query_norm.scale")},
+	} {
+		bad := filepath.Join(dir, c.name+".safetensors")
+		if err := safetensors.WriteFile(bad, c.ts, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{
+			{"fuse-lora", "--model", q, "--lora", bad, "--out", "OUT", "--w4a16", "skip"},
+			{"check", "--model", fused, "--reference", m, "--calib", cal, "--smooth-search", "off", "--lora", bad},
+		} {
+			out := filepath.Join(dir, "out.safetensors")
+			for i, a := range args {
+				if a == "OUT" {
+					args[i] = out
+				}
+			}
+			_, e := mustRun(t, 2, args...)
+			oneLine(t, c.name+" "+args[0], e)
+			if !strings.Contains(e, bad) || (args[0] == "fuse-lora" || c.name == "short-bias") && !strings.Contains(e, c.tensor) {
+				t.Errorf("%s %s: error does not name the file and tensor %s: %s", c.name, args[0], c.tensor, e)
+			}
+			absent(t, out)
+		}
+	}
+}

@@ -31,8 +31,10 @@
 // (double_blocks.N.processor.qkv_lora1.down.weight, …), mapped to BFL and
 // diffusers modules; PEFT keys with the adapter name (lora_A.default.weight).
 // Text-encoder keys (lora_te*, text_encoder*) are listed apart
-// (File.TextEncoder), BFL control LoRAs' bias deltas and norm scales too
-// (File.Control). A full fine-tune against its base opens as a File of
+// (File.TextEncoder). A BFL control LoRA's bias deltas (Module.Bias) and
+// norm scales (File.Norms) change the model's 1-D tensors (vector.go,
+// MapVectors); other non-factor keys (lora_A.bias, diff_b) are listed in
+// File.Control. A full fine-tune against its base opens as a File of
 // TypeDiff modules (OpenDiff). Any other key is "unknown" and reported,
 // never silently dropped.
 //

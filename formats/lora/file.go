@@ -27,11 +27,15 @@ type File struct {
 	// Unknown lists the keys that are not LoRA factors or alphas, and
 	// alphas whose module has no factors, sorted.
 	Unknown []string
-	// Control lists the keys of a BFL control LoRA (FLUX.1 Canny/Depth,
-	// diffusers _convert_bfl_flux_control_lora_to_diffusers) that are not
-	// LoRA factors: bias deltas (<module>.lora_B.bias) and replacement
-	// norm scales (<…>_norm.scale). They are not fused (sorted).
+	// Control lists the non-factor keys svdq does not fuse: a bias delta
+	// (lora_B.bias) whose module has no plain LoRA factors, lora_A.bias,
+	// LyCORIS diff_b (sorted). A BFL control LoRA's bias deltas are on
+	// their Module (Bias), its norm scales in Norms.
 	Control []string
+	// Norms lists a control LoRA's norm scales (BFL <…>_norm.scale, FLUX.1
+	// Canny/Depth; diffusers <…>.attn.norm_q.weight etc. once converted),
+	// sorted: replacements of the model's RMSNorm weights (see vector.go).
+	Norms []string
 	// TextEncoder lists the keys of text-encoder modules (lora_te*,
 	// text_encoder*): an svdq file holds no text encoder, so they are
 	// reported as not in the file and never fused (sorted).
@@ -74,6 +78,10 @@ type Module struct {
 	// column ([1, K]). See DenseDoRA.
 	Dora    string
 	DoraOut bool
+	// Bias names the module's bias delta <module>.lora_B.bias ("" for
+	// none): a float vector [N] added, times Scale(strength), to the bias
+	// of the rows B feeds (see vector.go).
+	Bias string
 
 	f *File
 }
@@ -240,6 +248,9 @@ func parse(r safetensors.Reader, path string) (*File, error) {
 	sort.Slice(f.Modules, func(i, j int) bool { return f.Modules[i].Key < f.Modules[j].Key })
 	for i := range f.Modules {
 		f.Modules[i].f = f
+	}
+	if err := f.parseControl(); err != nil {
+		return nil, err
 	}
 	sort.Strings(f.Unknown)
 	sort.Strings(f.Control)

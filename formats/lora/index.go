@@ -74,6 +74,12 @@ type Index struct {
 
 	modules map[string][]Target // module (prefixes stripped) → targets
 	flat    map[string]string   // kohya-flattened module → module ("" when ambiguous)
+
+	// vector.go: the file's 1-D tensors, the layer rows that have a bias,
+	// and norm weights by source name in every naming.
+	vectors  map[string]*VectorInfo
+	biasOf   map[string][]biasRows
+	vecAlias map[string]string
 }
 
 // NewIndex builds the index of a quantized checkpoint from its svdq
@@ -151,6 +157,7 @@ func NewIndex(meta *nunchaku.Meta, infos []safetensors.Info) (*Index, error) {
 		ix.add(StripPrefixes(mod), Target{Layer: in.Name, SrcRows: preset.All(li.N), Cols: preset.All(li.K), Rows: preset.All(li.N)})
 	}
 	ix.Aliases = ix.presetAliases(meta, infos)
+	ix.indexVectors(meta, infos)
 	ix.flat = map[string]string{}
 	for m := range ix.modules {
 		f := flatten(m)

@@ -178,7 +178,27 @@ func xlabsTargets(module string) ([]xlabsPart, bool) {
 // A LyCORIS full module's bias delta (.diff_b) is listed with them.
 func isControlKey(key string) bool {
 	return strings.HasSuffix(key, ".lora_B.bias") || strings.HasSuffix(key, ".lora_A.bias") ||
-		strings.HasSuffix(key, "_norm.scale") || strings.HasSuffix(key, ".diff_b")
+		isNormKey(key) || strings.HasSuffix(key, ".diff_b")
+}
+
+// diffusersNormKeys end the norm weights a diffusers-converted control
+// LoRA carries (lora_pipeline.py FluxLoraLoaderMixin
+// _control_lora_supported_norm_keys: norm_q, norm_k, norm_added_q,
+// norm_added_k, as attn.<key>.weight).
+var diffusersNormKeys = []string{".norm_q.weight", ".norm_k.weight", ".norm_added_q.weight", ".norm_added_k.weight"}
+
+// isNormKey reports whether a key is a control LoRA's norm weight: BFL
+// <…>_norm.scale or diffusers <…>.norm_q.weight etc.
+func isNormKey(key string) bool {
+	if strings.HasSuffix(key, "_norm.scale") {
+		return true
+	}
+	for _, s := range diffusersNormKeys {
+		if strings.HasSuffix(key, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // textEncoderPrefixes start the module names of text-encoder LoRA parts

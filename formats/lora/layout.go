@@ -177,6 +177,12 @@ func ReservedBase(t string) string { return ReservedPrefix + "base." + t }
 func ReservedDown(t string) string { return ReservedPrefix + "down." + t }
 func ReservedUp(t string) string   { return ReservedPrefix + "up." + t }
 
+// ReservedVector names the ops of 1-D tensor t (provenance KindVector):
+// F32 [2·ops, stored length], per op a mask row (1: replace) and a value
+// row, in stored order (VectorOp.Stored), in LoRA order. Its base bytes
+// are ReservedBase(t).
+func ReservedVector(t string) string { return ReservedPrefix + "vec." + t }
+
 // EncodeF32 returns v as little-endian F32 bytes.
 func EncodeF32(v []float32) []byte {
 	out := make([]byte, 4*len(v))

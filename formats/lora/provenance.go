@@ -77,6 +77,12 @@ type Base struct {
 
 // Layer is the state of one layer before any LoRA: its kind (Kind.String)
 // and the logical rank of its branch then (kept tensors: 0).
+// KindVector is the kind of a 1-D tensor in Layers (a bias or norm
+// weight a BFL control LoRA changes, vector.go): each LoRA occupies one
+// range [i, i+1) of it, its op's index; Base is 0. The sidecar keeps the
+// tensor's base bytes (ReservedBase) and the ops (ReservedVector).
+const KindVector = "vector"
+
 type Layer struct {
 	Kind string `json:"kind"`
 	Base int    `json:"base"`
@@ -219,6 +225,12 @@ func (p *Provenance) Validate() error {
 		return bad("negative header padding %d", p.Base.HeaderPad)
 	}
 	for name, l := range p.Layers {
+		if l.Kind == KindVector {
+			if l.Base != 0 {
+				return bad("vector %s: base %d", name, l.Base)
+			}
+			continue
+		}
 		k, err := ParseKind(l.Kind)
 		if err != nil {
 			return bad("layer %s: %v", name, err)
@@ -288,16 +300,24 @@ var ErrNotFused = errors.New("no LoRA is fused in this file (no " + MetaKey + " 
 func (p *Provenance) Summary() []string {
 	out := make([]string, 0, len(p.LoRAs))
 	for _, a := range p.LoRAs {
-		rank := 0
-		for _, rg := range a.Ranges {
+		rank, vectors := 0, 0
+		for l, rg := range a.Ranges {
+			if p.Layers[l].Kind == KindVector {
+				vectors++
+				continue
+			}
 			rank += rg[1] - rg[0]
 		}
 		h := a.SHA256
 		if len(h) > 12 {
 			h = h[:12]
 		}
-		out = append(out, fmt.Sprintf("%s  strength %g  %s  %s (sha256 %s)  %d layers, rank +%d in total",
-			a.Name, a.Strength, a.Format, a.File, h, len(a.Ranges), rank))
+		line := fmt.Sprintf("%s  strength %g  %s  %s (sha256 %s)  %d layers, rank +%d in total",
+			a.Name, a.Strength, a.Format, a.File, h, len(a.Ranges)-vectors, rank)
+		if vectors > 0 {
+			line += fmt.Sprintf(", %d biases/norms", vectors)
+		}
+		out = append(out, line)
 	}
 	return out
 }

@@ -275,6 +275,7 @@ func (c *checker) layer(i int) error {
 		return err
 	}
 	c.lora.merge(lm.Name, w) // --lora: reference = base + ΔW
+	bias = c.lora.mergeBias(lm.Name, bias, lm.N)
 	cal, err := loadCalib(c.in.cf, c.in.refs[i])
 	if err != nil {
 		return err

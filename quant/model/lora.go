@@ -144,9 +144,20 @@ type FuseReport struct {
 	// Engines says, per engine that runs the family, whether the output
 	// loads there (formats/engine, as inspect reports it).
 	Engines []engine.Verdict `json:"engines,omitempty"`
+	// Vectors lists the 1-D tensors (biases, norm weights) the output
+	// rewrites: changed by a BFL control LoRA's bias deltas or norm
+	// scales, or restored to their base (Ops 0), sorted.
+	Vectors []FuseVector `json:"vectors,omitempty"`
 	// Truncated lists, per added LoRA and layer, the rank a dense ΔW was
 	// truncated to and its error (lora.Truncation), in order.
 	Truncated []lora.Truncation `json:"truncated,omitempty"`
+}
+
+// FuseVector is one 1-D tensor the operation rewrote.
+type FuseVector struct {
+	Name  string `json:"name"`
+	Layer string `json:"layer,omitempty"` // the quantized layer it is the bias of
+	Ops   int    `json:"ops"`             // LoRAs changing it in the output
 }
 
 // fusion holds the state of one FuseLoRA call.
@@ -160,7 +171,11 @@ type fusion struct {
 	base  map[string]lora.Layer  // layers of the input's record → their base state
 	drops map[string][][2]int    // layer → input rank columns to drop
 	adds  map[string][]*addition // layer → blocks to append, in order
-	files []*lora.File           // open LoRA files (closed when FuseLoRA returns)
+	// vadds: 1-D tensor → new LoRAs' ops on it, in order (lora_vector.go);
+	// vecOut: the output bytes of every rewritten 1-D tensor.
+	vadds  map[string][]*lora.VectorOp
+	vecOut map[string][]byte
+	files  []*lora.File // open LoRA files (closed when FuseLoRA returns)
 	// side holds the input's reserved tensors (base bytes and factors of
 	// kept tensors): its sidecar, the file itself for a version-1 record,
 	// nil when no kept tensor has a LoRA; sidePath names it.
@@ -222,6 +237,11 @@ func (a *addition) branch() (*lora.Branch, error) {
 // layers are recomputed over their output bytes; a layer without a
 // recorded hash stays without one, so that removal restores such a base
 // byte for byte.
+//
+// A BFL control LoRA's bias deltas and norm scales rewrite 1-D tensors
+// (the biases of kept and quantized layers, norm weights; see
+// lora_vector.go), always recomputed from their base bytes, which the
+// sidecar keeps.
 //
 // The output stores every W4A4 layer's branch at one rank, the largest
 // any layer needs, widening the others with zero columns, and its
@@ -298,7 +318,8 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 		return nil, err
 	}
 	fu := &fusion{opt: opt, f: f, rep: &FuseReport{Out: opt.Out},
-		old: map[string]int{}, base: map[string]lora.Layer{}, drops: map[string][][2]int{}, adds: map[string][]*addition{}}
+		old: map[string]int{}, base: map[string]lora.Layer{}, drops: map[string][][2]int{}, adds: map[string][]*addition{},
+		vadds: map[string][]*lora.VectorOp{}, vecOut: map[string][]byte{}}
 	if opt.Calib != "" {
 		if fu.cf, err = calib.Open(opt.Calib); err != nil {
 			return nil, err
@@ -460,6 +481,10 @@ func (fu *fusion) planAdditions() error {
 		if err != nil {
 			return err
 		}
+		vm, err := lora.MapVectors(lf, fu.ix, spec.Strength)
+		if err != nil {
+			return err
+		}
 		if len(lf.Modules) == 0 {
 			if spec.Base != "" {
 				return fmt.Errorf("%s: no 2-D weight differs from the base %s", spec.Path, spec.Base)
@@ -477,11 +502,14 @@ func (fu *fusion) planAdditions() error {
 			bad = append(bad, fmt.Sprintf("%s that %s not LoRA factors: %s", count(len(lf.Unknown), "key"), isAre(len(lf.Unknown)), listSome(lf.Unknown, 10)))
 		}
 		if len(lf.Control) > 0 {
-			bad = append(bad, fmt.Sprintf("%s of a BFL control LoRA (bias deltas, norm scales) or LyCORIS bias deltas (diff_b) that svdq does not fuse: %s",
+			bad = append(bad, fmt.Sprintf("%s that svdq does not fuse (lora_A.bias, LyCORIS bias deltas diff_b, a lora_B.bias without plain LoRA factors): %s",
 				count(len(lf.Control), "key"), listSome(lf.Control, 10)))
 		}
 		if len(mp.Unmatched) > 0 {
 			bad = append(bad, fmt.Sprintf("%s matching no layer of %s: %s", count(len(mp.Unmatched), "module"), fu.opt.Model, listSome(mp.Unmatched, 10)))
+		}
+		if len(vm.Unmatched) > 0 {
+			bad = append(bad, fmt.Sprintf("%s matching no norm weight of %s: %s", count(len(vm.Unmatched), "norm scale"), fu.opt.Model, listSome(vm.Unmatched, 10)))
 		}
 		if len(bad) > 0 {
 			msg := spec.Path + ": " + strings.Join(bad, "; ")
@@ -524,6 +552,13 @@ func (fu *fusion) planAdditions() error {
 		}
 		if len(skipped) > 0 {
 			fu.warn("%s: %s left without this LoRA's part by the %s policy: %s", spec.Path, count(len(skipped), "layer"), policyOf(fu, skipped[0]), listSome(skipped, 8))
+		}
+		vskip, err := fu.addVectors(spec.Path, vm, &applied)
+		if err != nil {
+			return err
+		}
+		if len(vskip) > 0 {
+			fu.warn("%s: %s (biases, norm weights) left without this LoRA's change by the --kept/--w4a16 skip policy: %s", spec.Path, count(len(vskip), "tensor"), listSome(vskip, 8))
 		}
 		if len(applied.Ranges) == 0 {
 			return fmt.Errorf("%s: adds nothing to %s (strength 0, all-zero factors, or every layer skipped)", spec.Path, fu.opt.Model)

@@ -15,7 +15,10 @@ import (
 // precision, and the fused file's record (for W4A16 branch ranks).
 type loraCheck struct {
 	delta map[string]*lora.Branch // layer → Σ of the LoRAs' blocks, float32 unrounded
-	prov  *lora.Provenance
+	// bias: quantized layer → Σ of the LoRAs' bias deltas (BFL control
+	// LoRAs' lora_B.bias, logical row order), as fuse-lora adds them.
+	bias map[string][]float64
+	prov *lora.Provenance
 }
 
 // newLoRACheck prepares the LoRA part of a check of file f. A file with
@@ -41,7 +44,7 @@ func newLoRACheck(f *qfile, specs []LoRASpec, weights lora.WeightSource) (*loraC
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", f.path, err)
 	}
-	lc := &loraCheck{delta: map[string]*lora.Branch{}, prov: prov}
+	lc := &loraCheck{delta: map[string]*lora.Branch{}, bias: map[string][]float64{}, prov: prov}
 	if len(specs) == 0 {
 		return lc, nil
 	}
@@ -120,6 +123,23 @@ func (lc *loraCheck) add(lf *lora.File, ix *lora.Index, strength float64, weight
 	if err != nil {
 		return err
 	}
+	vm, err := lora.MapVectors(lf, ix, strength)
+	if err != nil {
+		return err
+	}
+	for _, o := range vm.Ops { // norm scales change no quantized layer's weight: not measured here
+		if o.Info.Layer == "" || o.Replace {
+			continue
+		}
+		b := lc.bias[o.Info.Layer]
+		if b == nil {
+			b = make([]float64, len(o.Values))
+			lc.bias[o.Info.Layer] = b
+		}
+		for i, v := range o.Values {
+			b[i] += float64(v)
+		}
+	}
 	for i := range mp.Layers {
 		lp := &mp.Layers[i]
 		if lp.Info.Kind == lora.Kept {
@@ -155,6 +175,24 @@ func (lc *loraCheck) merge(layer string, w []float32) {
 	for i, v := range d {
 		w[i] = float32(float64(w[i]) + v)
 	}
+}
+
+// mergeBias returns the reference bias [n] of layer with the LoRAs' bias
+// deltas added (float64 sums, one rounding to float32); a nil bias is
+// zeros. It returns bias itself when no LoRA changes it.
+func (lc *loraCheck) mergeBias(layer string, bias []float32, n int) []float32 {
+	if lc == nil || lc.bias[layer] == nil {
+		return bias
+	}
+	out := make([]float32, n)
+	for i, d := range lc.bias[layer] {
+		var b float64
+		if bias != nil {
+			b = float64(bias[i])
+		}
+		out[i] = float32(b + d)
+	}
+	return out
 }
 
 // addW4A16 adds the fused W4A16 layer's branch output (x·Downᵀ)·Upᵀ to

@@ -70,6 +70,9 @@ func (fu *fusion) touchedLayers() ([]*touched, error) {
 	sort.Strings(names)
 	out := make([]*touched, 0, len(names))
 	for _, l := range names {
+		if fu.isVector(l) {
+			continue // lora_vector.go
+		}
 		li := fu.ix.Layers[l]
 		if li == nil {
 			return nil, fmt.Errorf("%s: the %s record names layer %s, which the file does not have", fu.opt.Model, lora.MetaKey, l)
@@ -247,6 +250,10 @@ func (fu *fusion) write() error {
 	if err != nil {
 		return err
 	}
+	vecs, err := fu.planVectors()
+	if err != nil {
+		return err
+	}
 	fu.prov.Version = lora.ProvenanceVersion
 	replaced := map[string]bool{}
 	var specs, sideSpecs []safetensors.Spec
@@ -315,6 +322,17 @@ func (fu *fusion) write() error {
 		sideSpecs = append(sideSpecs, b,
 			safetensors.Spec{Name: lora.ReservedDown(l), DType: safetensors.F32, Shape: []int64{int64(r), int64(li.K)}},
 			safetensors.Spec{Name: lora.ReservedUp(l), DType: safetensors.F32, Shape: []int64{int64(li.N), int64(r)}})
+	}
+	for _, v := range vecs {
+		replaced[v.info.Name] = true
+		specs = append(specs, v.spec)
+		fu.vecOut[v.info.Name] = v.out
+		fu.rep.Vectors = append(fu.rep.Vectors, FuseVector{Name: v.info.Name, Layer: v.info.Layer, Ops: v.n})
+		if v.n > 0 {
+			b := v.spec
+			b.Name = lora.ReservedBase(v.info.Name)
+			sideSpecs = append(sideSpecs, b, safetensors.Spec{Name: lora.ReservedVector(v.info.Name), DType: safetensors.F32, Shape: []int64{int64(2 * v.n), int64(v.info.Stored)}})
+		}
 	}
 	var copied []string
 	for _, n := range fu.f.r.Names() {
@@ -402,6 +420,19 @@ func (fu *fusion) write() error {
 			}
 		}
 	}
+	for _, v := range vecs {
+		if err := w.Write(v.info.Name, v.out); err != nil {
+			return err
+		}
+		if v.n > 0 {
+			if err := ws.Write(lora.ReservedBase(v.info.Name), v.base); err != nil {
+				return err
+			}
+			if err := ws.Write(lora.ReservedVector(v.info.Name), lora.EncodeF32(v.ops)); err != nil {
+				return err
+			}
+		}
+	}
 	var jobs []func() error
 	for _, p := range plans {
 		if p.rewritten() {
@@ -427,6 +458,25 @@ func (fu *fusion) write() error {
 	for _, t := range layers {
 		if t.sum != "" {
 			metaOf[t.info.Name].SHA256 = t.sum
+		}
+	}
+	rehashed := map[string]bool{}
+	for _, p := range plans {
+		rehashed[p.name] = p.rewritten()
+	}
+	for _, t := range layers {
+		rehashed[t.info.Name] = rehashed[t.info.Name] || t.info.Kind == lora.W4A16
+	}
+	for _, l := range vectorLayers(vecs) { // a bias rewritten, the branch not
+		if rehashed[l] {
+			continue
+		}
+		sum, err := fu.outputHash(l, nil)
+		if err != nil {
+			return err
+		}
+		if sum != "" {
+			metaOf[l].SHA256 = sum
 		}
 	}
 	if md[nunchaku.MetaSVDQ], err = svdqEntry(); err != nil {
@@ -487,6 +537,9 @@ func (fu *fusion) outputHash(layer string, written map[string][]byte) (string, e
 		name := layer + "." + suffix
 		if sp, ok := fu.rewritten[name]; ok {
 			data, has := written[name]
+			if !has {
+				data, has = fu.vecOut[name]
+			}
 			if sp == nil || !has {
 				return "", nil, nil, false
 			}
