@@ -97,6 +97,8 @@ func TestHostileCorpus(t *testing.T) {
 		{"fuse-lora --lora", []string{"fuse-lora", "--model", q, "--lora", "F", "--out", "OUT", "--w4a16", "skip"}, false},
 		{"calib merge (first)", []string{"calib", "merge", "F", cal, "--out", "OUT"}, false},
 		{"calib merge (second)", []string{"calib", "merge", cal, "F", "--out", "OUT"}, false},
+		{"merge (first)", []string{"merge", "F", tinyPart(t), "--out", "OUT"}, false},
+		{"merge (second)", []string{"merge", tinyPart(t), "F", "--out", "OUT"}, false},
 	}
 	for _, f := range files {
 		name := filepath.Base(f)

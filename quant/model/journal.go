@@ -40,7 +40,11 @@ type journal struct {
 	dir  string
 	in   Inputs
 	opts []safetensors.Option
+	lock *os.File // lockDir's; closed by close or remove
 }
+
+// lockName is the lock file in a work directory.
+const lockName = "lock"
 
 // recordName is the record file of plan layer i.
 func recordName(i int) string { return fmt.Sprintf("layer-%05d.safetensors", i) }
@@ -61,7 +65,19 @@ func openJournal(dir string, in Inputs, mustExist bool, opts []safetensors.Optio
 			return nil, fmt.Errorf("work directory %s: %v", dir, err)
 		}
 	}
-	return &journal{dir: dir, in: in, opts: opts}, nil
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &journal{dir: dir, in: in, opts: opts, lock: lock}, nil
+}
+
+// close releases the work directory, leaving its records.
+func (j *journal) close() {
+	if j.lock != nil {
+		j.lock.Close()
+		j.lock = nil
+	}
 }
 
 // path is the record file of plan layer i.
@@ -147,6 +163,8 @@ func (j *journal) remove() error {
 			}
 		}
 	}
+	os.Remove(filepath.Join(j.dir, lockName)) // before the unlock: a run waiting on it starts afresh
+	j.close()
 	if err := os.Remove(j.dir); err != nil {
 		return fmt.Errorf("work directory %s: not removed: %v", j.dir, err)
 	}
@@ -294,6 +312,7 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer j.close()
 	q.journal = j
 	if opt.Shard.N == 0 {
 		a, err := ol.create(opt.Out, wopts...)

@@ -296,3 +296,22 @@ func TestResumeRejectsOtherWork(t *testing.T) {
 		noOutput(t, opt.Out)
 	})
 }
+
+// TestWorkDirInUse: a second run writing the same output while the first
+// holds its work directory fails at once, naming it, and leaves the
+// first's records alone.
+func TestWorkDirInUse(t *testing.T) {
+	model, cal := tinyModel(t)
+	opt := fastOptions(model, cal, filepath.Join(t.TempDir(), "q.safetensors"))
+	j, err := openJournal(WorkDir(opt.Out), Inputs{}, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Quantize(opt)
+	if err == nil || !strings.Contains(err.Error(), "in use by another svdq run") || !strings.Contains(err.Error(), WorkDir(opt.Out)) {
+		t.Fatalf("err = %v", err)
+	}
+	noOutput(t, opt.Out)
+	j.close()
+	quantizeBytes(t, opt) // free again
+}
