@@ -292,11 +292,13 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 	if opt.wrapWrites != nil {
 		wopts = append(wopts, safetensors.WrapWrites(opt.wrapWrites))
 	}
-	q.note("hashing the inputs (%s of tensors)", gib(p.InBytes))
+	q.note("hashing the inputs (%s of tensors), to resume from or merge with work of the same inputs", gib(p.InBytes))
+	t0 := time.Now()
 	in, err := q.inputs()
 	if err != nil {
 		return nil, err
 	}
+	q.note("inputs hashed in %.1f s", time.Since(t0).Seconds())
 	mine := make([]int, len(ol.Units))
 	for i := range mine {
 		mine[i] = i
