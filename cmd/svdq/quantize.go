@@ -165,7 +165,7 @@ func quantizeAction(c *cli.Context) error {
 	for _, l := range plan.Layers {
 		width = max(width, len(l.Name))
 	}
-	b := newBar(c.App.Writer, int64(len(plan.Layers)), "quantize", false)
+	b := newBar(c.App.Writer, int64(plan.ShardLayers(opt.Shard)), "quantize", false)
 	opt.OnLayer = func(l model.LayerReport) { b.println(layerLine(l, width), 1) }
 	opt.Notes = func(s string) { b.println(s, 0) }
 	rep, err := model.Quantize(opt)

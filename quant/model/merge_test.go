@@ -23,6 +23,9 @@ func shardParts(t *testing.T, opt QuantizeOptions, dir string, n int) []string {
 			t.Fatalf("shard %d/%d: report says shard %v", i, n, rep.Shard)
 		}
 		total += len(rep.Layers)
+		if want := shardPlan(t, opt).ShardLayers(o.Shard); len(rep.Layers) != want || rep.Totals.Layers != want {
+			t.Errorf("shard %s: %d layers reported, ShardLayers says %d", o.Shard, len(rep.Layers), want)
+		}
 		parts[i] = o.Out
 	}
 	if total != len(shardPlan(t, opt).Layers) {

@@ -168,3 +168,21 @@ func (q *quantizer) writePart(ol *outline, mine []int, opts []safetensors.Option
 	}
 	return w.Close()
 }
+
+// ShardLayers returns the number of layers shard s is dealt (all of them
+// when s.N is 0).
+func (p *Plan) ShardLayers(s Shard) int {
+	if s.N == 0 {
+		return len(p.Layers)
+	}
+	units := p.units()
+	costs := make([]float64, len(units))
+	for i, u := range units {
+		costs[i] = p.unitCost(u)
+	}
+	n := 0
+	for _, ui := range assignShards(costs, s.N)[s.I] {
+		n += len(units[ui].layers)
+	}
+	return n
+}
