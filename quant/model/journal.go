@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -187,7 +188,31 @@ func (q *quantizer) inputs() (Inputs, error) {
 	if err != nil {
 		return Inputs{}, fmt.Errorf("%s: %v", q.opt.Calib, err)
 	}
-	return Inputs{Model: md, Calib: cd, Options: optionsDigest(q.plan, q.opt), Version: q.opt.Tool}, nil
+	return Inputs{Model: md, Calib: cd, Options: optionsDigest(q.plan, q.opt), Version: q.opt.Tool + buildRevision()}, nil
+}
+
+// buildRevision is " (REVISION)" of the VCS revision the binary was built
+// from (" (REVISION+dirty)" with uncommitted changes), or "" when the
+// build did not record one (go test, go run): records of two builds of
+// one version number are not mixed.
+func buildRevision() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	rev, dirty := "", ""
+	for _, s := range bi.Settings {
+		switch {
+		case s.Key == "vcs.revision":
+			rev = s.Value
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "+dirty"
+		}
+	}
+	if rev == "" {
+		return ""
+	}
+	return " (" + rev + dirty + ")"
 }
 
 // checkpointDigest is the hex SHA-256 over the tensors of r, by name,
