@@ -85,15 +85,30 @@ func TestCostModelReport(t *testing.T) {
 		a := byShape[k]
 		fmt.Printf("  %-60s %8.1f s  %8.3f s/Mweight\n", k, a.s, a.s/a.w*1e6)
 	}
-	for _, n := range []int{1, 2, 4, 8, 16} {
-		busiest := 0.0
-		for _, s := range assignShards(costs, n) {
+	counts := make([]float64, len(units))
+	for i, u := range units {
+		counts[i] = float64(len(u.layers))
+	}
+	busiest := func(deal [][]int) float64 {
+		b := 0.0
+		for _, s := range deal {
 			load := 0.0
 			for _, u := range s {
 				load += measured[u]
 			}
-			busiest = max(busiest, load)
+			b = max(b, load)
 		}
-		fmt.Printf("shards %2d: busiest shard %7.0f s of unit time, speed-up %.2f (ideal %d)\n", n, busiest, total/busiest, n)
+		return b
+	}
+	for _, n := range []int{1, 2, 4, 8, 16} {
+		// For comparison: dealt by layer count, and in n contiguous runs
+		// of units (plan order, equal counts).
+		runs := make([][]int, n)
+		for u := range units {
+			runs[u*n/len(units)] = append(runs[u*n/len(units)], u)
+		}
+		b, bc, br := busiest(assignShards(costs, n)), busiest(assignShards(counts, n)), busiest(runs)
+		fmt.Printf("shards %2d: busiest shard %7.0f s of unit time, speed-up %.2f (ideal %d); by layer count %.2f; contiguous %.2f\n",
+			n, b, total/b, n, total/bc, total/br)
 	}
 }
