@@ -129,8 +129,12 @@ func Merge(opt MergeOptions) (*MergeReport, error) {
 		for _, k := range rf.hdr.Kept {
 			kept = append(kept, k.Name)
 		}
-		if i == 0 && !slices.Equal(kept, ol.Kept) || i > 0 && len(kept) > 0 {
-			return nil, fmt.Errorf("%s: shard %s holds %d kept tensors, want %d", rf.path, rf.hdr.Shard, len(kept), map[bool]int{true: len(ol.Kept)}[i == 0])
+		var wantKept []string // shard 0 carries the kept tensors
+		if i == 0 {
+			wantKept = ol.Kept
+		}
+		if !slices.Equal(kept, wantKept) {
+			return nil, fmt.Errorf("%s: shard %s holds %d kept tensors, want %d", rf.path, rf.hdr.Shard, len(kept), len(wantKept))
 		}
 	}
 
