@@ -317,13 +317,17 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 	if opt.wrapWrites != nil {
 		wopts = append(wopts, safetensors.WrapWrites(opt.wrapWrites))
 	}
-	q.note("hashing the inputs (%s of tensors), to resume from or merge with work of the same inputs", gib(p.InBytes))
+	if p.InBytes >= 1e9 {
+		q.note("hashing the inputs (%s of tensors), to resume from or merge with work of the same inputs only", gib(p.InBytes))
+	}
 	t0 := time.Now()
 	in, err := q.inputs()
 	if err != nil {
 		return nil, err
 	}
-	q.note("inputs hashed in %.1f s", time.Since(t0).Seconds())
+	if s := time.Since(t0).Seconds(); s >= 1 {
+		q.note("inputs hashed in %.1f s", s)
+	}
 	mine := make([]int, len(ol.Units))
 	for i := range mine {
 		mine[i] = i
