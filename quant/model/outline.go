@@ -80,7 +80,7 @@ func (ol *outline) metadata(metas []nunchaku.LayerMeta) (map[string]string, erro
 // layer l.Index of this outline with exactly the tensors (suffixes,
 // dtypes, shapes) the outline declares for it.
 func (ol *outline) check(l *layerRecord, ts []nunchaku.Tensor) error {
-	if l.Index < 0 || l.Index >= len(ol.Layers) {
+	if l.Index < 0 || l.Index >= len(ol.Layers) || l.Index >= len(ol.Tensors) {
 		return fmt.Errorf("layer %s: index %d out of the %d planned layers", l.Meta.Name, l.Index, len(ol.Layers))
 	}
 	want := ol.Layers[l.Index].Name

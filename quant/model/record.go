@@ -151,7 +151,7 @@ func recordMeta(h *recordHeader) (map[string]string, error) {
 // recordFile is an open record file (a journal record or a part).
 type recordFile struct {
 	path string
-	f    *safetensors.File
+	f    safetensors.Reader
 	hdr  recordHeader
 }
 
@@ -164,6 +164,12 @@ func openRecord(path string) (*recordFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newRecordFile(path, f)
+}
+
+// newRecordFile checks the structure of the open record f (openRecord);
+// f is closed on error.
+func newRecordFile(path string, f safetensors.Reader) (*recordFile, error) {
 	rf := &recordFile{path: path, f: f}
 	if err := rf.parse(); err != nil {
 		f.Close()
