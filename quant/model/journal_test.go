@@ -3,6 +3,7 @@ package model
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -314,4 +315,44 @@ func TestWorkDirInUse(t *testing.T) {
 	noOutput(t, opt.Out)
 	j.close()
 	quantizeBytes(t, opt) // free again
+}
+
+// TestShardResume: a shard whose disk fills up after 2 records resumes
+// from them; its part, merged with the other shards', gives the bytes of
+// one run (here of the sharded Qwen-Image checkpoint). Parts themselves
+// are not byte-identical across runs: their headers carry each layer's
+// report, with its wall time.
+func TestShardResume(t *testing.T) {
+	m := shardModelCases(t)[1]
+	dir := t.TempDir()
+	opt := fastOptions(m.model, m.calib, filepath.Join(dir, "want.safetensors"))
+	opt.Workers = 1
+	want, _ := quantizeBytes(t, opt)
+	var parts []string
+	for i := range 3 {
+		o := opt
+		o.Shard = Shard{I: i, N: 3}
+		o.Out = filepath.Join(dir, fmt.Sprintf("part-%d.safetensors", i))
+		parts = append(parts, o.Out)
+		if i != 1 {
+			quantizeBytes(t, o)
+			continue
+		}
+		o.wrapWrites = (&fullDisk{full: afterRecords(2)}).wrap
+		if _, err := Quantize(o); !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("err = %v, want ENOSPC", err)
+		}
+		noOutput(t, o.Out)
+		o.wrapWrites = nil
+		if _, rep := quantizeBytes(t, o); rep.Reused == 0 {
+			t.Error("nothing reused")
+		}
+	}
+	out := filepath.Join(dir, "merged.safetensors")
+	if _, err := Merge(MergeOptions{Parts: parts, Out: out}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
+		t.Fatal("merge with a resumed shard differs from one run")
+	}
 }
