@@ -101,6 +101,8 @@ func TestHostileCorpus(t *testing.T) {
 		{"fuse-lora --calib", []string{"fuse-lora", "--model", q, "--lora", lp, "--calib", "F", "--out", "OUT", "--w4a16", "skip"}, true},
 		{"calib merge (first)", []string{"calib", "merge", "F", cal, "--out", "OUT"}, false},
 		{"calib merge (second)", []string{"calib", "merge", cal, "F", "--out", "OUT"}, false},
+		{"merge (first)", []string{"merge", "F", tinyPart(t), "--out", "OUT"}, false},
+		{"merge (second)", []string{"merge", tinyPart(t), "F", "--out", "OUT"}, false},
 	}
 	for _, f := range files {
 		name := filepath.Base(f)

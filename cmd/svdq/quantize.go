@@ -51,6 +51,8 @@ func init() {
 			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and the output size; quantize and write nothing"},
 			&cli.StringFlag{Name: "report", Usage: "write per-layer results and totals to `FILE.json`"},
 			&cli.StringFlag{Name: "extract-component", Usage: "write component `NAME` of an all-in-one checkpoint (vae, clip_l, t5xxl, …: the summary lists them) to --out as plain safetensors, and quantize nothing"},
+			&cli.BoolFlag{Name: "resume", Usage: "continue an interrupted run from the finished layers in OUT.svdq-work (a matching one is reused even without this flag; with it, a missing one is an error)"},
+			&cli.StringFlag{Name: "shard", Usage: "quantize shard `I/N` (I from 0) of the layers, balanced by cost, into a part for svdq merge"},
 		},
 		Action: quantizeAction,
 	})
@@ -151,7 +153,13 @@ func quantizeAction(c *cli.Context) error {
 	}
 	report := c.String("report") // checked with the other paths before the action (files.go)
 	opt := model.QuantizeOptions{PlanOptions: po, Calib: c.String("calib"), Out: c.String("out"),
-		Search: search, Iters: iters, GPTQ: c.Bool("gptq"), Workers: c.Int("workers"), Tool: "svdq " + version}
+		Search: search, Iters: iters, GPTQ: c.Bool("gptq"), Workers: c.Int("workers"), Tool: "svdq " + version,
+		Resume: c.Bool("resume")}
+	if sh := c.String("shard"); sh != "" {
+		if opt.Shard, err = model.ParseShard(sh); err != nil {
+			return err
+		}
+	}
 	plan, r, err := model.QuantizePlan(po) // early errors, the bar's total, the name column
 	if err != nil {
 		return err
@@ -165,31 +173,39 @@ func quantizeAction(c *cli.Context) error {
 	if workers <= 0 {
 		workers = model.DefaultWorkers()
 	}
-	if d, ok := plan.Expected(search, workers); ok && d >= time.Minute { // the model is calibrated at full size
+	if d, ok := plan.Expected(search, workers); ok && d >= time.Minute && opt.Shard.N == 0 { // the model is calibrated at full size
 		fmt.Fprintf(c.App.Writer, "quantizing %d layers, %d workers: expect about %s here (measured: full-size FLUX.1-dev %s on a 2-core EPYC; a busy or slower CPU takes longer)\n",
 			len(plan.Layers), workers, roundDuration(d), map[quant.SearchMode]string{quant.SearchFast: "12 min 25 s", quant.SearchFull: "45 min 38 s"}[search])
 	}
-	b := newBar(c.App.Writer, int64(len(plan.Layers)), "quantize", false)
+	b := newBar(c.App.Writer, int64(plan.ShardLayers(opt.Shard)), "quantize", false)
 	opt.OnLayer = func(l model.LayerReport) { b.println(layerLine(l, width), 1) }
+	opt.Notes = func(s string) { b.println(s, 0) }
 	rep, err := model.Quantize(opt)
 	b.finish()
 	if err != nil {
 		return err
 	}
+	if rep.Shard != nil {
+		printPart(c.App.Writer, rep, opt.Out)
+		return writeReport(report, rep)
+	}
 	printSummary(c.App.Writer, rep, opt.Out)
 	if err := printNextStep(c.App.Writer, rep.Plan, opt.Out, opt.Calib); err != nil {
 		return err
 	}
-	if report != "" {
-		data, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(report, append(data, '\n'), 0o644); err != nil {
-			return err
-		}
+	return writeReport(report, rep)
+}
+
+// writeReport writes v as indented JSON to path ("": nothing).
+func writeReport(path string, v any) error {
+	if path == "" {
+		return nil
 	}
-	return nil
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(data, '\n'), 0o644)
 }
 
 // dirExists checks that the directory of path exists.
@@ -214,9 +230,13 @@ func layerLine(l model.LayerReport, width int) string {
 	if !weightOnlyForm(l.Precision) {
 		form += fmt.Sprintf(" r%d", l.Rank)
 	}
-	return fmt.Sprintf("[%*d/%d] %-*s %-13s %s -> %-9s err %.3f  %s -> %s",
+	reused := ""
+	if l.Reused {
+		reused = "  (reused)"
+	}
+	return fmt.Sprintf("[%*d/%d] %-*s %-13s %s -> %-9s err %.3f  %s -> %s%s",
 		digits, l.Index, l.Total, width, l.Name, fmt.Sprintf("[%d %d]", l.Shape[0], l.Shape[1]),
-		strings.ToLower(l.DType), form, l.RelError, mib(l.InBytes), mib(l.OutBytes))
+		strings.ToLower(l.DType), form, l.RelError, mib(l.InBytes), mib(l.OutBytes), reused)
 }
 
 // printSummary prints sizes, bits per weight, errors, kept tensors by

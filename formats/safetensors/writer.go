@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"math"
 	"os"
@@ -34,6 +35,16 @@ type Option func(*options)
 
 type options struct {
 	reserve int
+	wrap    func(path string, f io.WriterAt) io.WriterAt
+}
+
+// WrapWrites routes every write of the file's bytes (tensor data and
+// header) through wrap(destination path, temporary file): a test injects
+// a failing writer (a full disk, ENOSPC) there. The wrapper must write
+// through to f for the file to be correct; an error it returns fails the
+// Write (or Close) as the file's own would.
+func WrapWrites(wrap func(path string, f io.WriterAt) io.WriterAt) Option {
+	return func(o *options) { o.wrap = wrap }
 }
 
 // ReserveHeader leaves room for n more bytes of header JSON than the
@@ -60,6 +71,7 @@ type Writer struct {
 	path string // destination
 	tmp  string // temporary file in the same directory
 	f    *os.File
+	wa   io.WriterAt // f, or the WrapWrites wrapper around it
 
 	order   []*slot          // data order
 	slots   map[string]*slot // by name
@@ -140,7 +152,10 @@ func Create(path string, specs []Spec, meta map[string]string, opts ...Option) (
 		if f, err = os.CreateTemp(dir, tempPattern(base)); err != nil {
 			return fmt.Errorf("safetensors: create %s: %w", path, err)
 		}
-		w.f, w.tmp = f, f.Name()
+		w.f, w.tmp, w.wa = f, f.Name(), f
+		if o.wrap != nil {
+			w.wa = o.wrap(path, f)
+		}
 		return nil
 	}); err != nil {
 		return nil, err
@@ -207,7 +222,7 @@ func (w *Writer) Write(name string, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
-	if _, err := w.f.WriteAt(data, 8+w.n+s.begin); err != nil {
+	if _, err := w.wa.WriteAt(data, 8+w.n+s.begin); err != nil {
 		err = fmt.Errorf("%s: tensor %q: %w", w.path, name, err)
 		w.mu.Lock()
 		if w.err == nil {
@@ -340,7 +355,7 @@ func (w *Writer) finish() error {
 	for i := 8 + len(js); i < len(hdr); i++ {
 		hdr[i] = ' '
 	}
-	if _, err := w.f.WriteAt(hdr, 0); err != nil {
+	if _, err := w.wa.WriteAt(hdr, 0); err != nil {
 		return fmt.Errorf("%s: writing header: %w", w.path, err)
 	}
 	if err := w.f.Chmod(0o644); err != nil {

@@ -12,6 +12,13 @@
 // copied byte for byte. Output is deterministic: every random choice is
 // seeded from the layer name, never from the worker that ran it.
 //
+// Long runs (docs/long-runs.md): every finished layer is also journaled as
+// a record (record.go) in a work directory beside the output, so a killed
+// run resumes (journal.go); --shard deals the units to N parts by
+// estimated cost (shard.go) and Merge joins the parts (merge.go). Every
+// output, fresh, resumed or merged, is written by one writer from the
+// plan's outline (outline.go), which is what makes them byte-identical.
+//
 // The package prints nothing: progress is reported through callbacks, and
 // the caller (cmd/svdq) decides what reaches the terminal.
 package model

@@ -3,8 +3,8 @@ package model
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
-	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -40,6 +40,20 @@ type QuantizeOptions struct {
 	// OnLayer, when set, is called once per finished layer, never
 	// concurrently, in completion order.
 	OnLayer func(LayerReport)
+
+	// Resume requires the work directory of an interrupted run
+	// (WorkDir(Out)); without it a matching one is reused all the same
+	// (journal.go).
+	Resume bool
+	// Shard, when N > 0, quantizes shard I of N and writes it as a part
+	// for Merge (shard.go).
+	Shard Shard
+	// Notes, when set, receives messages for the user: what a resumed run
+	// reused, what it ignored.
+	Notes func(string)
+
+	// wrapWrites, when set, wraps every file write (tests: a full disk).
+	wrapWrites func(path string, f io.WriterAt) io.WriterAt
 }
 
 // DefaultWorkers is one worker per four CPUs, but at least two (one on a
@@ -63,18 +77,21 @@ type LayerReport struct {
 	DType     string  `json:"dtype"`     // source dtype
 	InBytes   int64   `json:"in_bytes"`
 	OutBytes  int64   `json:"out_bytes"`
-	Iters     int     `json:"iters"`     // refinement iterations run
-	Evaluated int     `json:"evaluated"` // smoothing candidates evaluated
-	GPTQ      bool    `json:"gptq"`      // GPTQ kept (W4A4 residual, or W4A16 weights; --gptq)
+	Iters     int     `json:"iters"`            // refinement iterations run
+	Evaluated int     `json:"evaluated"`        // smoothing candidates evaluated
+	GPTQ      bool    `json:"gptq"`             // GPTQ kept (W4A4 residual, or W4A16 weights; --gptq)
+	Reused    bool    `json:"reused,omitempty"` // taken from an interrupted run's journal
 }
 
 // QuantizeReport is the outcome of Quantize (and, as JSON, the --report
 // file).
 type QuantizeReport struct {
 	Plan   *Plan         `json:"-"`
-	Layers []LayerReport `json:"layers"` // in plan order
+	Layers []LayerReport `json:"layers"` // in plan order (a shard's own)
 	Totals Totals        `json:"totals"`
-	Input  *InputSummary `json:"input"` // how the checkpoint was read, dtypes written
+	Input  *InputSummary `json:"input"`           // how the checkpoint was read, dtypes written
+	Shard  *Shard        `json:"shard,omitempty"` // the shard written, if any
+	Reused int           `json:"reused_layers"`   // layers taken from the journal
 }
 
 // Totals summarise a quantization.
@@ -131,48 +148,9 @@ func Quantize(opt QuantizeOptions) (*QuantizeReport, error) {
 		}
 	}
 
-	metas := make([]nunchaku.LayerMeta, len(plan.Layers))
-	for i := range plan.Layers {
-		metas[i] = plan.layerMeta(&plan.Layers[i], 0, 0)
-	}
-	meta, err := plan.metadata(opt.Tool, metas, refs)
-	if err != nil {
-		return nil, err
-	}
-	w, err := safetensors.Create(opt.Out, plan.outSpecs(), meta)
-	if err != nil {
-		return nil, err
-	}
-	defer w.Abort()
-
-	for _, k := range plan.Kept {
-		if err := writeKept(w, r, opt.Model, &k); err != nil {
-			return nil, err
-		}
-		releaseTensors(r, keptTensors(&k.Kept)...)
-	}
-	q := &quantizer{opt: opt, plan: plan, r: r, cf: cf, w: w, refs: refs, metas: metas,
-		reports: make([]LayerReport, len(plan.Layers))}
-	if err := q.run(); err != nil {
-		return nil, err
-	}
-	if meta, err = plan.metadata(opt.Tool, metas, refs); err != nil {
-		return nil, err
-	}
-	if err := w.SetMetadata(meta); err != nil {
-		return nil, err
-	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	rep := &QuantizeReport{Plan: plan, Layers: q.reports}
-	rep.Totals = plan.totals(rep.Layers)
-	rep.Input = plan.InputSummary()
-	if fi, err := os.Stat(opt.Out); err == nil {
-		rep.Totals.OutBytes = fi.Size()
-	}
-	rep.Totals.Seconds = time.Since(start).Seconds()
-	return rep, nil
+	q := &quantizer{opt: opt, plan: plan, r: r, cf: cf, refs: refs, total: len(plan.Layers),
+		metas: make([]nunchaku.LayerMeta, len(plan.Layers)), reports: make([]LayerReport, len(plan.Layers))}
+	return q.job(start)
 }
 
 // checkOut refuses an output path that is empty, a directory, in a
@@ -274,8 +252,26 @@ func keptTensors(k *preset.Kept) []string {
 
 // writeKept writes one kept tensor: a byte copy, or the preset's transform.
 func writeKept(w *safetensors.Writer, r safetensors.Reader, file string, k *PlannedKept) error {
+	data, err := keptData(r, file, k)
+	if err != nil {
+		return err
+	}
+	return w.Write(k.Name, data)
+}
+
+// keptData returns the bytes of one kept tensor as written: the source's
+// (checked to be of the planned dtype and shape), or the preset's
+// transform.
+func keptData(r safetensors.Reader, file string, k *PlannedKept) ([]byte, error) {
 	if k.Transform == "" && k.DType == k.SrcDType {
-		return w.Copy(k.Name, r, k.Tensor)
+		info, ok := r.Info(k.Tensor)
+		if !ok {
+			return nil, fmt.Errorf("%s: no tensor %q", file, k.Tensor)
+		}
+		if info.DType != k.DType || !slices.Equal(info.Shape, k.Shape) {
+			return nil, fmt.Errorf("%s: tensor %q: %s %v, planned %s %v", file, k.Tensor, info.DType, info.Shape, k.DType, k.Shape)
+		}
+		return r.Bytes(k.Tensor)
 	}
 	data, err := k.Assemble(func(t string) ([]byte, []int64, error) {
 		info, ok := r.Info(t)
@@ -289,14 +285,14 @@ func writeKept(w *safetensors.Writer, r safetensors.Reader, file string, k *Plan
 		return b, info.Shape, err
 	}, k.SrcDType.Size())
 	if err != nil {
-		return fmt.Errorf("%s: %v", file, err)
+		return nil, fmt.Errorf("%s: %v", file, err)
 	}
 	if k.DType != k.SrcDType {
 		if data, err = convert16(data, k.SrcDType, k.DType); err != nil {
-			return fmt.Errorf("%s: tensor %q: %v", file, k.Tensor, err)
+			return nil, fmt.Errorf("%s: tensor %q: %v", file, k.Tensor, err)
 		}
 	}
-	return w.Write(k.Name, data)
+	return data, nil
 }
 
 // convert16 converts raw float tensor bytes of dtype from to the 16-bit
@@ -374,13 +370,18 @@ func (p *Plan) units() []unit {
 
 // quantizer runs the units of a plan on a pool of workers.
 type quantizer struct {
-	opt   QuantizeOptions
-	plan  *Plan
-	r     safetensors.Reader
-	cf    *calib.File
-	w     *safetensors.Writer
-	refs  map[string]CalibRef
-	metas []nunchaku.LayerMeta // by plan index; filled in as layers finish
+	opt  QuantizeOptions
+	plan *Plan
+	r    safetensors.Reader
+	cf   *calib.File
+	refs map[string]CalibRef
+	// a is the output (nil for a shard); journal the work directory;
+	// todo the units to compute; total the layers of the job.
+	a       *assembly
+	journal *journal
+	todo    []unit
+	total   int
+	metas   []nunchaku.LayerMeta // by plan index; filled in as layers finish
 
 	mu      sync.Mutex
 	done    int
@@ -397,7 +398,10 @@ type quantizer struct {
 // units and, once the running ones finish, the error of the earliest unit
 // in plan order is returned (the same message whatever the worker count).
 func (q *quantizer) run() error {
-	units := q.plan.units()
+	units := q.todo
+	if len(units) == 0 {
+		return nil
+	}
 	workers := q.opt.Workers
 	if workers <= 0 {
 		workers = DefaultWorkers()

@@ -62,17 +62,19 @@ func (q *quantizer) unit(u unit) error {
 		if err != nil {
 			return fmt.Errorf("%s: layer %s: %v", q.opt.Model, pl.Name, err)
 		}
-		sum, err := q.write(pl, ts)
+		ts, sum, err := q.adapt(pl, ts)
 		if err != nil {
 			return err
 		}
 		meta := q.plan.layerMeta(pl, res[i].Alpha, res[i].Beta)
 		meta.SHA256 = sum
-		q.finish(li, meta, LayerReport{
+		if err := q.finish(li, meta, ts, LayerReport{
 			Name: pl.Name, Shape: [2]int{pl.N, pl.K}, Precision: pl.Precision, Rank: res[i].Layer.R,
 			Alpha: float64(meta.Smooth.Alpha), Beta: float64(meta.Smooth.Beta), RelError: res[i].RelError,
 			Seconds: secs, DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes,
-			Iters: res[i].Iters, Evaluated: res[i].Evaluated, GPTQ: res[i].GPTQ})
+			Iters: res[i].Iters, Evaluated: res[i].Evaluated, GPTQ: res[i].GPTQ}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -112,17 +114,16 @@ func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("%s: layer %s: %v", q.opt.Model, pl.Name, err)
 	}
-	sum, err := q.write(pl, ts)
+	ts, sum, err := q.adapt(pl, ts)
 	if err != nil {
 		return err
 	}
 	meta := q.plan.layerMeta(pl, 0, 0)
 	meta.SHA256 = sum
-	q.finish(li, meta, LayerReport{
+	return q.finish(li, meta, ts, LayerReport{
 		Name: pl.Name, Shape: [2]int{pl.N, pl.K}, Precision: pl.Precision, RelError: rel,
 		Seconds: time.Since(start).Seconds(), DType: pl.DType, InBytes: pl.InBytes, OutBytes: pl.OutBytes,
 		GPTQ: gptq})
-	return nil
 }
 
 // woCalibKeep is how many factored W4A16 calibrations weightOnlyCalib
@@ -217,30 +218,45 @@ func (q *quantizer) release(srcs []source) {
 	}
 }
 
-// write stores a layer's packed tensors, checking them against the plan,
-// and returns their integrity hash (nunchaku.LayerHash) for the metadata.
-func (q *quantizer) write(pl *PlannedLayer, ts []nunchaku.Tensor) (string, error) {
+// adapt lays a layer's packed tensors out for the target engines,
+// checks them against the plan and returns them with their integrity hash
+// (nunchaku.LayerHash) for the metadata.
+func (q *quantizer) adapt(pl *PlannedLayer, ts []nunchaku.Tensor) ([]nunchaku.Tensor, string, error) {
 	ts, err := q.plan.Layout.Adapt(q.plan.Family, pl.Name, ts)
 	if err != nil {
-		return "", fmt.Errorf("%s: %v", q.opt.Model, err)
+		return nil, "", fmt.Errorf("%s: %v", q.opt.Model, err)
 	}
 	if len(ts) != len(pl.specs) {
-		return "", fmt.Errorf("%s: layer %s: packer returned %d tensors, planned %d", q.opt.Out, pl.Name, len(ts), len(pl.specs))
+		return nil, "", fmt.Errorf("%s: layer %s: packer returned %d tensors, planned %d", q.opt.Out, pl.Name, len(ts), len(pl.specs))
 	}
-	for _, t := range ts {
-		if err := q.w.Write(pl.Name+"."+t.Suffix, t.Data); err != nil {
-			return "", err
-		}
-	}
-	return nunchaku.HashTensors(ts), nil
+	return ts, nunchaku.HashTensors(ts), nil
 }
 
-// finish records a layer's metadata and reports it.
-func (q *quantizer) finish(li int, meta nunchaku.LayerMeta, rep LayerReport) {
+// finish journals a finished layer (journal.go), writes its packed
+// tensors ts to the output (not for a shard: its part is assembled from
+// the journal) and reports it.
+func (q *quantizer) finish(li int, meta nunchaku.LayerMeta, ts []nunchaku.Tensor, rep LayerReport) error {
+	lr := newLayerRecord(li, meta, rep, ts)
+	if q.journal != nil {
+		if err := q.journal.write(lr, ts); err != nil {
+			return err
+		}
+	}
+	if q.a != nil {
+		if err := q.a.putLayer(&lr, ts); err != nil {
+			return err
+		}
+	}
+	q.record(li, meta, rep)
+	return nil
+}
+
+// record records a layer's metadata and reports it.
+func (q *quantizer) record(li int, meta nunchaku.LayerMeta, rep LayerReport) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.done++
-	rep.Index, rep.Total = q.done, len(q.plan.Layers)
+	rep.Index, rep.Total = q.done, q.total
 	q.metas[li] = meta
 	q.reports[li] = rep
 	if q.opt.OnLayer != nil {
