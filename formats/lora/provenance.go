@@ -242,13 +242,17 @@ func (p *Provenance) Validate() error {
 	for _, a := range p.LoRAs {
 		widens = widens || a.Input != 0
 	}
-	if in := p.Base.Input; in != nil || widens {
-		if in == nil || !widens {
-			return bad("a LoRA widens the input: %v, the base input is recorded: %v (both or neither)", widens, in != nil)
+	if in := p.Base.Input; in != nil && (in.Layer == "" || in.Width <= 0) {
+		return bad("input layer %q of width %d", in.Layer, in.Width)
+	}
+	if in := p.Base.Input; widens {
+		// A record may keep Base.Input while no LoRA widens (between
+		// Remove and the write, which restores the base's metadata).
+		if in == nil {
+			return bad("a LoRA widens the input, but the base input is not recorded")
 		}
-		st, ok := p.Layers[in.Layer]
-		if !ok || st.Kind != Kept.String() || in.Width <= 0 {
-			return bad("input layer %q of width %d: not a kept layer of the record", in.Layer, in.Width)
+		if st, ok := p.Layers[in.Layer]; !ok || st.Kind != Kept.String() {
+			return bad("input layer %q: not a kept layer of the record", in.Layer)
 		}
 		for _, a := range p.LoRAs {
 			if _, on := a.Ranges[in.Layer]; a.Input != 0 && (a.Input <= in.Width || !on) {

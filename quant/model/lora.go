@@ -156,6 +156,8 @@ type FuseReport struct {
 	// once a FLUX.1 Canny/Depth control LoRA widens FLUX.1-dev's input,
 	// the base's when the last such LoRA is taken out; 0 otherwise.
 	Input int `json:"input,omitempty"`
+	// InputFrom is the input features in the input file when Input is set.
+	InputFrom int `json:"input_from,omitempty"`
 }
 
 // FuseVector is one 1-D tensor the operation rewrote.

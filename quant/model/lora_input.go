@@ -113,9 +113,8 @@ func (fu *fusion) inputMetadata(md map[string]string) error {
 			put(engine.MetaComfyConfig, b.ComfyConfig)
 			fu.prov.Base.Input = nil
 		}
-		fu.rep.Input = 0
 		if fu.in.inK != k {
-			fu.rep.Input = k
+			fu.rep.Input, fu.rep.InputFrom = k, fu.in.inK
 		}
 		return nil
 	}
@@ -146,7 +145,7 @@ func (fu *fusion) inputMetadata(md map[string]string) error {
 		md[engine.MetaComfyConfig] = cc
 	}
 	if fu.in.inK != k {
-		fu.rep.Input = k
+		fu.rep.Input, fu.rep.InputFrom = k, fu.in.inK
 	}
 	return nil
 }
