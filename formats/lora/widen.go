@@ -20,9 +20,11 @@ import (
 // The widened weight is [W | 0] + ΔW, as diffusers 58eb52c
 // src/diffusers/loaders/lora_pipeline.py
 // _maybe_expand_transformer_param_shape_or_error_ (a zero Linear of the
-// LoRA's in_features, the old weight copied into its first columns) and
-// ComfyUI comfy/lora.py (img_in "reshape_weight": the weight padded with
-// zeros to the LoRA's shape before the patch) define it.
+// LoRA's in_features, the old weight copied into its first columns, the
+// bias kept) and ComfyUI 02b5222 comfy/lora_convert.py
+// convert_lora_bfl_control (diffusion_model.img_in.reshape_weight = [rows
+// of lora_B, columns of lora_A]: the weight zero-padded to that shape
+// before the patch) define it.
 type InputWidening struct {
 	Families   []string // svdq families (nunchaku.Meta.Family)
 	Tensors    []string // kept tensor names, in every naming

@@ -250,7 +250,9 @@ func (a *addition) branch() (*lora.Branch, error) {
 // A BFL control LoRA's bias deltas and norm scales rewrite 1-D tensors
 // (the biases of kept and quantized layers, norm weights; see
 // lora_vector.go), always recomputed from their base bytes, which the
-// sidecar keeps.
+// sidecar keeps. Its img_in of 128 input features widens FLUX's
+// x_embedder and rewrites the config and comfy_config in_channels, the
+// base's kept in the record (lora_input.go).
 //
 // The output stores every W4A4 layer's branch at one rank, the largest
 // any layer needs, widening the others with zero columns, and its
