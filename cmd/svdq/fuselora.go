@@ -208,6 +208,12 @@ func printFuse(w io.Writer, rep *model.FuseReport, opt model.FuseOptions) {
 	case rep.Resized > 0:
 		fmt.Fprintf(w, "W4A4 layers back to the base's ranks (%d untouched layers narrowed)\n", rep.Resized)
 	}
+	switch {
+	case rep.Input > rep.InputFrom:
+		fmt.Fprintf(w, "the model now takes %d input channels (x_embedder, config in_channels): the image's latents and a control image's; load it as FLUX.1 Canny/Depth-dev (diffusers FluxControlPipeline, ComfyUI's Canny/Depth workflow)\n", rep.Input)
+	case rep.Input > 0:
+		fmt.Fprintf(w, "the model takes %d input channels again (x_embedder, config in_channels)\n", rep.Input)
+	}
 	if rep.Sidecar != "" {
 		fmt.Fprintf(w, "sidecar %s: the 16-bit base tensors and factors of the merged layers (keep it next to %s for --remove)\n", rep.Sidecar, filepath.Base(rep.Out))
 	}

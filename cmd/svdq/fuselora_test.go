@@ -154,6 +154,34 @@ func TestFuseLoRACommand(t *testing.T) {
 	if !strings.Contains(e, "warning:") || !strings.Contains(e, "te1_text_model") {
 		t.Errorf("allow-unmatched stderr %q", e)
 	}
+
+	// A control LoRA whose img_in reads 128 features widens the input
+	// (the summary says so, --json has "input": 128); --remove-all
+	// narrows it back to the base bytes; an img_in of 96 features exits 2.
+	ctl := filepath.Join(dir, "canny.safetensors")
+	if err := lora.Write(ctl, []lora.Factors{mods[0], loraFactors(rng, "img_in", 2, D, 128)}, lora.WriteOptions{Style: lora.StyleKohya}); err != nil {
+		t.Fatal(err)
+	}
+	wide := filepath.Join(dir, "canny-fused.safetensors")
+	out, _ = mustRun(t, 0, "fuse-lora", "--model", q, "--lora", ctl, "--out", wide)
+	if !strings.Contains(out, "the model now takes 128 input channels") || !strings.Contains(out, "FLUX.1 Canny/Depth-dev") {
+		t.Errorf("control LoRA summary:\n%s", out)
+	}
+	out, _ = mustRun(t, 0, "fuse-lora", "--model", wide, "--remove-all", "--out", o+"2", "--json")
+	var rep model.FuseReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Input != 64 || rep.InputFrom != 128 || !rep.Restored {
+		t.Errorf("--remove-all --json: %v input %d from %d, restored %v", err, rep.Input, rep.InputFrom, rep.Restored)
+	}
+	bad96 := filepath.Join(dir, "img96.safetensors")
+	if err := lora.Write(bad96, []lora.Factors{loraFactors(rng, "img_in", 2, D, 96)}, lora.WriteOptions{Style: lora.StyleKohya}); err != nil {
+		t.Fatal(err)
+	}
+	_, e, code := svdq(t, "fuse-lora", "--model", q, "--lora", bad96, "--out", o+"3")
+	if code != 2 || !strings.Contains(e, "x_embedder.weight") || !strings.Contains(e, "64 to 128") {
+		t.Errorf("img_in of 96 features: exit %d, %q", code, e)
+	}
+	oneLine(t, "img_in of 96 features", e)
+	absent(t, o+"3")
 }
 
 // TestFuseLoRADense: the command with a LyCORIS LoKr (--delta-energy,

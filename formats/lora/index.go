@@ -80,6 +80,8 @@ type Index struct {
 	vectors  map[string]*VectorInfo
 	biasOf   map[string][]biasRows
 	vecAlias map[string]string
+
+	family string // the svdq entry's (widen.go)
 }
 
 // NewIndex builds the index of a quantized checkpoint from its svdq
@@ -156,6 +158,7 @@ func NewIndex(meta *nunchaku.Meta, infos []safetensors.Info) (*Index, error) {
 		ix.Layers[in.Name] = li
 		ix.add(StripPrefixes(mod), Target{Layer: in.Name, SrcRows: preset.All(li.N), Cols: preset.All(li.K), Rows: preset.All(li.N)})
 	}
+	ix.family = meta.Family
 	ix.Aliases = ix.presetAliases(meta, infos)
 	ix.indexVectors(meta, infos)
 	ix.flat = map[string]string{}

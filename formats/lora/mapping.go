@@ -68,7 +68,7 @@ func Map(f *File, ix *Index, strength float64) (*Mapping, error) {
 			}
 			hint := ""
 			if m.N == n && m.K > k {
-				hint = " (a control LoRA that widens the model's input, as FLUX.1 Canny/Depth's img_in does: nunchaku builds x_embedder from the file's config in_channels, which svdq does not rewrite; load such a LoRA at run time with nunchaku V1's update_lora_params, which widens x_embedder; see docs/lora.md)"
+				hint = " (a LoRA that widens the model's input: svdq widens only a FLUX x_embedder/img_in from 64 to 128 input features, as FLUX.1 Canny/Depth's control LoRAs do; see docs/lora.md)"
 			}
 			return nil, fmt.Errorf("%s: module %s: ΔW is [%d %d] (tensor %q [%d %d], tensor %q [%d %d]), but layer %s takes it as [%d %d]%s",
 				f.Path, m.Key, m.N, m.K, m.B, m.N, m.Rank, m.A, m.Rank, m.K, strings.Join(uniq(layers), ", "), n, k, hint)

@@ -73,6 +73,20 @@ type Base struct {
 	// verbatim ("" when it had none), kept only when the fused file's
 	// differs (its rank is the one rank of the fused W4A4 layers).
 	QuantizationConfig *string `json:"quantization_config,omitempty"`
+	// Input is set while a fused LoRA widens the model's input (widen.go):
+	// the layer, its base width and the base's config and comfy_config
+	// metadata verbatim, which the output rewrites.
+	Input *BaseInput `json:"input,omitempty"`
+}
+
+// BaseInput is the base state of a widened input layer (Base.Input).
+type BaseInput struct {
+	Layer string `json:"layer"`
+	Width int    `json:"width"` // input features of the base weight
+	// Config and ComfyConfig are the base's metadata entries verbatim;
+	// nil when the base had none.
+	Config      *string `json:"config,omitempty"`
+	ComfyConfig *string `json:"comfy_config,omitempty"`
 }
 
 // Layer is the state of one layer before any LoRA: its kind (Kind.String)
@@ -98,6 +112,9 @@ type Applied struct {
 	// Ranges gives, per layer, the logical rank columns [lo, hi) the LoRA
 	// occupies in that layer's branch.
 	Ranges map[string][2]int `json:"ranges"`
+	// Input is the input width the LoRA widens the model's input layer
+	// (Base.Input) to; 0 when it does not widen it.
+	Input int `json:"input,omitempty"`
 }
 
 // Rank returns the current logical rank of layer's branch: its base rank
@@ -202,8 +219,8 @@ func (p *Provenance) Validate() error {
 	switch p.Version {
 	case ProvenanceVersion:
 	case provenanceV1:
-		if p.Sidecar != nil || p.Widened != nil || p.Base.QuantizationConfig != nil {
-			return bad("version 1 has no sidecar, widened or base quantization_config")
+		if p.Sidecar != nil || p.Widened != nil || p.Base.QuantizationConfig != nil || p.Base.Input != nil {
+			return bad("version 1 has no sidecar, widened, base quantization_config or input")
 		}
 	default:
 		return bad("version %d, this build reads %d and %d", p.Version, provenanceV1, ProvenanceVersion)
@@ -219,6 +236,28 @@ func (p *Provenance) Validate() error {
 	for name, r := range p.Widened {
 		if _, ok := p.Layers[name]; ok || r < 0 {
 			return bad("widened layer %s: rank %d, or also occupied by a LoRA", name, r)
+		}
+	}
+	widens := false
+	for _, a := range p.LoRAs {
+		widens = widens || a.Input != 0
+	}
+	if in := p.Base.Input; in != nil && (in.Layer == "" || in.Width <= 0) {
+		return bad("input layer %q of width %d", in.Layer, in.Width)
+	}
+	if in := p.Base.Input; widens {
+		// A record may keep Base.Input while no LoRA widens (between
+		// Remove and the write, which restores the base's metadata).
+		if in == nil {
+			return bad("a LoRA widens the input, but the base input is not recorded")
+		}
+		if st, ok := p.Layers[in.Layer]; !ok || st.Kind != Kept.String() {
+			return bad("input layer %q: not a kept layer of the record", in.Layer)
+		}
+		for _, a := range p.LoRAs {
+			if _, on := a.Ranges[in.Layer]; a.Input != 0 && (a.Input <= in.Width || !on) {
+				return bad("LoRA %s: input width %d, base %d, on %s: %v", a.Name, a.Input, in.Width, in.Layer, on)
+			}
 		}
 	}
 	if p.Base.HeaderPad < 0 {

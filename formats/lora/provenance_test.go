@@ -7,8 +7,9 @@ import (
 )
 
 func sampleProvenance() *Provenance {
-	qc := `{"rank": 16}`
-	return &Provenance{Version: ProvenanceVersion, Base: Base{SHA256: "ab", HeaderPad: 3, QuantizationConfig: &qc},
+	qc, cfg := `{"rank": 16}`, `{"in_channels":64}`
+	return &Provenance{Version: ProvenanceVersion, Base: Base{SHA256: "ab", HeaderPad: 3, QuantizationConfig: &qc,
+		Input: &BaseInput{Layer: "x.weight", Width: 64, Config: &cfg}},
 		Widened: map[string]int{"o": 16},
 		Sidecar: &Sidecar{File: "f.safetensors.lora-base", SHA256: strings.Repeat("0a", 32)},
 		Layers:  map[string]Layer{"q": {Kind: "w4a4", Base: 32}, "m": {Kind: "w4a16"}, "x.weight": {Kind: "kept"}},
@@ -16,7 +17,7 @@ func sampleProvenance() *Provenance {
 			{Name: "a", File: "a.safetensors", SHA256: "01", Strength: 1, Format: "kohya",
 				Ranges: map[string][2]int{"q": {32, 40}, "m": {0, 4}}},
 			{Name: "b", File: "b.safetensors", SHA256: "02", Strength: -0.5, Format: "peft",
-				Ranges: map[string][2]int{"q": {40, 56}, "x.weight": {0, 16}}},
+				Ranges: map[string][2]int{"q": {40, 56}, "x.weight": {0, 16}}, Input: 128},
 			{Name: "c", File: "c.safetensors", SHA256: "03", Strength: 2, Format: "peft",
 				Ranges: map[string][2]int{"q": {56, 60}, "m": {4, 6}}},
 		}}
@@ -75,7 +76,7 @@ func TestProvenanceRemove(t *testing.T) {
 // parses.
 func TestProvenanceV1(t *testing.T) {
 	p := sampleProvenance()
-	p.Version, p.Sidecar, p.Widened, p.Base.QuantizationConfig = 1, nil, nil, nil
+	p.Version, p.Sidecar, p.Widened, p.Base.QuantizationConfig, p.Base.Input, p.LoRAs[1].Input = 1, nil, nil, nil, nil, 0
 	s, err := p.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -87,19 +88,24 @@ func TestProvenanceV1(t *testing.T) {
 
 func TestProvenanceInvalid(t *testing.T) {
 	cases := map[string]func(p *Provenance){
-		"version":   func(p *Provenance) { p.Version = 3 },
-		"v1 fields": func(p *Provenance) { p.Version = 1 },
-		"side path": func(p *Provenance) { p.Sidecar.File = "../x.lora-base" },
-		"side hash": func(p *Provenance) { p.Sidecar.SHA256 = "0a" },
-		"widened":   func(p *Provenance) { p.Widened["q"] = 32 },
-		"wide neg":  func(p *Provenance) { p.Widened["o"] = -1 },
-		"dup name":  func(p *Provenance) { p.LoRAs[1].Name = "a" },
-		"gap":       func(p *Provenance) { p.LoRAs[1].Ranges["q"] = [2]int{41, 56} },
-		"empty":     func(p *Provenance) { p.LoRAs[1].Ranges["q"] = [2]int{40, 40} },
-		"unlisted":  func(p *Provenance) { p.LoRAs[0].Ranges["z"] = [2]int{0, 1} },
-		"unused":    func(p *Provenance) { p.Layers["z"] = Layer{Kind: "w4a4"} },
-		"kind":      func(p *Provenance) { p.Layers["q"] = Layer{Kind: "w8a8", Base: 32} },
-		"kept base": func(p *Provenance) { p.Layers["x.weight"] = Layer{Kind: "kept", Base: 2} },
+		"version":          func(p *Provenance) { p.Version = 3 },
+		"v1 fields":        func(p *Provenance) { p.Version = 1 },
+		"side path":        func(p *Provenance) { p.Sidecar.File = "../x.lora-base" },
+		"side hash":        func(p *Provenance) { p.Sidecar.SHA256 = "0a" },
+		"widened":          func(p *Provenance) { p.Widened["q"] = 32 },
+		"wide neg":         func(p *Provenance) { p.Widened["o"] = -1 },
+		"dup name":         func(p *Provenance) { p.LoRAs[1].Name = "a" },
+		"gap":              func(p *Provenance) { p.LoRAs[1].Ranges["q"] = [2]int{41, 56} },
+		"empty":            func(p *Provenance) { p.LoRAs[1].Ranges["q"] = [2]int{40, 40} },
+		"unlisted":         func(p *Provenance) { p.LoRAs[0].Ranges["z"] = [2]int{0, 1} },
+		"unused":           func(p *Provenance) { p.Layers["z"] = Layer{Kind: "w4a4"} },
+		"kind":             func(p *Provenance) { p.Layers["q"] = Layer{Kind: "w8a8", Base: 32} },
+		"kept base":        func(p *Provenance) { p.Layers["x.weight"] = Layer{Kind: "kept", Base: 2} },
+		"input unrecorded": func(p *Provenance) { p.Base.Input = nil },
+		"input layer":      func(p *Provenance) { p.Base.Input.Layer = "q" },
+		"input width":      func(p *Provenance) { p.Base.Input.Width = 0 },
+		"input narrower":   func(p *Provenance) { p.LoRAs[1].Input = 64 },
+		"input off layer":  func(p *Provenance) { p.LoRAs[0].Input = 128 },
 	}
 	for name, mutate := range cases {
 		p := sampleProvenance()

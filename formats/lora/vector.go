@@ -39,8 +39,8 @@ import (
 //     "set" patches (…_norm.set_weight), which calculate_weight applies
 //     as weight.copy_(v), without the strength.
 //
-// An img_in LoRA that widens the input to 128 channels stays refused
-// (mapping.go): see docs/lora.md.
+// An img_in LoRA that widens the input to 128 channels widens FLUX's
+// x_embedder (widen.go; quant/model lora_input.go).
 
 // VectorInfo is a 1-D tensor of the svdq file a LoRA can change: a norm
 // weight, a kept layer's bias, or a quantized layer's stored bias.

@@ -372,3 +372,31 @@ func (f *flux) Skeleton(opt SkeletonOptions) ([]TensorSpec, error) {
 	}
 	return s, nil
 }
+
+// FluxConfigInChannels returns a FLUX config (the "config" metadata Plan
+// writes) with in_channels set to in, out_channels following Plan's rule
+// (the old output width, written only where it differs from in): FLUX.1-dev's
+// config widened to 128 is the config Plan writes for FLUX.1-Canny-dev
+// (in_channels 128, out_channels 64), and narrowing it back gives dev's.
+func FluxConfigInChannels(config string, in int) (string, error) {
+	var cfg map[string]any
+	if err := json.Unmarshal([]byte(config), &cfg); err != nil || cfg == nil {
+		return "", fmt.Errorf("config metadata is not a JSON object: %v", err)
+	}
+	old, ok := cfg["in_channels"].(float64)
+	if !ok || old <= 0 || old != float64(int(old)) {
+		return "", fmt.Errorf("config metadata: in_channels %v is not a positive integer", cfg["in_channels"])
+	}
+	out := old
+	if o, set := cfg["out_channels"]; set && o != nil {
+		if out, ok = o.(float64); !ok || out <= 0 || out != float64(int(out)) {
+			return "", fmt.Errorf("config metadata: out_channels %v is not a positive integer", o)
+		}
+	}
+	cfg["in_channels"] = in
+	cfg["out_channels"] = nil
+	if int(out) != in {
+		cfg["out_channels"] = int(out)
+	}
+	return configJSON(cfg), nil
+}

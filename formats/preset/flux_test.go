@@ -197,3 +197,26 @@ func TestFluxFullSize(t *testing.T) {
 		t.Errorf("%+v", l)
 	}
 }
+
+// TestFluxConfigInChannels: FLUX.1-dev's config widened to 128 input
+// channels is the config Plan writes for a FLUX.1-Canny-dev checkpoint
+// (x_embedder [3072, 128], proj_out [64, 3072]: in 128, out 64, as
+// ComfyUI-nunchaku dbfd194 nodes/models/configs/flux.1-canny-dev.json's
+// 32 and 16 latent channels before 2×2 patching), and narrowing
+// it back gives dev's (out_channels null); bad configs are errors.
+func TestFluxConfigInChannels(t *testing.T) {
+	dev := `{"_class_name":"FluxTransformer2DModel","attention_head_dim":128,"axes_dims_rope":[16,56,56],"guidance_embeds":true,"in_channels":64,"joint_attention_dim":4096,"num_attention_heads":24,"num_layers":19,"num_single_layers":38,"out_channels":null,"patch_size":1,"pooled_projection_dim":768}`
+	canny := `{"_class_name":"FluxTransformer2DModel","attention_head_dim":128,"axes_dims_rope":[16,56,56],"guidance_embeds":true,"in_channels":128,"joint_attention_dim":4096,"num_attention_heads":24,"num_layers":19,"num_single_layers":38,"out_channels":64,"patch_size":1,"pooled_projection_dim":768}`
+	got, err := FluxConfigInChannels(dev, 128)
+	if err != nil || got != canny {
+		t.Errorf("widened:\n got  %s (%v)\n want %s", got, err, canny)
+	}
+	if got, err := FluxConfigInChannels(canny, 64); err != nil || got != dev {
+		t.Errorf("narrowed:\n got  %s (%v)\n want %s", got, err, dev)
+	}
+	for _, bad := range []string{`[]`, `{"in_channels":"64"}`, `{"in_channels":64.5}`, `{"in_channels":64,"out_channels":-4}`, `{`} {
+		if _, err := FluxConfigInChannels(bad, 128); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+}

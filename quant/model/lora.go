@@ -151,6 +151,13 @@ type FuseReport struct {
 	// Truncated lists, per added LoRA and layer, the rank a dense ΔW was
 	// truncated to and its error (lora.Truncation), in order.
 	Truncated []lora.Truncation `json:"truncated,omitempty"`
+	// Input is the model's input features (x_embedder's width, config
+	// in_channels) in the output when the operation changed them: 128
+	// once a FLUX.1 Canny/Depth control LoRA widens FLUX.1-dev's input,
+	// the base's when the last such LoRA is taken out; 0 otherwise.
+	Input int `json:"input,omitempty"`
+	// InputFrom is the input features in the input file when Input is set.
+	InputFrom int `json:"input_from,omitempty"`
 }
 
 // FuseVector is one 1-D tensor the operation rewrote.
@@ -194,6 +201,8 @@ type fusion struct {
 	cf *calib.File
 	// ref is opt.Reference, open (nil without one).
 	ref safetensors.Reader
+	// in is the widenable input layer (lora_input.go).
+	in inputState
 }
 
 // addition is one new LoRA's part of one layer: the plan, rebuilt when
@@ -241,7 +250,9 @@ func (a *addition) branch() (*lora.Branch, error) {
 // A BFL control LoRA's bias deltas and norm scales rewrite 1-D tensors
 // (the biases of kept and quantized layers, norm weights; see
 // lora_vector.go), always recomputed from their base bytes, which the
-// sidecar keeps.
+// sidecar keeps. Its img_in of 128 input features widens FLUX's
+// x_embedder and rewrites the config and comfy_config in_channels, the
+// base's kept in the record (lora_input.go).
 //
 // The output stores every W4A4 layer's branch at one rank, the largest
 // any layer needs, widening the others with zero columns, and its
@@ -368,7 +379,11 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 		return nil, fmt.Errorf("%s: %v", opt.Model, err)
 	}
 	fu.rep.Aliases = fu.ix.Aliases
+	fu.initInput()
 	if err := fu.planRemovals(); err != nil {
+		return nil, err
+	}
+	if err := fu.narrowInput(); err != nil {
 		return nil, err
 	}
 	if err := fu.planAdditions(); err != nil {
@@ -477,6 +492,10 @@ func (fu *fusion) planAdditions() error {
 		if len(lf.TextEncoder) > 0 {
 			fu.warn("%s: %s not in this file (text encoder, skipped): %s", spec.Path, count(len(lf.TextEncoder), "key"), listSome(lf.TextEncoder, 4))
 		}
+		wide, err := fu.widenInput(spec.Path, lf)
+		if err != nil {
+			return err
+		}
 		mp, err := lora.Map(lf, fu.ix, spec.Strength)
 		if err != nil {
 			return err
@@ -521,7 +540,7 @@ func (fu *fusion) planAdditions() error {
 			}
 		}
 		applied := lora.Applied{Name: name, File: filepath.Base(spec.Path), SHA256: lf.SHA256, Strength: spec.Strength,
-			Format: lf.Format, Ranges: map[string][2]int{}}
+			Format: lf.Format, Ranges: map[string][2]int{}, Input: wide}
 		var skipped []string
 		for i := range mp.Layers {
 			lp := &mp.Layers[i]
@@ -562,6 +581,9 @@ func (fu *fusion) planAdditions() error {
 		}
 		if len(applied.Ranges) == 0 {
 			return fmt.Errorf("%s: adds nothing to %s (strength 0, all-zero factors, or every layer skipped)", spec.Path, fu.opt.Model)
+		}
+		if _, ok := applied.Ranges[fu.in.layer]; wide > 0 && !ok {
+			return fmt.Errorf("%s: widens %s to %d input features but adds nothing to it (all-zero factors or strength 0)", spec.Path, fu.in.layer, wide)
 		}
 		fu.prov.LoRAs = append(fu.prov.LoRAs, applied)
 		fu.rep.Added = append(fu.rep.Added, applied)

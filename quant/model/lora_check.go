@@ -119,6 +119,13 @@ func (in *checkInputs) loraWeight(layer string) ([]float64, error) {
 // as factors, a dense ΔW (LoHa, LoKr) exactly (lora.ExactBranch), so the
 // check measures a truncated branch against the full ΔW.
 func (lc *loraCheck) add(lf *lora.File, ix *lora.Index, strength float64, weights lora.WeightSource) error {
+	if in := ix.InputLayer(); in != "" { // a control LoRA's widened input: a kept tensor, not measured
+		if w, _ := ix.Widenable(in); ix.ModuleWidth(lf, in) == w.Wide && ix.Layers[in].K < w.Wide {
+			if err := ix.SetWidth(in, w.Wide); err != nil {
+				return err
+			}
+		}
+	}
 	mp, err := lora.Map(lf, ix, strength)
 	if err != nil {
 		return err

@@ -173,10 +173,13 @@ func TestFuseNamings(t *testing.T) {
 	}
 }
 
-// TestFuseBFLControl: a control LoRA whose img_in widens the input to
-// 128 channels (FLUX.1 Canny/Depth) is refused, naming x_embedder and
-// the reason, with or without --allow-unmatched (TestFuseControl fuses
-// the rest of such a LoRA).
+// TestFuseBFLControl: a whole BFL control LoRA (factors, bias deltas,
+// norm scales and an img_in that widens the input to 128 channels, as
+// FLUX.1 Canny/Depth's) fuses into FLUX.1, x_embedder widened
+// (TestFuseInputWidening checks its values); the same widening img_in on
+// Qwen-Image (img_in [D, 64] too, but no declared widening) is refused,
+// naming the module, the layer and the rule, with or without
+// --allow-unmatched.
 func TestFuseBFLControl(t *testing.T) {
 	dir := t.TempDir()
 	rng := rand.New(rand.NewPCG(43, 43))
@@ -186,10 +189,24 @@ func TestFuseBFLControl(t *testing.T) {
 	ctl.add("img_in.lora_B.weight", gauss(rng, D*r, 0.1), D, r)
 	b := loraCheckpoint(t, "flux")
 	cp := ctl.write(t, filepath.Join(dir, "control-img.safetensors"))
+	out := filepath.Join(dir, "o.safetensors")
+	if rep := fuse(t, FuseOptions{Model: b.q, Out: out, LoRAs: []LoRASpec{{Path: cp, Strength: 1}}}); rep.Input != 128 || len(rep.Vectors) != 8 {
+		t.Errorf("control LoRA: input %d, %d vectors (want 128, 8)", rep.Input, len(rep.Vectors))
+	}
+	if _, shape := tensorValues(t, out, "x_embedder.weight"); shape[1] != 128 {
+		t.Errorf("x_embedder %v, want [128 128]", shape)
+	}
+	q := loraCheckpoint(t, "qwen-image")
+	_, qshape := tensorValues(t, q.q, "img_in.weight")
+	qn := int(qshape[0])
+	ql := namedLoRA{}
+	ql.add("transformer.img_in.lora_A.weight", gauss(rng, r*128, 0.1), r, 128)
+	ql.add("transformer.img_in.lora_B.weight", gauss(rng, qn*r, 0.1), int64(qn), r)
+	qp := ql.write(t, filepath.Join(dir, "qwen-img-in.safetensors"))
 	for _, allow := range []bool{false, true} {
-		_, err := FuseLoRA(FuseOptions{Model: b.q, Out: filepath.Join(dir, "o.safetensors"), LoRAs: []LoRASpec{{Path: cp, Strength: 1}}, AllowUnmatched: allow, W4A16: W4A16Branch})
-		if err == nil || !strings.Contains(err.Error(), "widens the model's input") || !strings.Contains(err.Error(), "x_embedder.weight") || !strings.Contains(err.Error(), "in_channels") {
-			t.Errorf("img_in [r, 128], allow-unmatched %v: %v", allow, err)
+		_, err := FuseLoRA(FuseOptions{Model: q.q, Out: filepath.Join(dir, "q.safetensors"), LoRAs: []LoRASpec{{Path: qp, Strength: 1}}, AllowUnmatched: allow, W4A16: W4A16Branch})
+		if err == nil || !strings.Contains(err.Error(), qp) || !strings.Contains(err.Error(), "img_in") || !strings.Contains(err.Error(), "svdq widens only a FLUX x_embedder/img_in") {
+			t.Errorf("Qwen-Image img_in [r, 128], allow-unmatched %v: %v", allow, err)
 		}
 	}
 }

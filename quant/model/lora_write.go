@@ -288,7 +288,9 @@ func (fu *fusion) write() error {
 		case lora.Kept:
 			main, _ := fu.f.r.Info(li.Name)
 			replaced[li.Name] = true
-			specs = append(specs, main.Spec())
+			sp := main.Spec()
+			sp.Shape = []int64{int64(li.N), int64(li.K)} // an input layer's width may change (lora_input.go)
+			specs = append(specs, sp)
 		}
 		fu.rep.Layers = append(fu.rep.Layers, FuseLayer{Name: li.Name, Kind: li.Kind.String(),
 			Base: fu.prov.Layers[li.Name].Base, From: t.oldRank, Rank: t.newRank})
@@ -317,6 +319,9 @@ func (fu *fusion) write() error {
 			keptCopied = append(keptCopied, l)
 		}
 		main, _ := fu.f.r.Info(l)
+		if si, ok := fu.sideInfo(lora.ReservedBase(l)); ok {
+			main = si // the base's shape: a widened input's is narrower
+		}
 		b := main.Spec()
 		b.Name = lora.ReservedBase(l)
 		sideSpecs = append(sideSpecs, b,
@@ -360,6 +365,9 @@ func (fu *fusion) write() error {
 	// output. The sidecar's hash is a placeholder until it is written.
 	md := fu.f.r.Metadata()
 	if err := fu.quantConfig(md, fu.rep.Rank); err != nil {
+		return err
+	}
+	if err := fu.inputMetadata(md); err != nil {
 		return err
 	}
 	sidePath := ""
@@ -568,6 +576,13 @@ func (fu *fusion) branch(t *touched, cur *lora.Branch) (*lora.Branch, error) {
 		}
 		cur.Drop(rg[0], rg[1])
 	}
+	if cur.K != t.info.K { // a kept input layer widened or narrowed back (lora_input.go)
+		d, err := resizeCols(cur.Down, cur.R, cur.K, t.info.K, fmt.Sprintf("%s: tensor %q", fu.sideName(), t.down))
+		if err != nil {
+			return nil, err
+		}
+		cur.Down, cur.K = d, t.info.K
+	}
 	for _, a := range fu.adds[t.info.Name] {
 		b, err := a.branch()
 		if err != nil {
@@ -712,9 +727,9 @@ func (fu *fusion) writeKept(w, ws *safetensors.Writer, t *touched) error {
 	if err != nil {
 		return err
 	}
-	cur := lora.NewBranch(li.N, li.K)
+	cur := lora.NewBranch(li.N, fu.keptInWidth(li)) // fu.branch widens or narrows it to li.K
 	if t.oldRank > 0 {
-		if cur.Down, err = fu.readF32(t.down, t.oldRank, li.K); err != nil {
+		if cur.Down, err = fu.readF32(t.down, t.oldRank, cur.K); err != nil {
 			return err
 		}
 		if cur.Up, err = fu.readF32(t.up, li.N, t.oldRank); err != nil {
@@ -729,10 +744,15 @@ func (fu *fusion) writeKept(w, ws *safetensors.Writer, t *touched) error {
 	if br.R == 0 {
 		return w.Write(li.Name, baseRaw)
 	}
-	base := make([]float32, li.N*li.K)
+	if len(info.Shape) != 2 || info.Shape[0] != int64(li.N) || info.Shape[1] > int64(li.K) {
+		return fmt.Errorf("%s: tensor %q: shape %v, layer %s is [%d %d]", fu.sideName(), baseName, info.Shape, li.Name, li.N, li.K)
+	}
+	bk := int(info.Shape[1]) // narrower than li.K for a widened input: [W | 0]
+	base := make([]float32, li.N*bk)
 	if err := quant.Decode(base, string(info.DType), baseRaw); err != nil {
 		return fmt.Errorf("%s: tensor %q: %v", fu.sideName(), baseName, err)
 	}
+	base, _ = resizeCols(base, li.N, bk, li.K, "")
 	merged := br.Merge(base, li.DType, li.Float32)
 	if i := quant.FirstNonFinite(merged); i >= 0 {
 		return fmt.Errorf("%s: tensor %q: merging the LoRAs gives %v at [%d, %d]", fu.opt.Out, li.Name, merged[i], i/li.K, i%li.K)
