@@ -56,6 +56,14 @@ func newControlLoRA(rng *rand.Rand) controlLoRA {
 // vecValues decodes a 1-D 16-bit tensor of a file.
 func vecValues(t *testing.T, path, name string) ([]float32, []byte) {
 	t.Helper()
+	v, raw, _ := tensorData(t, path, name)
+	return v, raw
+}
+
+// tensorData decodes a 16-bit tensor of a file: values, a copy of its
+// bytes, its shape.
+func tensorData(t *testing.T, path, name string) ([]float32, []byte, []int64) {
+	t.Helper()
 	f, err := safetensors.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +81,7 @@ func vecValues(t *testing.T, path, name string) ([]float32, []byte) {
 	if err := quant.Decode(v, string(info.DType), raw); err != nil {
 		t.Fatal(err)
 	}
-	return v, append([]byte(nil), raw...)
+	return v, append([]byte(nil), raw...), info.Shape
 }
 
 // layerBias returns a quantized layer's logical bias, unpacked.

@@ -56,24 +56,8 @@ func (c inputLoRA) delta(s float64, k, i, j int) float64 {
 // tensorValues decodes a 2-D 16-bit tensor of a file with its shape.
 func tensorValues(t *testing.T, path, name string) ([]float32, []int64) {
 	t.Helper()
-	f, err := safetensors.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	info, ok := f.Info(name)
-	if !ok {
-		t.Fatalf("%s: no tensor %s", path, name)
-	}
-	raw, err := f.Bytes(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := make([]float32, info.Elems())
-	if err := quant.Decode(v, string(info.DType), raw); err != nil {
-		t.Fatal(err)
-	}
-	return v, info.Shape
+	v, _, shape := tensorData(t, path, name)
+	return v, shape
 }
 
 func metadataOf(t *testing.T, path string) map[string]string {
