@@ -120,7 +120,10 @@ func filePrefix(skel *preset.Plan, meta *nunchaku.Meta) (string, bool) {
 			continue
 		}
 		if len(lm.Sources) != len(l.Sources) {
-			return "", false
+			// Other widths split the layer otherwise (SANA's GLU halves:
+			// two sources where H is not a multiple of 64, one where it
+			// is); the other layers' names still tell the prefix.
+			continue
 		}
 		for i, s := range l.Sources {
 			p, ok := strings.CutSuffix(lm.Sources[i].Tensor, s.Tensor)
@@ -172,15 +175,62 @@ func rebuildTable(skel *preset.Plan, meta *nunchaku.Meta, shapes map[string][]in
 		case "", "swap-halves":
 			t[prefix+k.Tensor] = fileShape
 		default:
-			if !sameDims(fileShape, k.Shape) {
-				return nil, fmt.Errorf("kept %s (%s) is %v in the file, %v at the preset's widths", k.Name, k.Transform, fileShape, k.Shape)
+			if sameDims(fileShape, k.Shape) {
+				for _, p := range k.Pieces {
+					t[prefix+p.Tensor] = skelShape[p.Tensor]
+				}
+				continue
 			}
+			// Another width of the family (SANA 600M, a scaled model): a
+			// piece's source tensor has, at every width, the rows of a
+			// layer source of the same module that had its rows in the
+			// skeleton (SANA: ff.conv_depth those of ff.conv_inverted,
+			// attn2.to_k/to_v those of attn2.to_q); its other dimensions
+			// are the file's for a row stack ("concat"), the skeleton's
+			// otherwise (a kernel size). Step 3 checks the result.
 			for _, p := range k.Pieces {
-				t[prefix+p.Tensor] = skelShape[p.Tensor]
+				ss := skelShape[p.Tensor]
+				r, ok := rowsLike(skel, rows, skelShape, prefix, p.Tensor)
+				if !ok || len(ss) == 0 || k.Transform == "concat" && len(fileShape) != len(ss) {
+					return nil, fmt.Errorf("kept %s (%s) is %v in the file, %v at the preset's widths", k.Name, k.Transform, fileShape, k.Shape)
+				}
+				rest := ss[1:]
+				if k.Transform == "concat" {
+					rest = fileShape[1:]
+				}
+				t[prefix+p.Tensor] = append([]int64{int64(r)}, rest...)
 			}
 		}
 	}
 	return t, nil
+}
+
+// rowsLike finds, for the skeleton tensor name, a layer source tensor of
+// the skeleton in the same parent module with as many rows, and returns
+// that tensor's rows in the file (rows, from the metadata).
+func rowsLike(skel *preset.Plan, rows map[string]int, skelShape map[string][]int64, prefix, name string) (int, bool) {
+	parent := func(n string) string {
+		n = strings.TrimSuffix(strings.TrimSuffix(n, ".weight"), ".bias")
+		if i := strings.LastIndex(n, "."); i >= 0 {
+			return n[:i]
+		}
+		return ""
+	}
+	want, ss := parent(name), skelShape[name]
+	if len(ss) == 0 {
+		return 0, false
+	}
+	for _, l := range skel.Layers {
+		for _, s := range l.Sources {
+			if parent(s.Tensor) != want || len(skelShape[s.Tensor]) == 0 || skelShape[s.Tensor][0] != ss[0] {
+				continue
+			}
+			if r, ok := rows[prefix+s.Tensor]; ok {
+				return r, true
+			}
+		}
+	}
+	return 0, false
 }
 
 func sameDims(a, b []int64) bool {
