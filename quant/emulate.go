@@ -245,7 +245,7 @@ func parallelRows(m int, fn func(lo, hi int)) {
 // [m, K] input x: [m, R] float32, before their rounding to l.DType. It
 // panics as Forward does.
 func (l *Layer) LowRankSums(x []float32, m int) []float32 {
-	l.checkForward("LowRankSums", make([]float32, 0), x, 0)
+	l.checkForward("LowRankSums", nil, x, 0)
 	if len(x) < m*l.K {
 		panic(fmt.Sprintf("quant: Layer.LowRankSums: %d inputs for m=%d, K=%d", len(x), m, l.K))
 	}

@@ -200,17 +200,19 @@ func (t Float16) RoundAll(v []float32) {
 	}
 }
 
+// Bits returns the 16-bit pattern of f rounded to type t.
+func (t Float16) Bits(f float32) uint16 {
+	if t == F16 {
+		return F32ToF16(f)
+	}
+	return F32ToBF16(f)
+}
+
 // Encode writes v as little-endian 16-bit values of type t into a new slice.
 func (t Float16) Encode(v []float32) []byte {
 	out := make([]byte, 2*len(v))
 	for i, f := range v {
-		var h uint16
-		if t == F16 {
-			h = F32ToF16(f)
-		} else {
-			h = F32ToBF16(f)
-		}
-		binary.LittleEndian.PutUint16(out[2*i:], h)
+		binary.LittleEndian.PutUint16(out[2*i:], t.Bits(f))
 	}
 	return out
 }

@@ -120,12 +120,11 @@ func CrossCheckExport(opt CrossCheckOptions) (int, error) {
 			return 0, err
 		}
 		kp, np := p.KPad(), p.NPad()
-		x := make([]byte, 2*l.m*kp) // rows rounded to the 16-bit type, zero-padded to KPad
+		xp := make([]float32, l.m*kp) // the rows zero-padded to KPad
 		for r := 0; r < l.m; r++ {
-			for k := 0; k < p.K; k++ {
-				binary.LittleEndian.PutUint16(x[2*(r*kp+k):], bits16(p.DType, l.x[r*p.K+k]))
-			}
+			copy(xp[r*kp:], l.x[r*p.K:(r+1)*p.K])
 		}
+		x := p.DType.Encode(xp)
 		bias := p.Bias
 		if bias == nil {
 			bias = make([]byte, 2*np)
@@ -150,13 +149,6 @@ func CrossCheckExport(opt CrossCheckOptions) (int, error) {
 	return len(in.layers), os.WriteFile(filepath.Join(opt.Dir, "layers.txt"), []byte(list.String()), 0o644)
 }
 
-func bits16(dt quant.Float16, v float32) uint16 {
-	if dt == quant.F16 {
-		return quant.F32ToF16(v)
-	}
-	return quant.F32ToBF16(v)
-}
-
 // ULPHistogram counts outputs by their distance in units in the last place
 // of the 16-bit type: 0, 1, 2, 3–4, 5–8, more than 8 (NaN or Inf against a
 // number included there).
@@ -165,7 +157,8 @@ type ULPHistogram [6]int
 // ULPBuckets names the buckets of ULPHistogram.
 var ULPBuckets = [6]string{"0", "1", "2", "3-4", "5-8", ">8"}
 
-func (h *ULPHistogram) add(dt quant.Float16, a, b float32) {
+// add counts the pair and returns its distance.
+func (h *ULPHistogram) add(dt quant.Float16, a, b float32) int {
 	d := ulpDistance(dt, a, b)
 	switch {
 	case d == 0:
@@ -181,6 +174,7 @@ func (h *ULPHistogram) add(dt quant.Float16, a, b float32) {
 	default:
 		h[5]++
 	}
+	return d
 }
 
 // Differ is the number of outputs at a nonzero distance.
@@ -202,7 +196,7 @@ func ulpDistance(dt quant.Float16, a, b float32) int {
 		return math.MaxInt
 	}
 	ord := func(v float32) int {
-		u := int(bits16(dt, v))
+		u := int(dt.Bits(v))
 		if u&0x8000 != 0 {
 			return -(u & 0x7fff)
 		}
@@ -283,10 +277,15 @@ func CrossCheckCompare(opt CrossCheckOptions, onLayer func(CrossLayer)) (*CrossC
 				lora[r*ql.R+j] = math.Float32frombits(binary.LittleEndian.Uint32(lb[4*(r*p.R+j):]))
 			}
 		}
+		// own is Forward: the emulation's own down-projection sums, computed once.
+		mine := ql.LowRankSums(l.x, m)
 		given, own := make([]float32, m*ql.N), make([]float32, m*ql.N)
 		ql.ForwardLoRA(given, l.x, m, lora, ql.R)
-		ql.Forward(own, l.x, m)
-		mine := ql.LowRankSums(l.x, m)
+		ql.ForwardLoRA(own, l.x, m, mine, ql.R)
+		got := make([]float32, m*p.NPad())
+		if err := quant.Decode(got, p.DType.String(), yb); err != nil {
+			return nil, fmt.Errorf("%s: %v", filepath.Join(d, "y_nk.bin"), err)
+		}
 		row := CrossLayer{Name: l.name, Rows: m, Unsigned: p.Unsigned, Sums: m * ql.R}
 		for r := 0; r < m; r++ {
 			sums16Same := true
@@ -302,10 +301,9 @@ func CrossCheckCompare(opt CrossCheckOptions, onLayer func(CrossLayer)) (*CrossC
 			}
 			ownDiffers := false
 			for n := 0; n < ql.N; n++ {
-				got := decode16(p.DType, binary.LittleEndian.Uint16(yb[2*(r*p.NPad()+n):]))
-				row.Given.add(p.DType, given[r*ql.N+n], got)
-				row.Own.add(p.DType, own[r*ql.N+n], got)
-				ownDiffers = ownDiffers || ulpDistance(p.DType, own[r*ql.N+n], got) != 0
+				g := got[r*p.NPad()+n]
+				row.Given.add(p.DType, given[r*ql.N+n], g)
+				ownDiffers = row.Own.add(p.DType, own[r*ql.N+n], g) != 0 || ownDiffers
 			}
 			if ownDiffers && sums16Same {
 				row.OwnRowsUnexplained++
@@ -321,13 +319,6 @@ func CrossCheckCompare(opt CrossCheckOptions, onLayer func(CrossLayer)) (*CrossC
 		}
 	}
 	return rep, nil
-}
-
-func decode16(dt quant.Float16, h uint16) float32 {
-	if dt == quant.F16 {
-		return quant.F16ToF32(h)
-	}
-	return quant.BF16ToF32(h)
 }
 
 func readExact(path string, n int) ([]byte, error) {

@@ -57,7 +57,7 @@ func TestCrossCheckRoundTrip(t *testing.T) {
 		}
 		// x.bin: the rows rounded to the 16-bit type.
 		xb, _ := os.ReadFile(filepath.Join(xo.Dir, f[0], "x.bin"))
-		if len(xb) != 2*l.m*p.KPad() || decode16(p.DType, binary.LittleEndian.Uint16(xb[2:])) != p.DType.Round(l.x[1]) {
+		if len(xb) != 2*l.m*p.KPad() || binary.LittleEndian.Uint16(xb[2:]) != p.DType.Bits(l.x[1]) {
 			t.Fatalf("%s: x.bin", l.name)
 		}
 		s := sim{l: l, lora: make([]float32, l.m*p.R), y: make([]uint16, l.m*p.NPad()), dir: filepath.Join(xo.Dir, f[0])}
@@ -77,7 +77,7 @@ func TestCrossCheckRoundTrip(t *testing.T) {
 		ql.ForwardLoRA(y, s.l.x, s.l.m, lora, ql.R)
 		for r := 0; r < s.l.m; r++ {
 			for n := 0; n < ql.N; n++ {
-				s.y[r*p.NPad()+n] = bits16(p.DType, y[r*ql.N+n])
+				s.y[r*p.NPad()+n] = p.DType.Bits(y[r*ql.N+n])
 			}
 		}
 		yb := make([]byte, 2*len(s.y))
