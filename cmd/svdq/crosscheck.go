@@ -19,7 +19,11 @@ func init() {
 			&cli.IntFlag{Name: "rows", Value: 256, Usage: "calibration rows per layer at most"},
 		}
 	}
+	// opts reads the flags both subcommands share (and refuses arguments).
 	opts := func(c *cli.Context) (model.CrossCheckOptions, error) {
+		if err := noArgs(c); err != nil {
+			return model.CrossCheckOptions{}, err
+		}
 		re, err := layersFlag(c)
 		return model.CrossCheckOptions{Model: c.String("model"), Reference: c.String("reference"),
 			Calib: c.String("calib"), Dir: c.String("dir"), Layers: re, Rows: c.Int("rows")}, err
@@ -44,9 +48,6 @@ func init() {
 				ArgsUsage: " ",
 				Flags:     flags(),
 				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
 					o, err := opts(c)
 					if err != nil {
 						return err
@@ -65,9 +66,6 @@ func init() {
 				ArgsUsage: " ",
 				Flags:     append(flags(), &cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of the table"}),
 				Action: func(c *cli.Context) error {
-					if err := noArgs(c); err != nil {
-						return err
-					}
 					o, err := opts(c)
 					if err != nil {
 						return err
