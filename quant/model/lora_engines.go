@@ -71,15 +71,6 @@ func (fu *fusion) noW4A16Branch() []*engine.Contract {
 	return out
 }
 
-// specFile is the engine view of a file about to be written.
-func specFile(specs []safetensors.Spec, md map[string]string) *engine.File {
-	f := &engine.File{Tensors: make(map[string]engine.TensorInfo, len(specs)), Metadata: md}
-	for _, s := range specs {
-		f.Tensors[s.Name] = engine.TensorInfo{DType: string(s.DType), Shape: s.Shape}
-	}
-	return f
-}
-
 // checkEngines is the last check before anything is written: every engine
 // the input loads in must load the output, as planned (header and
 // metadata). With --w4a16 branch, an engine whose only objection is the

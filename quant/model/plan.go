@@ -422,11 +422,7 @@ func (p *Plan) OutputFile(tool string) (*engine.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &engine.File{Tensors: map[string]engine.TensorInfo{}, Metadata: md}
-	for _, s := range p.outSpecs() {
-		f.Tensors[s.Name] = engine.TensorInfo{DType: string(s.DType), Shape: s.Shape}
-	}
-	return f, nil
+	return specFile(p.outSpecs(), md), nil
 }
 
 // Verdicts checks the planned output against the target engines (every
