@@ -43,6 +43,15 @@ func Verdicts(cs []*Contract, f *File) []Verdict {
 	return out
 }
 
+// Resolve returns family when the table knows it (a preset family such as
+// "flux-dev", or a table family such as "flux"), else Guess(f).
+func Resolve(family string, f *File) string {
+	if tableFamily(family) != "" {
+		return family
+	}
+	return Guess(f)
+}
+
 // Guess returns the table family whose quantized modules the file's
 // quantized layers match best ("" when none matches any): the family of a
 // file without svdq metadata (deepcompressor's, nunchaku's own).

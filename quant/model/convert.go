@@ -72,10 +72,8 @@ func Convert(opt ConvertOptions) (*ConvertReport, error) {
 	if fam == "" && meta != nil {
 		fam = meta.Family
 	}
-	if engine.FamilyOf(fam) == "" && engine.Families[fam] == nil {
-		if fam = engine.Guess(ef); fam == "" {
-			return nil, fmt.Errorf("%s: no quantized layer of a family nunchaku runs (pass --family)", opt.In)
-		}
+	if fam = engine.Resolve(fam, ef); fam == "" {
+		return nil, fmt.Errorf("%s: no quantized layer of a family nunchaku runs (pass --family)", opt.In)
 	}
 	cs, err := engine.Select(fam, opt.Target)
 	if err != nil {

@@ -26,11 +26,8 @@ func loraContracts(meta *nunchaku.Meta, f *engine.File) []*engine.Contract {
 	if meta != nil {
 		fam = meta.Family
 	}
-	if engine.FamilyOf(fam) == "" && engine.Families[fam] == nil {
-		fam = engine.Guess(f)
-	}
 	var out []*engine.Contract
-	for _, c := range engine.For(fam) {
+	for _, c := range engine.For(engine.Resolve(fam, f)) {
 		cc := *c
 		cc.Fixed = nil
 		out = append(out, &cc)
