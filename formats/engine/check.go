@@ -248,7 +248,7 @@ func Check(c *Contract, f *File) []string {
 			if len(qw.Shape) == 2 && len(ws.Shape) == 2 {
 				k := 2 * int(qw.Shape[1])
 				if int(ws.Shape[0]) != (k+63)/64 {
-					p.add(fmt.Sprintf("W4A16 wscales/wzeros rows are not in-features/64 (the loader allocates [ceil(K/64), N])"), g.Name)
+					p.add("W4A16 wscales/wzeros rows are not in-features/64 (the loader allocates [ceil(K/64), N])", g.Name)
 				}
 			}
 			_, d := has(g.Name, nunchaku.SuffixLoraDown)
