@@ -43,6 +43,15 @@ func Verdicts(cs []*Contract, f *File) []Verdict {
 	return out
 }
 
+// Resolve returns family when the table knows it (a preset family such as
+// "flux-dev", or a table family such as "flux"), else Guess(f).
+func Resolve(family string, f *File) string {
+	if tableFamily(family) != "" {
+		return family
+	}
+	return Guess(f)
+}
+
 // Guess returns the table family whose quantized modules the file's
 // quantized layers match best ("" when none matches any): the family of a
 // file without svdq metadata (deepcompressor's, nunchaku's own).
@@ -239,7 +248,7 @@ func Check(c *Contract, f *File) []string {
 			if len(qw.Shape) == 2 && len(ws.Shape) == 2 {
 				k := 2 * int(qw.Shape[1])
 				if int(ws.Shape[0]) != (k+63)/64 {
-					p.add(fmt.Sprintf("W4A16 wscales/wzeros rows are not in-features/64 (the loader allocates [ceil(K/64), N])"), g.Name)
+					p.add("W4A16 wscales/wzeros rows are not in-features/64 (the loader allocates [ceil(K/64), N])", g.Name)
 				}
 			}
 			_, d := has(g.Name, nunchaku.SuffixLoraDown)

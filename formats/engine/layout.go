@@ -137,16 +137,14 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 	if !ok || len(qw.Shape) != 2 {
 		return nil, fmt.Errorf("layer %s: no 2-D qweight", layer)
 	}
-	drop := func(s string) {
-		delete(by, s)
-	}
 	add := func(t nunchaku.Tensor) {
 		if _, ok := by[t.Suffix]; !ok {
 			order = append(order, t.Suffix)
 		}
 		by[t.Suffix] = t
 	}
-	if spec.Kind == w4a16g128 {
+	switch spec.Kind {
+	case w4a16g128:
 		// W4Linear (nunchaku's T5): nothing to rename or trim; no branch;
 		// a bias only where the module has one.
 		if _, ok := by[nunchaku.SuffixLoraDown]; ok {
@@ -162,12 +160,12 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 				return nil, fmt.Errorf("layer %s: the %s loaders build it without a bias, but its bias is not zero",
 					layer, strings.Join(l.Engines, ", "))
 			}
-			drop(nunchaku.SuffixBias)
+			delete(by, nunchaku.SuffixBias)
 		} else if !ok && spec.Bias {
 			np := int(sc.Shape[len(sc.Shape)-1])
 			add(nunchaku.Tensor{Suffix: nunchaku.SuffixBias, DType: sc.DType, Shape: []int64{int64(np)}, Data: zeros(sc.Data, np*2)})
 		}
-	} else if spec.Kind == w4a16 {
+	case w4a16:
 		if l.NoW4A16Branch {
 			if _, ok := by[nunchaku.SuffixLoraDown]; ok {
 				return nil, fmt.Errorf("layer %s: a low-rank branch on a W4A16 layer, which the %s loaders do not have",
@@ -191,7 +189,7 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 			}
 			by[s] = t
 		}
-	} else {
+	default:
 		sm, ok := by[nunchaku.SuffixSmooth]
 		if !ok {
 			return nil, fmt.Errorf("layer %s: no smooth tensor", layer)
@@ -206,7 +204,7 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 					return nil, fmt.Errorf("layer %s: the %s loaders build it without a bias, but its bias is not zero",
 						layer, strings.Join(l.Engines, ", "))
 				}
-				drop(nunchaku.SuffixBias)
+				delete(by, nunchaku.SuffixBias)
 			}
 		} else if !ok && wantBias {
 			add(nunchaku.Tensor{Suffix: nunchaku.SuffixBias, DType: sm.DType, Shape: []int64{np}, Data: zeros(sm.Data, int(np)*2)})
@@ -226,7 +224,7 @@ func (l *Layout) Adapt(presetFamily, layer string, ts []nunchaku.Tensor) ([]nunc
 							layer, cs, strings.Join(l.Engines, ", "))
 					}
 				}
-				drop(nunchaku.SuffixWTScale)
+				delete(by, nunchaku.SuffixWTScale)
 			}
 			if _, ok := by[nunchaku.SuffixWCScales]; !ok && l.NeedWCScale {
 				var data []byte

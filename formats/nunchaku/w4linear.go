@@ -31,9 +31,12 @@ import (
 // PackW4A16 writes for a one-chunk layer (deepcompressor's W4A16 uses the
 // same pack_w4), there viewed as I32 [N/4, K/2]; here the int16 view.
 
-// TinyChat group sizes ceil_num_groups accepts: 32, 64 and any group of at
-// least 128 (tinychat_utils.py ceil_num_groups).
-func ceilNumGroups(k, group int) (int, error) {
+// W4LinearScaleRows is the row count of a W4Linear's scales and
+// scaled_zeros for in-features k and a group size (tinychat_utils.py
+// ceil_num_groups): k/group rounded up to a multiple of 8 for groups ≥ 128
+// (16 for 64, 32 for 32). An error when TinyChat has no such layout (the
+// group sizes it accepts: 32, 64 and any group of at least 128).
+func W4LinearScaleRows(k, group int) (int, error) {
 	if group <= 0 || k%group != 0 {
 		return 0, fmt.Errorf("in-features %d are not a multiple of the group size %d", k, group)
 	}
@@ -52,12 +55,6 @@ func ceilNumGroups(k, group int) (int, error) {
 	packs = (packs + factor - 1) / factor * factor // a multiple of num_packs_factor
 	return packs * 8, nil
 }
-
-// W4LinearScaleRows is the row count of a W4Linear's scales and
-// scaled_zeros for in-features k and a group size: k/group rounded up to
-// a multiple of 8 for groups ≥ 128 (16 for 64, 32 for 32). An error when
-// TinyChat has no such layout.
-func W4LinearScaleRows(k, group int) (int, error) { return ceilNumGroups(k, group) }
 
 // PackW4Linear returns the tensors qweight, scales, scaled_zeros and, when
 // bias is true, bias of a W4Linear layer holding w (group w.GroupSize();
@@ -114,7 +111,7 @@ func checkW4Linear(w *quant.WeightOnly) (int, error) {
 	if N <= 0 || K <= 0 || w.Group < 0 {
 		return 0, fmt.Errorf("nunchaku: bad W4Linear shape N=%d K=%d group %d", N, K, w.Group)
 	}
-	rows, err := ceilNumGroups(K, w.GroupSize())
+	rows, err := W4LinearScaleRows(K, w.GroupSize())
 	switch {
 	case err != nil:
 		return 0, fmt.Errorf("nunchaku: W4Linear: %v", err)
@@ -190,7 +187,7 @@ func UnpackW4Linear(get Getter, opts W4LinearOptions) (*quant.WeightOnly, error)
 	if group == 0 {
 		group = W4LinearGroup
 	}
-	rows, err := ceilNumGroups(K, group)
+	rows, err := W4LinearScaleRows(K, group)
 	if err != nil {
 		return nil, fmt.Errorf("nunchaku: %s: %v", name, err)
 	}

@@ -72,10 +72,8 @@ func Convert(opt ConvertOptions) (*ConvertReport, error) {
 	if fam == "" && meta != nil {
 		fam = meta.Family
 	}
-	if engine.FamilyOf(fam) == "" && engine.Families[fam] == nil {
-		if fam = engine.Guess(ef); fam == "" {
-			return nil, fmt.Errorf("%s: no quantized layer of a family nunchaku runs (pass --family)", opt.In)
-		}
+	if fam = engine.Resolve(fam, ef); fam == "" {
+		return nil, fmt.Errorf("%s: no quantized layer of a family nunchaku runs (pass --family)", opt.In)
 	}
 	cs, err := engine.Select(fam, opt.Target)
 	if err != nil {
@@ -295,11 +293,7 @@ func Convert(opt ConvertOptions) (*ConvertReport, error) {
 		return nil, err
 	}
 	// The verdict on what was written.
-	f2 := &engine.File{Tensors: map[string]engine.TensorInfo{}, Metadata: out}
-	for _, s := range specs {
-		f2.Tensors[s.Name] = engine.TensorInfo{DType: string(s.DType), Shape: s.Shape}
-	}
-	rep.Verdicts = engine.Verdicts(cs, f2)
+	rep.Verdicts = engine.Verdicts(cs, specFile(specs, out))
 	return rep, nil
 }
 
@@ -315,6 +309,15 @@ func engineFile(r safetensors.Reader) *engine.File {
 	for _, n := range r.Names() {
 		i, _ := r.Info(n)
 		f.Tensors[n] = engine.TensorInfo{DType: string(i.DType), Shape: i.Shape}
+	}
+	return f
+}
+
+// specFile is the engine view of a file about to be written.
+func specFile(specs []safetensors.Spec, md map[string]string) *engine.File {
+	f := &engine.File{Tensors: make(map[string]engine.TensorInfo, len(specs)), Metadata: md}
+	for _, s := range specs {
+		f.Tensors[s.Name] = engine.TensorInfo{DType: string(s.DType), Shape: s.Shape}
 	}
 	return f
 }

@@ -26,11 +26,8 @@ func loraContracts(meta *nunchaku.Meta, f *engine.File) []*engine.Contract {
 	if meta != nil {
 		fam = meta.Family
 	}
-	if engine.FamilyOf(fam) == "" && engine.Families[fam] == nil {
-		fam = engine.Guess(f)
-	}
 	var out []*engine.Contract
-	for _, c := range engine.For(fam) {
+	for _, c := range engine.For(engine.Resolve(fam, f)) {
 		cc := *c
 		cc.Fixed = nil
 		out = append(out, &cc)
@@ -69,15 +66,6 @@ func (fu *fusion) noW4A16Branch() []*engine.Contract {
 		}
 	}
 	return out
-}
-
-// specFile is the engine view of a file about to be written.
-func specFile(specs []safetensors.Spec, md map[string]string) *engine.File {
-	f := &engine.File{Tensors: make(map[string]engine.TensorInfo, len(specs)), Metadata: md}
-	for _, s := range specs {
-		f.Tensors[s.Name] = engine.TensorInfo{DType: string(s.DType), Shape: s.Shape}
-	}
-	return f
 }
 
 // checkEngines is the last check before anything is written: every engine

@@ -89,7 +89,8 @@ type Plan struct {
 	// packed bytes.
 	QuantParams, QuantBytes int64
 
-	preset *preset.Plan
+	preset    *preset.Plan
+	contracts []*engine.Contract // the target engines' (Layout's merge)
 }
 
 // HasW4A4 reports whether the plan has an SVDQuant (W4A4) layer; without
@@ -207,7 +208,7 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 		rank = 0
 	}
 	cs, err := engine.Select(pp.Family, opt.Target)
-	if err != nil && opt.Target != "" && opt.Target != "all" {
+	if err != nil { // only a named target fails
 		return nil, fmt.Errorf("%s: --target: %v", file, err)
 	}
 	layout, err := engine.LayoutFor(cs)
@@ -219,7 +220,7 @@ func planFor(r safetensors.Reader, opt PlanOptions) (*Plan, error) {
 			file, pp.Family, strings.Join(layout.Engines, ", "))
 	}
 	p := &Plan{Model: file, Family: pp.Family, ModelClass: pp.ModelClass, Naming: pp.Naming,
-		Precision: prec, Rank: rank, Layout: layout, DType: opt.DType, preset: pp}
+		Precision: prec, Rank: rank, Layout: layout, DType: opt.DType, preset: pp, contracts: cs}
 	if in, ok := r.(*input.Input); ok {
 		p.InBytes = in.StoredBytes // as stored: GGUF blocks, FP8 with its scales
 	} else {
@@ -422,11 +423,7 @@ func (p *Plan) OutputFile(tool string) (*engine.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &engine.File{Tensors: map[string]engine.TensorInfo{}, Metadata: md}
-	for _, s := range p.outSpecs() {
-		f.Tensors[s.Name] = engine.TensorInfo{DType: string(s.DType), Shape: s.Shape}
-	}
-	return f, nil
+	return specFile(p.outSpecs(), md), nil
 }
 
 // Verdicts checks the planned output against the target engines (every
@@ -436,11 +433,5 @@ func (p *Plan) Verdicts(tool string) ([]engine.Verdict, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cs []*engine.Contract
-	for _, c := range engine.For(p.Family) {
-		if p.Layout == nil || slices.Contains(p.Layout.Engines, c.Engine) {
-			cs = append(cs, c)
-		}
-	}
-	return engine.Verdicts(cs, f), nil
+	return engine.Verdicts(p.contracts, f), nil
 }
