@@ -31,7 +31,8 @@ type PlanOptions struct {
 	AllowMissingBias bool
 	// Target names the engine the file must load in (engine.CPP,
 	// engine.Python, engine.ComfyUI); "" or "all": every engine that runs
-	// the family (formats/engine). Families no engine runs ignore it.
+	// the family (formats/engine). Naming an engine for a family no engine
+	// runs is an error (engine.Select).
 	Target string
 	// DType is the output's 16-bit type; 0: the first quantized layer's
 	// source dtype (F16 sources stay F16, others become BF16). Kept float
