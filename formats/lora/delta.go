@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -380,7 +381,7 @@ func (f *File) diffModules() error {
 			f.Unknown = append(f.Unknown, name)
 			continue
 		}
-		if len(fi.Shape) != len(bi.Shape) || fi.Elems() != bi.Elems() || !sameShape(fi.Shape, bi.Shape) {
+		if !slices.Equal(fi.Shape, bi.Shape) {
 			return fmt.Errorf("%s: tensor %q is %v, in the base %s %v", f.Path, name, fi.Shape, f.basePath, bi.Shape)
 		}
 		fb, err := f.r.Bytes(name)
@@ -416,18 +417,6 @@ func (f *File) diffModules() error {
 	sort.Slice(f.Modules, func(i, j int) bool { return f.Modules[i].Key < f.Modules[j].Key })
 	sort.Strings(f.Unknown)
 	return nil
-}
-
-func sameShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // hashCheckpoint returns the hex SHA-256 of a checkpoint's files, in the
