@@ -2,6 +2,7 @@ package model
 
 import (
 	"bytes"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -358,7 +359,7 @@ func TestFuseControlDiffusers(t *testing.T) {
 		got[i][1], _ = tensorsOf(t, out+lora.SidecarSuffix)
 	}
 	for j, what := range []string{"fused file", "sidecar"} {
-		if len(got[0][j]) == 0 || !reflectEqual(got[0][j], got[1][j]) {
+		if len(got[0][j]) == 0 || !maps.Equal(got[0][j], got[1][j]) {
 			t.Errorf("%s: BFL and diffusers names fuse differently", what)
 		}
 	}
@@ -368,16 +369,4 @@ func TestFuseControlDiffusers(t *testing.T) {
 			t.Errorf("%s unchanged", n)
 		}
 	}
-}
-
-func reflectEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
