@@ -2,11 +2,7 @@ package lora
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -426,20 +422,5 @@ func hashCheckpoint(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if len(files) == 1 {
-		return hashFile(files[0])
-	}
-	h := sha256.New()
-	for _, p := range files {
-		fh, err := os.Open(p)
-		if err != nil {
-			return "", err
-		}
-		_, err = io.Copy(h, fh)
-		fh.Close()
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", p, err)
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hashFile(files...)
 }
