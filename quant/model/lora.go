@@ -656,7 +656,8 @@ func (fu *fusion) weightOf(layer string) ([]float64, error) {
 	return out, nil
 }
 
-func allZero(d []float64) bool {
+// allZero reports whether every value of d is zero.
+func allZero[T float32 | float64](d []T) bool {
 	for _, v := range d {
 		if v != 0 {
 			return false

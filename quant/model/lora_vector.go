@@ -52,7 +52,7 @@ func (fu *fusion) addVectors(path string, vm *lora.VectorMapping, applied *lora.
 		if j := quant.FirstNonFinite(o.Values); j >= 0 {
 			return nil, fmt.Errorf("%s: tensor %s: the scaled bias delta is %v at [%d] (from %v)", path, name, o.Values[j], j, o.From)
 		}
-		if !o.Replace && allZero32(o.Values) {
+		if !o.Replace && allZero(o.Values) {
 			continue
 		}
 		if _, ok := fu.prov.Layers[name]; !ok {
@@ -67,15 +67,6 @@ func (fu *fusion) addVectors(path string, vm *lora.VectorMapping, applied *lora.
 		fu.vadds[name] = append(fu.vadds[name], o)
 	}
 	return skipped, nil
-}
-
-func allZero32(v []float32) bool {
-	for _, x := range v {
-		if x != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // planVectors computes every 1-D tensor the output rewrites: those the
