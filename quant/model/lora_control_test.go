@@ -74,15 +74,7 @@ func tensorData(t *testing.T, path, name string) ([]float32, []byte, []int64) {
 	if !ok {
 		t.Fatalf("%s: no tensor %s", path, name)
 	}
-	raw, err := f.Bytes(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := make([]float32, info.Elems())
-	if err := quant.Decode(v, string(info.DType), raw); err != nil {
-		t.Fatal(err)
-	}
-	return v, append([]byte(nil), raw...), info.Shape
+	return readFloats(t, f, name), append([]byte(nil), rawOf(t, f, name)...), info.Shape
 }
 
 // layerBias returns a quantized layer's logical bias, unpacked.
