@@ -2,6 +2,8 @@ package model
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 
 	"github.com/svdq/svdq/formats/lora"
@@ -84,7 +86,7 @@ func (fu *fusion) planVectors() ([]*vecOut, error) {
 		}
 	}
 	var out []*vecOut
-	for _, name := range sortedKeys(set) {
+	for _, name := range slices.Sorted(maps.Keys(set)) {
 		v, ok := fu.ix.Vector(name)
 		in, ok2 := fu.f.r.Info(name)
 		if !ok || !ok2 {
