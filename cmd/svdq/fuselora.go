@@ -33,7 +33,8 @@ func init() {
 			"weights) and full fine-tunes (--delta FT --base BASE: ΔW = W_FT − W_BASE) have a dense ΔW: W4A4 and\n" +
 			"W4A16 layers take its truncated SVD at --delta-rank R, or at the fewest singular values keeping a\n" +
 			"fraction --delta-energy E of ‖ΔW‖²; each truncation's rank and error (on --calib rows) is reported;\n" +
-			"16-bit layers take the full ΔW. BFL control LoRAs' bias deltas and norm scales are not fused.\n" +
+			"16-bit layers take the full ΔW. BFL control LoRAs' bias deltas and norm scales rewrite the biases and\n" +
+			"norm weights they name (listed as 1-D); their 128-feature img_in widens FLUX's x_embedder.\n" +
 			"Nothing 4-bit is re-quantized. The output loads in every engine the input loads in (checked against\n" +
 			"the loader contract before anything is written). The svdq_loras metadata records each LoRA's file\n" +
 			"hash, strength and rank ranges, the base's ranks and the sidecar's name and hash, so --remove NAME\n" +

@@ -345,18 +345,9 @@ func TestHostileDenseLoRAs(t *testing.T) {
 			{"fuse-lora", "--model", q, "--lora", bad, "--out", "OUT", "--w4a16", "skip", "--delta-rank", "4", "--reference", m},
 			{"check", "--model", fused, "--reference", m, "--calib", cal, "--smooth-search", "off", "--lora", bad},
 		} {
-			out := filepath.Join(dir, "out.safetensors")
-			for i, a := range args {
-				if a == "OUT" {
-					args[i] = out
-				}
-			}
-			_, e := mustRun(t, 2, args...)
-			oneLine(t, name+" "+args[0], e)
-			if !strings.Contains(e, bad) {
+			if e := failsWritingNothing(t, name, filepath.Join(dir, "out.safetensors"), args...); !strings.Contains(e, bad) {
 				t.Errorf("%s %s: error does not name the file: %s", name, args[0], e)
 			}
-			absent(t, out)
 		}
 	}
 }
@@ -423,18 +414,26 @@ func TestControlLoRACommand(t *testing.T) {
 			{"fuse-lora", "--model", q, "--lora", bad, "--out", "OUT", "--w4a16", "skip"},
 			{"check", "--model", fused, "--reference", m, "--calib", cal, "--smooth-search", "off", "--lora", bad},
 		} {
-			out := filepath.Join(dir, "out.safetensors")
-			for i, a := range args {
-				if a == "OUT" {
-					args[i] = out
-				}
-			}
-			_, e := mustRun(t, 2, args...)
-			oneLine(t, c.name+" "+args[0], e)
+			e := failsWritingNothing(t, c.name, filepath.Join(dir, "out.safetensors"), args...)
 			if !strings.Contains(e, bad) || (args[0] == "fuse-lora" || c.name == "short-bias") && !strings.Contains(e, c.tensor) {
 				t.Errorf("%s %s: error does not name the file and tensor %s: %s", c.name, args[0], c.tensor, e)
 			}
-			absent(t, out)
 		}
 	}
+}
+
+// failsWritingNothing runs svdq with args, "OUT" standing for out,
+// expecting exit 2 with a one-line error and nothing at out; it returns
+// the error.
+func failsWritingNothing(t *testing.T, name, out string, args ...string) string {
+	t.Helper()
+	for i, a := range args {
+		if a == "OUT" {
+			args[i] = out
+		}
+	}
+	_, e := mustRun(t, 2, args...)
+	oneLine(t, name+" "+args[0], e)
+	absent(t, out)
+	return e
 }

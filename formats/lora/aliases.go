@@ -2,6 +2,7 @@ package lora
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/svdq/svdq/formats/nunchaku"
@@ -175,7 +176,7 @@ func rebuildTable(skel *preset.Plan, meta *nunchaku.Meta, shapes map[string][]in
 		case "", "swap-halves":
 			t[prefix+k.Tensor] = fileShape
 		default:
-			if sameDims(fileShape, k.Shape) {
+			if slices.Equal(fileShape, k.Shape) {
 				for _, p := range k.Pieces {
 					t[prefix+p.Tensor] = skelShape[p.Tensor]
 				}
@@ -231,18 +232,6 @@ func rowsLike(skel *preset.Plan, rows map[string]int, skelShape map[string][]int
 		}
 	}
 	return 0, false
-}
-
-func sameDims(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // samePlan checks that a plan's layers are exactly the metadata's.

@@ -2,11 +2,8 @@ package lora
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -380,7 +377,7 @@ func (f *File) diffModules() error {
 			f.Unknown = append(f.Unknown, name)
 			continue
 		}
-		if len(fi.Shape) != len(bi.Shape) || fi.Elems() != bi.Elems() || !sameShape(fi.Shape, bi.Shape) {
+		if !slices.Equal(fi.Shape, bi.Shape) {
 			return fmt.Errorf("%s: tensor %q is %v, in the base %s %v", f.Path, name, fi.Shape, f.basePath, bi.Shape)
 		}
 		fb, err := f.r.Bytes(name)
@@ -418,18 +415,6 @@ func (f *File) diffModules() error {
 	return nil
 }
 
-func sameShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // hashCheckpoint returns the hex SHA-256 of a checkpoint's files, in the
 // order safetensors.CheckpointFiles lists them (one file: its own hash).
 func hashCheckpoint(path string) (string, error) {
@@ -437,20 +422,5 @@ func hashCheckpoint(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if len(files) == 1 {
-		return hashFile(files[0])
-	}
-	h := sha256.New()
-	for _, p := range files {
-		fh, err := os.Open(p)
-		if err != nil {
-			return "", err
-		}
-		_, err = io.Copy(h, fh)
-		fh.Close()
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", p, err)
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hashFile(files...)
 }

@@ -145,15 +145,20 @@ func (f *File) Close() error {
 	return f.r.Close()
 }
 
-func hashFile(path string) (string, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer fh.Close()
+// hashFile returns the hex SHA-256 of the files' contents, one after the
+// other.
+func hashFile(paths ...string) (string, error) {
 	h := sha256.New()
-	if _, err := io.Copy(h, fh); err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
+	for _, p := range paths {
+		fh, err := os.Open(p)
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(h, fh)
+		fh.Close()
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", p, err)
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -134,24 +134,18 @@ func ExactBranch(d []float64, n, k int) *Branch {
 	if len(d) != n*k {
 		panic(fmt.Sprintf("lora: ExactBranch: %d values for [%d %d]", len(d), n, k))
 	}
-	if n <= k {
-		b := &Branch{N: n, K: k, R: n, Down: make([]float32, n*k), Up: make([]float32, n*n)}
-		for i, v := range d {
-			b.Down[i] = float32(v)
-		}
-		for i := 0; i < n; i++ {
-			b.Up[i*n+i] = 1
-		}
-		return b
-	}
-	b := &Branch{N: n, K: k, R: k, Down: make([]float32, k*k), Up: make([]float32, n*k)}
+	r := min(n, k)
+	dense, eye := make([]float32, n*k), make([]float32, r*r)
 	for i, v := range d {
-		b.Up[i] = float32(v)
+		dense[i] = float32(v)
 	}
-	for i := 0; i < k; i++ {
-		b.Down[i*k+i] = 1
+	for i := 0; i < r; i++ {
+		eye[i*r+i] = 1
 	}
-	return b
+	if n <= k {
+		return &Branch{N: n, K: k, R: r, Down: dense, Up: eye}
+	}
+	return &Branch{N: n, K: k, R: r, Down: eye, Up: dense}
 }
 
 // TruncError returns ‖x·(d − b)ᵀ‖_F / ‖x·dᵀ‖_F for rows x [m, k] (m > 0),

@@ -2,6 +2,7 @@ package lora
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/svdq/svdq/formats/preset"
 )
@@ -41,21 +42,12 @@ var inputWidenings = []InputWidening{
 func widening(family, layer string) *InputWidening {
 	for i := range inputWidenings {
 		w := &inputWidenings[i]
-		if !contains(w.Families, family) || !contains(w.Tensors, layer) {
+		if !slices.Contains(w.Families, family) || !slices.Contains(w.Tensors, layer) {
 			continue
 		}
 		return w
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Widenable returns the widening layer takes in this checkpoint (ok false

@@ -291,27 +291,9 @@ func FuseLoRA(opt FuseOptions) (*FuseReport, error) {
 	if err := checkOut(opt.Out, opt.Model); err != nil {
 		return nil, err
 	}
-	for _, l := range opt.LoRAs {
-		if sameFile(opt.Out, l.Path) {
-			return nil, fmt.Errorf("%s: output would overwrite the LoRA file %s", opt.Out, l.Path)
-		}
-		if l.Base == "" {
-			continue
-		}
-		for _, p := range append(checkpointFiles(l.Path), checkpointFiles(l.Base)...) {
-			if sameFile(opt.Out, p) {
-				return nil, fmt.Errorf("%s: output would overwrite the input %s of --delta/--base", opt.Out, p)
-			}
-		}
-	}
-	if opt.Calib != "" && sameFile(opt.Out, opt.Calib) {
-		return nil, fmt.Errorf("%s: output would overwrite the calibration file %s", opt.Out, opt.Calib)
-	}
-	if opt.Reference != "" {
-		for _, p := range checkpointFiles(opt.Reference) {
-			if sameFile(opt.Out, p) {
-				return nil, fmt.Errorf("%s: output would overwrite the reference %s", opt.Out, p)
-			}
+	for _, in := range opt.inputs() {
+		if sameFile(opt.Out, in.path) {
+			return nil, fmt.Errorf("%s: output would overwrite %s", opt.Out, in.what)
 		}
 	}
 	f, err := openQuantized(opt.Model)
@@ -674,7 +656,8 @@ func (fu *fusion) weightOf(layer string) ([]float64, error) {
 	return out, nil
 }
 
-func allZero(d []float64) bool {
+// allZero reports whether every value of d is zero.
+func allZero[T float32 | float64](d []T) bool {
 	for _, v := range d {
 		if v != 0 {
 			return false

@@ -2,6 +2,7 @@ package model
 
 import (
 	"bytes"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -73,15 +74,7 @@ func tensorData(t *testing.T, path, name string) ([]float32, []byte, []int64) {
 	if !ok {
 		t.Fatalf("%s: no tensor %s", path, name)
 	}
-	raw, err := f.Bytes(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := make([]float32, info.Elems())
-	if err := quant.Decode(v, string(info.DType), raw); err != nil {
-		t.Fatal(err)
-	}
-	return v, append([]byte(nil), raw...), info.Shape
+	return readFloats(t, f, name), append([]byte(nil), rawOf(t, f, name)...), info.Shape
 }
 
 // layerBias returns a quantized layer's logical bias, unpacked.
@@ -358,7 +351,7 @@ func TestFuseControlDiffusers(t *testing.T) {
 		got[i][1], _ = tensorsOf(t, out+lora.SidecarSuffix)
 	}
 	for j, what := range []string{"fused file", "sidecar"} {
-		if len(got[0][j]) == 0 || !reflectEqual(got[0][j], got[1][j]) {
+		if len(got[0][j]) == 0 || !maps.Equal(got[0][j], got[1][j]) {
 			t.Errorf("%s: BFL and diffusers names fuse differently", what)
 		}
 	}
@@ -368,16 +361,4 @@ func TestFuseControlDiffusers(t *testing.T) {
 			t.Errorf("%s unchanged", n)
 		}
 	}
-}
-
-func reflectEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }

@@ -38,6 +38,7 @@ func finetune(t *testing.T, dir, src string, weights, biases []string) (string, 
 		change[b] = true
 	}
 	var shards [2][]safetensors.Tensor
+	shardNames := [2]string{"diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"}
 	index := map[string]string{}
 	for i, name := range r.Names() {
 		info, _ := r.Info(name)
@@ -76,15 +77,14 @@ func finetune(t *testing.T, dir, src string, weights, biases []string) (string, 
 		}
 		s := i % 2
 		shards[s] = append(shards[s], safetensors.Tensor{Spec: info.Spec(), Data: data})
-		index[name] = []string{"diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"}[s]
+		index[name] = shardNames[s]
 	}
 	folder := filepath.Join(dir, "finetuned")
 	if err := os.MkdirAll(folder, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for s, ts := range shards {
-		name := []string{"diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"}[s]
-		if err := safetensors.WriteFile(filepath.Join(folder, name), ts, nil); err != nil {
+		if err := safetensors.WriteFile(filepath.Join(folder, shardNames[s]), ts, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -23,8 +23,6 @@ import (
 // sidecarOf returns the sidecar path of a fused file.
 func sidecarOf(out string) string { return out + lora.SidecarSuffix }
 
-// sameFile reports whether a and b name one existing file (symbolic and
-// hard links followed, as checkOut does).
 // checkpointFiles lists the files of a checkpoint path (a folder's shards,
 // safetensors.CheckpointFiles), or the path itself.
 func checkpointFiles(path string) []string {
@@ -34,6 +32,42 @@ func checkpointFiles(path string) []string {
 	return []string{path}
 }
 
+// fuseInput is one input of FuseLoRA besides the model and its sidecar:
+// the output must not be path (what names it in the error), its sidecar
+// none of files.
+type fuseInput struct {
+	path, what string
+	files      []string
+}
+
+// inputs lists the inputs of opt besides the model and its sidecar, in
+// the order they are checked: each LoRA (with the checkpoint files of a
+// --delta and its --base), the calibration file, the reference's files.
+func (opt FuseOptions) inputs() []fuseInput {
+	var ins []fuseInput
+	for _, l := range opt.LoRAs {
+		if l.Base == "" {
+			ins = append(ins, fuseInput{l.Path, "the LoRA file " + l.Path, checkpointFiles(l.Path)})
+			continue
+		}
+		ins = append(ins, fuseInput{path: l.Path, what: "the LoRA file " + l.Path})
+		for _, p := range append(checkpointFiles(l.Path), checkpointFiles(l.Base)...) {
+			ins = append(ins, fuseInput{p, "the input " + p + " of --delta/--base", []string{p}})
+		}
+	}
+	if opt.Calib != "" {
+		ins = append(ins, fuseInput{opt.Calib, "the calibration file " + opt.Calib, []string{opt.Calib}})
+	}
+	if opt.Reference != "" {
+		for _, p := range checkpointFiles(opt.Reference) {
+			ins = append(ins, fuseInput{p, "the reference " + p, []string{p}})
+		}
+	}
+	return ins
+}
+
+// sameFile reports whether a and b name one existing file (symbolic and
+// hard links followed, as checkOut does).
 func sameFile(a, b string) bool {
 	ai, err := os.Stat(a)
 	if err != nil {
@@ -94,17 +128,8 @@ func (fu *fusion) checkSidecarPath() error {
 			return fmt.Errorf("%s: output would overwrite the input's sidecar %s", fu.opt.Out, fu.sidePath)
 		}
 	}
-	for _, l := range fu.opt.LoRAs {
-		inputs = append(inputs, checkpointFiles(l.Path)...)
-		if l.Base != "" {
-			inputs = append(inputs, checkpointFiles(l.Base)...)
-		}
-	}
-	if fu.opt.Calib != "" {
-		inputs = append(inputs, fu.opt.Calib)
-	}
-	if fu.opt.Reference != "" {
-		inputs = append(inputs, checkpointFiles(fu.opt.Reference)...)
+	for _, in := range fu.opt.inputs() {
+		inputs = append(inputs, in.files...)
 	}
 	for _, in := range inputs {
 		if sameFile(side, in) {

@@ -2,6 +2,8 @@ package model
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 
 	"github.com/svdq/svdq/formats/lora"
@@ -52,7 +54,7 @@ func (fu *fusion) addVectors(path string, vm *lora.VectorMapping, applied *lora.
 		if j := quant.FirstNonFinite(o.Values); j >= 0 {
 			return nil, fmt.Errorf("%s: tensor %s: the scaled bias delta is %v at [%d] (from %v)", path, name, o.Values[j], j, o.From)
 		}
-		if !o.Replace && allZero32(o.Values) {
+		if !o.Replace && allZero(o.Values) {
 			continue
 		}
 		if _, ok := fu.prov.Layers[name]; !ok {
@@ -67,15 +69,6 @@ func (fu *fusion) addVectors(path string, vm *lora.VectorMapping, applied *lora.
 		fu.vadds[name] = append(fu.vadds[name], o)
 	}
 	return skipped, nil
-}
-
-func allZero32(v []float32) bool {
-	for _, x := range v {
-		if x != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // planVectors computes every 1-D tensor the output rewrites: those the
@@ -93,7 +86,7 @@ func (fu *fusion) planVectors() ([]*vecOut, error) {
 		}
 	}
 	var out []*vecOut
-	for _, name := range sortedKeys(set) {
+	for _, name := range slices.Sorted(maps.Keys(set)) {
 		v, ok := fu.ix.Vector(name)
 		in, ok2 := fu.f.r.Info(name)
 		if !ok || !ok2 {

@@ -3,7 +3,9 @@ package model
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -307,7 +309,7 @@ func (fu *fusion) write() error {
 		}
 	}
 	var keptCopied []string
-	for _, l := range sortedKeys(fu.prov.Layers) {
+	for _, l := range slices.Sorted(maps.Keys(fu.prov.Layers)) {
 		if fu.prov.Layers[l].Kind != lora.Kept.String() {
 			continue
 		}
@@ -519,15 +521,6 @@ func (fu *fusion) sideInfo(name string) (safetensors.Info, bool) {
 		return safetensors.Info{}, false
 	}
 	return fu.side.Info(name)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // outputHash returns the integrity hash of a quantized layer's tensors in
