@@ -2,7 +2,6 @@ package source
 
 import (
 	"fmt"
-	"maps"
 	"math"
 	"os"
 	"slices"
@@ -208,9 +207,9 @@ func (in *Input) GGUFErrors() []GGUFError {
 	in.noise.mu.Lock()
 	defer in.noise.mu.Unlock()
 	var out []GGUFError
-	for _, t := range slices.Sorted(maps.Keys(in.noise.noise)) {
+	for t, noise := range in.noise.noise {
 		if n2 := in.noise.norm2[t]; n2 > 0 {
-			out = append(out, GGUFError{Type: t.String(), RelError: math.Sqrt(in.noise.noise[t] / n2)})
+			out = append(out, GGUFError{Type: t.String(), RelError: math.Sqrt(noise / n2)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Type < out[j].Type })
