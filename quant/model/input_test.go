@@ -25,20 +25,11 @@ type stTensor struct {
 // writeTensors writes ts, with metadata md (may be nil), to path.
 func writeTensors(t *testing.T, path string, md map[string]string, ts []stTensor) {
 	t.Helper()
-	var specs []safetensors.Spec
+	var st []safetensors.Tensor
 	for _, x := range ts {
-		specs = append(specs, safetensors.Spec{Name: x.name, DType: x.dtype, Shape: x.shape})
+		st = append(st, safetensors.Tensor{Spec: safetensors.Spec{Name: x.name, DType: x.dtype, Shape: x.shape}, Data: x.data})
 	}
-	w, err := safetensors.Create(path, specs, md)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, x := range ts {
-		if err := w.Write(x.name, x.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
+	if err := safetensors.WriteFile(path, st, md); err != nil {
 		t.Fatal(err)
 	}
 }
