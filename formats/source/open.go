@@ -44,7 +44,7 @@ func Open(path string) (*Input, error) {
 	in := &Input{Path: path, Format: "safetensors", Found: map[string]int{}}
 	var r safetensors.Reader
 	if st, err := os.Stat(path); err == nil && st.Mode().IsRegular() && gguf.IsGGUF(path) {
-		v, _, noise, err := ggufView(path)
+		v, noise, err := ggufView(path)
 		if err != nil {
 			return nil, err
 		}
