@@ -15,16 +15,11 @@ import (
 
 func writeSpecs(t *testing.T, path string, specs []safetensors.Spec, data map[string][]byte) {
 	t.Helper()
-	w, err := safetensors.Create(path, specs, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var ts []safetensors.Tensor
 	for _, s := range specs {
-		if err := w.Write(s.Name, data[s.Name]); err != nil {
-			t.Fatal(err)
-		}
+		ts = append(ts, safetensors.Tensor{Spec: s, Data: data[s.Name]})
 	}
-	if err := w.Close(); err != nil {
+	if err := safetensors.WriteFile(path, ts, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -114,6 +114,13 @@ func scaleMinK4(j int, q []byte) (sc, m uint8) {
 	return q[j+4]&0x0f | (q[j-4]>>6)<<4, q[j+4]>>4 | (q[j]>>6)<<4
 }
 
+// subScaleMin returns sub-block j's scale d·sc and min dmin·m, each
+// product rounded to float32 (see scaleMinK4).
+func subScaleMin(j int, q []byte, d, dmin float32) (float32, float32) {
+	sc, m := scaleMinK4(j, q)
+	return d * float32(sc), dmin * float32(m)
+}
+
 // dequantQ4_K: block_q4_K {half d, dmin; uint8 scales[12]; uint8 qs[128]},
 // 8 sub-blocks of 32: y = (d·sc)·q − (dmin·m), q a nibble; each 32 bytes of
 // qs hold two sub-blocks, low nibbles first.
@@ -122,10 +129,8 @@ func dequantQ4_K(y []float32, b []byte) float64 {
 	scales, q := b[4:16], b[16:144]
 	noise := 0.0
 	for is := 0; is < 8; is += 2 {
-		sc, m := scaleMinK4(is, scales)
-		d1, m1 := d*float32(sc), dmin*float32(m)
-		sc, m = scaleMinK4(is+1, scales)
-		d2, m2 := d*float32(sc), dmin*float32(m)
+		d1, m1 := subScaleMin(is, scales, d, dmin)
+		d2, m2 := subScaleMin(is+1, scales, d, dmin)
 		for l := range 32 {
 			y[l] = float32(d1*float32(q[l]&0x0f)) - m1
 			y[32+l] = float32(d2*float32(q[l]>>4)) - m2
@@ -145,10 +150,8 @@ func dequantQ5_K(y []float32, b []byte) float64 {
 	noise := 0.0
 	u1, u2 := byte(1), byte(2)
 	for is := 0; is < 8; is += 2 {
-		sc, m := scaleMinK4(is, scales)
-		d1, m1 := d*float32(sc), dmin*float32(m)
-		sc, m = scaleMinK4(is+1, scales)
-		d2, m2 := d*float32(sc), dmin*float32(m)
+		d1, m1 := subScaleMin(is, scales, d, dmin)
+		d2, m2 := subScaleMin(is+1, scales, d, dmin)
 		for l := range 32 {
 			h1, h2 := byte(0), byte(0)
 			if qh[l]&u1 != 0 {

@@ -1,7 +1,8 @@
 // Package gguf reads GGUF files (the ggml/llama.cpp single-file model
 // format, as city96's ComfyUI-GGUF writes FLUX and Qwen-Image diffusion
 // models) and dequantizes their tensors to float32 exactly as ggml's
-// reference dequantizers do. It imports nothing of this module.
+// reference dequantizers do. Of this module it imports only
+// formats/safetensors, for its Error type.
 //
 // # Layout (GGUF version 2 and 3)
 //

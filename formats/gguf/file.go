@@ -10,8 +10,8 @@ import (
 	"math/bits"
 	"os"
 	"slices"
-	"strconv"
-	"strings"
+
+	"github.com/svdq/svdq/formats/safetensors"
 )
 
 // Value types of key-value pairs (gguf.h enum gguf_type).
@@ -42,26 +42,9 @@ const DefaultAlignment = 32
 const MaxDims = 4
 
 // Error is a malformed-file error naming the file, the tensor (may be
-// empty) and the absolute byte offset (-1 when not applicable).
-type Error struct {
-	File   string
-	Tensor string
-	Offset int64
-	Msg    string
-}
-
-func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if e.Tensor != "" {
-		b.WriteString(": tensor " + strconv.Quote(e.Tensor))
-	}
-	if e.Offset >= 0 {
-		b.WriteString(": byte " + strconv.FormatInt(e.Offset, 10))
-	}
-	b.WriteString(": " + e.Msg)
-	return b.String()
-}
+// empty) and the absolute byte offset (-1 when not applicable): the same
+// type as safetensors', so callers handle both formats' faults as one.
+type Error = safetensors.Error
 
 // Tensor is one tensor's entry.
 type Tensor struct {

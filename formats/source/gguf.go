@@ -19,13 +19,16 @@ type ggufNoise struct {
 	norm2 map[gguf.Type]float64
 }
 
+// plainTypes are the GGUF types presented as stored, with their dtype.
+var plainTypes = map[gguf.Type]safetensors.DType{gguf.F32: safetensors.F32, gguf.F16: safetensors.F16, gguf.BF16: safetensors.BF16}
+
 // ggufView presents a GGUF file's tensors: F32, F16 and BF16 as stored,
 // the block-quantized types dequantized to F32. Tensors of a type this
 // package does not dequantize are an error naming them.
-func ggufView(path string) (*view, *gguf.File, *ggufNoise, error) {
+func ggufView(path string) (*view, *ggufNoise, error) {
 	g, err := gguf.Open(path)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	acc := &ggufNoise{noise: map[gguf.Type]float64{}, norm2: map[gguf.Type]float64{}}
 	meta := map[string]string{}
@@ -36,17 +39,15 @@ func ggufView(path string) (*view, *gguf.File, *ggufNoise, error) {
 	for _, t := range g.Tensors() {
 		if !t.Type.Readable() {
 			g.Close()
-			return nil, nil, nil, &gguf.Error{File: path, Tensor: t.Name, Offset: t.Offset,
+			return nil, nil, &gguf.Error{File: path, Tensor: t.Name, Offset: t.Offset,
 				Msg: fmt.Sprintf("ggml type %s is not supported (svdq reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", t.Type)}
 		}
 		info := safetensors.Info{Shape: slices.Clone(t.Shape), File: path}
-		name, t := t.Name, t
-		switch t.Type {
-		case gguf.F32, gguf.F16, gguf.BF16:
-			info.DType = map[gguf.Type]safetensors.DType{gguf.F32: safetensors.F32, gguf.F16: safetensors.F16, gguf.BF16: safetensors.BF16}[t.Type]
-			info.End = t.Size
+		name := t.Name
+		if dt, ok := plainTypes[t.Type]; ok {
+			info.DType, info.End = dt, t.Size
 			v.add(name, &entry{info: info, stored: t.Type.String(), size: t.Size, compute: func() ([]byte, error) { return g.Raw(name) }})
-		default:
+		} else {
 			info.DType = safetensors.F32
 			info.End = t.Elems() * 4
 			v.add(name, &entry{info: info, stored: t.Type.String(), size: t.Size, compute: func() ([]byte, error) {
@@ -69,5 +70,5 @@ func ggufView(path string) (*view, *gguf.File, *ggufNoise, error) {
 		}
 	}
 	v.seal()
-	return v, g, acc, nil
+	return v, acc, nil
 }

@@ -2,7 +2,6 @@ package source
 
 import (
 	"fmt"
-	"maps"
 	"math"
 	"os"
 	"slices"
@@ -45,7 +44,7 @@ func Open(path string) (*Input, error) {
 	in := &Input{Path: path, Format: "safetensors", Found: map[string]int{}}
 	var r safetensors.Reader
 	if st, err := os.Stat(path); err == nil && st.Mode().IsRegular() && gguf.IsGGUF(path) {
-		v, _, noise, err := ggufView(path)
+		v, noise, err := ggufView(path)
 		if err != nil {
 			return nil, err
 		}
@@ -96,55 +95,47 @@ func Open(path string) (*Input, error) {
 // the outermost view so far when there is one) is stored: its ggml type
 // for GGUF, else its dtype.
 func (in *Input) storedForm(r safetensors.Reader, n string) (string, int64) {
-	if e := in.computing(n, 0); e != nil {
+	if _, _, e := in.computing(n); e != nil {
 		return e.stored, e.size
 	}
 	info, _ := r.Info(n)
 	return string(info.DType), info.End - info.Begin
 }
 
-// trace follows name from view index i inwards to the view that computes
-// it and returns its stored form.
-func (in *Input) trace(name string, i int) (string, bool) {
-	if e := in.computing(name, i); e != nil {
-		return e.stored, true
-	}
-	return "", false
-}
-
-// computing returns the entry that computes name (followed from view
-// index i inwards), nil when its bytes are the file's.
-func (in *Input) computing(name string, i int) *entry {
-	for ; i < len(in.views); i++ {
-		e, ok := in.views[i].entries[name]
+// computing follows name inwards through the views to the one that
+// computes it and returns that view, the name there and its entry; e is
+// nil when the bytes of name are the file's.
+func (in *Input) computing(name string) (v *view, at string, e *entry) {
+	for _, v := range in.views {
+		e, ok := v.entries[name]
 		if !ok {
-			return nil
+			return nil, "", nil
 		}
 		if e.compute != nil {
-			return e
+			return v, name, e
 		}
 		name = e.src
 	}
-	return nil
+	return nil, "", nil
 }
 
 // Dequantized returns the stored form of a tensor the Input computes by
 // dequantization (a GGUF block type, "F8_E4M3 × scale_weight"); ok is
 // false for tensors read as stored.
 func (in *Input) Dequantized(name string) (stored string, ok bool) {
-	s, ok := in.trace(name, 0)
-	if !ok {
+	_, _, e := in.computing(name)
+	if e == nil {
 		return "", false
 	}
 	info, _ := in.Info(name)
-	return s, s != string(info.DType)
+	return e.stored, e.stored != string(info.DType)
 }
 
 // StoredSize returns the stored bytes of a tensor the Input computes (a
 // GGUF tensor's blocks, an FP8 weight without its scale); ok is false for
 // tensors read as stored, whose Info gives their size.
 func (in *Input) StoredSize(name string) (int64, bool) {
-	if e := in.computing(name, 0); e != nil {
+	if _, _, e := in.computing(name); e != nil {
 		return e.size, true
 	}
 	return 0, false
@@ -153,24 +144,15 @@ func (in *Input) StoredSize(name string) (int64, bool) {
 // Computed reports whether the bytes of name are computed (not a mapping
 // of the file): such bytes are shared and must not be unmapped.
 func (in *Input) Computed(name string) bool {
-	_, ok := in.trace(name, 0)
-	return ok
+	_, _, e := in.computing(name)
+	return e != nil
 }
 
 // Release drops the cached bytes of computed tensors.
 func (in *Input) Release(names ...string) {
 	for _, n := range names {
-		cur := n
-		for _, v := range in.views {
-			e, ok := v.entries[cur]
-			if !ok {
-				break
-			}
-			if e.compute != nil {
-				v.release(cur)
-				break
-			}
-			cur = e.src
+		if v, at, e := in.computing(n); e != nil {
+			v.release(at)
 		}
 	}
 }
@@ -225,9 +207,9 @@ func (in *Input) GGUFErrors() []GGUFError {
 	in.noise.mu.Lock()
 	defer in.noise.mu.Unlock()
 	var out []GGUFError
-	for _, t := range slices.Sorted(maps.Keys(in.noise.noise)) {
+	for t, noise := range in.noise.noise {
 		if n2 := in.noise.norm2[t]; n2 > 0 {
-			out = append(out, GGUFError{Type: t.String(), RelError: math.Sqrt(in.noise.noise[t] / n2)})
+			out = append(out, GGUFError{Type: t.String(), RelError: math.Sqrt(noise / n2)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Type < out[j].Type })

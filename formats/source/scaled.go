@@ -61,11 +61,13 @@ func scaledView(r safetensors.Reader, file string) (*view, *Dequant, error) {
 	}
 	marker := has(markerName)
 	layers := map[string]string{} // layer → format ("scaled_fp8" for the legacy scheme)
+	consumed := map[string]bool{markerName: marker}
 	found := marker
 	for _, n := range names {
 		for _, suf := range scaleSuffixes {
 			if layer, ok := strings.CutSuffix(n, suf); ok {
 				found = true
+				consumed[n] = true
 				if !has(layer + ".weight") {
 					return nil, nil, fmt.Errorf("%s: tensor %q has no weight %q", file, n, layer+".weight")
 				}
@@ -114,14 +116,6 @@ func scaledView(r safetensors.Reader, file string) (*view, *Dequant, error) {
 		d.Scheme = "ComfyUI scaled FP8"
 	}
 	v := newView(r, r.Metadata(), func() error { return nil })
-	consumed := map[string]bool{markerName: marker}
-	for _, n := range names {
-		for _, suf := range scaleSuffixes {
-			if strings.HasSuffix(n, suf) {
-				consumed[n] = true
-			}
-		}
-	}
 	// An FP8 weight without its scale while the marker says the file is
 	// scaled: ComfyUI would read it with scale 1, which is wrong for a
 	// file written by a scaling converter.

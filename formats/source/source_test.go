@@ -24,20 +24,11 @@ type tensor struct {
 func writeST(t *testing.T, meta map[string]string, ts ...tensor) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "m.safetensors")
-	var specs []safetensors.Spec
+	var st []safetensors.Tensor
 	for _, x := range ts {
-		specs = append(specs, safetensors.Spec{Name: x.name, DType: x.dtype, Shape: x.shape})
+		st = append(st, safetensors.Tensor{Spec: safetensors.Spec{Name: x.name, DType: x.dtype, Shape: x.shape}, Data: x.data})
 	}
-	w, err := safetensors.Create(p, specs, meta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, x := range ts {
-		if err := w.Write(x.name, x.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
+	if err := safetensors.WriteFile(p, st, meta); err != nil {
 		t.Fatal(err)
 	}
 	return p

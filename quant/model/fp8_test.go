@@ -28,8 +28,8 @@ func TestKeptFP8Widened(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var specs []safetensors.Spec
-		data := map[string][]byte{}
+		var ts []stTensor
+		var codes []byte
 		for _, n := range r.Names() {
 			info, _ := r.Info(n)
 			b, _ := r.Bytes(n)
@@ -45,23 +45,12 @@ func TestKeptFP8Widened(t *testing.T) {
 					}
 					b[i] = c
 				}
+				codes = b
 			}
-			specs = append(specs, safetensors.Spec{Name: n, DType: info.DType, Shape: info.Shape})
-			data[n] = append([]byte(nil), b...)
+			ts = append(ts, stTensor{n, info.DType, info.Shape, append([]byte(nil), b...)})
 		}
 		r.Close()
-		w, err := safetensors.Create(model, specs, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range specs {
-			if err := w.Write(s.Name, data[s.Name]); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
+		writeTensors(t, model, nil, ts)
 		opt := fastOptions(model, filepath.Join(dir, synth.CalibFile), filepath.Join(dir, string(dt)+"-q.safetensors"))
 		opt.Iters, opt.Search = -1, quant.SearchOff
 		rep, err := Quantize(opt)
@@ -80,8 +69,8 @@ func TestKeptFP8Widened(t *testing.T) {
 		if info.DType != safetensors.BF16 {
 			t.Fatalf("%s: %s written as %s", dt, target, info.DType)
 		}
-		want := make([]float32, len(data[target]))
-		if err := quant.Decode(want, string(dt), data[target]); err != nil {
+		want := make([]float32, len(codes))
+		if err := quant.Decode(want, string(dt), codes); err != nil {
 			t.Fatal(err)
 		}
 		if string(got) != string(quant.BF16.Encode(want)) {

@@ -61,7 +61,7 @@ func ExtractComponent(path, name, out string) (input.Component, error) {
 	var specs []safetensors.Spec
 	for _, n := range r.Names() {
 		info, _ := r.Info(n)
-		specs = append(specs, safetensors.Spec{Name: n, DType: info.DType, Shape: info.Shape})
+		specs = append(specs, info.Spec())
 	}
 	w, err := safetensors.Create(out, specs, map[string]string{"format": "pt"})
 	if err != nil {

@@ -2,7 +2,6 @@ package model
 
 import (
 	"bytes"
-	"encoding/binary"
 	"math"
 	"os"
 	"path/filepath"
@@ -23,22 +22,14 @@ type stTensor struct {
 	data  []byte
 }
 
-func writeTensors(t *testing.T, path string, ts []stTensor) {
+// writeTensors writes ts, with metadata md (may be nil), to path.
+func writeTensors(t *testing.T, path string, md map[string]string, ts []stTensor) {
 	t.Helper()
-	var specs []safetensors.Spec
+	var st []safetensors.Tensor
 	for _, x := range ts {
-		specs = append(specs, safetensors.Spec{Name: x.name, DType: x.dtype, Shape: x.shape})
+		st = append(st, safetensors.Tensor{Spec: safetensors.Spec{Name: x.name, DType: x.dtype, Shape: x.shape}, Data: x.data})
 	}
-	w, err := safetensors.Create(path, specs, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, x := range ts {
-		if err := w.Write(x.name, x.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(); err != nil {
+	if err := safetensors.WriteFile(path, st, md); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -60,14 +51,6 @@ func eachTensor(t *testing.T, path string, fn func(name string, shape []int64, v
 		}
 		fn(n, info.Shape, v)
 	}
-}
-
-func f32bytes(v []float32) []byte {
-	b := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-	}
-	return b
 }
 
 // fp8 rounds v to the FP8 dtype (saturating E4M3) after dividing by s and
@@ -112,7 +95,7 @@ func fp8Variant(t *testing.T, src, dir, kind string) (variant, deq string) {
 	eachTensor(t, src, func(name string, shape []int64, v []float32) {
 		if !isLinearWeight(name, shape) {
 			vs = append(vs, stTensor{prefix + name, safetensors.BF16, shape, quant.BF16.Encode(v)})
-			ds = append(ds, stTensor{name, safetensors.F32, shape, f32bytes(v)})
+			ds = append(ds, stTensor{name, safetensors.F32, shape, f32Bytes(v)})
 			return
 		}
 		switch kind {
@@ -123,7 +106,7 @@ func fp8Variant(t *testing.T, src, dir, kind string) (variant, deq string) {
 			}
 			codes, d := fp8(v, dt, 1)
 			vs = append(vs, stTensor{name, dt, shape, codes})
-			ds = append(ds, stTensor{name, safetensors.F32, shape, f32bytes(d)})
+			ds = append(ds, stTensor{name, safetensors.F32, shape, f32Bytes(d)})
 		default:
 			amax := float32(0)
 			for _, x := range v {
@@ -132,14 +115,14 @@ func fp8Variant(t *testing.T, src, dir, kind string) (variant, deq string) {
 			s := amax / 448
 			codes, d := fp8(v, safetensors.F8E4M3, s)
 			vs = append(vs, stTensor{prefix + name, safetensors.F8E4M3, shape, codes},
-				stTensor{prefix + strings.TrimSuffix(name, ".weight") + ".scale_weight", safetensors.F32, []int64{}, f32bytes([]float32{s})},
-				stTensor{prefix + strings.TrimSuffix(name, ".weight") + ".scale_input", safetensors.F32, []int64{}, f32bytes([]float32{1})})
-			ds = append(ds, stTensor{name, safetensors.F32, shape, f32bytes(d)})
+				stTensor{prefix + strings.TrimSuffix(name, ".weight") + ".scale_weight", safetensors.F32, []int64{}, f32Bytes([]float32{s})},
+				stTensor{prefix + strings.TrimSuffix(name, ".weight") + ".scale_input", safetensors.F32, []int64{}, f32Bytes([]float32{1})})
+			ds = append(ds, stTensor{name, safetensors.F32, shape, f32Bytes(d)})
 		}
 	})
 	variant, deq = filepath.Join(dir, kind+".safetensors"), filepath.Join(dir, kind+"-deq.safetensors")
-	writeTensors(t, variant, vs)
-	writeTensors(t, deq, ds)
+	writeTensors(t, variant, nil, vs)
+	writeTensors(t, deq, nil, ds)
 	return variant, deq
 }
 
@@ -282,10 +265,10 @@ func TestScaledFP8Refused(t *testing.T) {
 	})
 	for name, extra := range map[string][]stTensor{
 		"marker, no scale": {{"scaled_fp8", safetensors.F8E4M3, []int64{0}, nil}},
-		"stray scale":      {{"orphan.scale_weight", safetensors.F32, []int64{}, f32bytes([]float32{1})}},
+		"stray scale":      {{"orphan.scale_weight", safetensors.F32, []int64{}, f32Bytes([]float32{1})}},
 	} {
 		model := filepath.Join(dir, "broken.safetensors")
-		writeTensors(t, model, append(append([]stTensor{}, ts...), extra...))
+		writeTensors(t, model, nil, append(append([]stTensor{}, ts...), extra...))
 		for _, pass := range []bool{false, true} {
 			opt := fastOptions(model, calib, filepath.Join(dir, "out.safetensors"))
 			opt.PassUnknown = pass
@@ -307,7 +290,7 @@ func ggufFrom(t *testing.T, src, path string, typ gguf.Type) {
 	var ts []gguf.WTensor
 	eachTensor(t, src, func(name string, shape []int64, v []float32) {
 		tt := gguf.F32
-		data := f32bytes(v)
+		data := f32Bytes(v)
 		k := shape[len(shape)-1]
 		switch {
 		case typ == gguf.F16:
@@ -424,20 +407,7 @@ func TestConvertWidensFP8(t *testing.T) {
 		t.Fatalf("no %s in %s", target, q)
 	}
 	f8 := filepath.Join(dir, "f8.safetensors")
-	var specs []safetensors.Spec
-	for _, x := range ts {
-		specs = append(specs, safetensors.Spec{Name: x.name, DType: x.dtype, Shape: x.shape})
-	}
-	w, err := safetensors.Create(f8, specs, md)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, x := range ts {
-		w.Write(x.name, x.data)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	writeTensors(t, f8, md, ts)
 	conv := filepath.Join(dir, "c.safetensors")
 	if _, err := Convert(ConvertOptions{In: f8, Out: conv}); err != nil {
 		t.Fatal(err)
@@ -516,7 +486,7 @@ func TestQwenImageInputs(t *testing.T) {
 	aio := []stTensor{{"vae.decoder.conv_in.weight", safetensors.BF16, []int64{4}, make([]byte, 8)},
 		{"text_encoders.qwen25_7b.transformer.model.norm.weight", safetensors.BF16, []int64{4}, make([]byte, 8)}}
 	eachTensor(t, src, func(name string, shape []int64, v []float32) {
-		w := gguf.WTensor{Name: "model.diffusion_model." + name, Type: gguf.F32, Shape: shape, Data: f32bytes(v)}
+		w := gguf.WTensor{Name: "model.diffusion_model." + name, Type: gguf.F32, Shape: shape, Data: f32Bytes(v)}
 		if isLinearWeight(name, shape) && shape[1]%32 == 0 {
 			w.Type, w.Data = gguf.Q8_0, gguf.EncodeQ8_0(v)
 		}
@@ -529,7 +499,7 @@ func TestQwenImageInputs(t *testing.T) {
 	}
 	gp, ap := filepath.Join(dir, "qwen.gguf"), filepath.Join(dir, "qwen-aio.safetensors")
 	os.WriteFile(gp, b.Bytes(), 0o644)
-	writeTensors(t, ap, aio)
+	writeTensors(t, ap, nil, aio)
 	plan := func(model string) *Plan {
 		p, r, err := QuantizePlan(PlanOptions{Model: model})
 		if err != nil {

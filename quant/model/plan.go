@@ -157,10 +157,8 @@ func QuantizePlan(opt PlanOptions) (*Plan, safetensors.Reader, error) {
 // dequantized returns the stored form of a tensor r computes by
 // dequantization (formats/source.Input.Dequantized); "" otherwise.
 func dequantized(r safetensors.Reader, name string) string {
-	if d, ok := r.(interface {
-		Dequantized(string) (string, bool)
-	}); ok {
-		if s, ok := d.Dequantized(name); ok {
+	if in, ok := r.(*input.Input); ok {
+		if s, ok := in.Dequantized(name); ok {
 			return s
 		}
 	}
