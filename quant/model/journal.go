@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -252,17 +251,7 @@ func checkpointDigest(r safetensors.Reader, meta map[string]string) (string, err
 	var line []byte
 	for i, n := range names {
 		info, _ := r.Info(n)
-		line = append(line[:0], n...)
-		line = append(line, 0)
-		line = append(line, info.DType...)
-		line = append(line, 0)
-		for j, d := range info.Shape {
-			if j > 0 {
-				line = append(line, ',')
-			}
-			line = strconv.AppendInt(line, d, 10)
-		}
-		line = append(line, 0)
+		line = appendTensorLine(line[:0], n, string(info.DType), info.Shape)
 		line = append(line, sums[i][:]...)
 		h.Write(line)
 	}
