@@ -350,10 +350,9 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 	}
 
 	units := p.units()
-	reused, layers, ignored := 0, 0, []string{}
+	reused, ignored := 0, []string{}
 	for _, ui := range mine {
 		u := units[ui]
-		layers += len(u.layers)
 		rfs, err := j.reuse(ol, u.layers)
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
@@ -377,9 +376,9 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 	}
 	switch {
 	case reused > 0:
-		q.note("resume: reused %d of %d layers%s from %s; quantizing the other %d", reused, layers, what, j.dir, layers-reused)
+		q.note("resume: reused %d of %d layers%s from %s; quantizing the other %d", reused, q.total, what, j.dir, q.total-reused)
 	case opt.Resume:
-		q.note("resume: no finished layer%s in %s matches these inputs and options; quantizing all %d", what, j.dir, layers)
+		q.note("resume: no finished layer%s in %s matches these inputs and options; quantizing all %d", what, j.dir, q.total)
 	}
 	for _, s := range ignored {
 		q.note("resume: ignored %s", s)
