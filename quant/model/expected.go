@@ -22,6 +22,13 @@ var measuredWeights = 8607 + roleCost[preset.W4A16]*3228
 
 var measuredSeconds = map[quant.SearchMode]float64{quant.SearchFast: 745, quant.SearchFull: 2738}
 
+// Measured returns the measured time of the full-size FLUX.1-dev above
+// with the given search (ok false for a search that was not measured).
+func Measured(search quant.SearchMode) (d time.Duration, ok bool) {
+	s, ok := measuredSeconds[search]
+	return time.Duration(s) * time.Second, ok
+}
+
 // Expected returns the model's time for quantizing p with the given search
 // and workers on this machine (ok false for a search that was not
 // measured). It is an estimate for the user, not a promise: other CPUs
