@@ -108,7 +108,7 @@ func (q *quantizer) writePart(ol *outline, mine []int, opts []safetensors.Option
 	var specs []safetensors.Spec
 	for _, ui := range mine {
 		for _, li := range ol.Units[ui] {
-			rf, lr, err := j.open(ol, li)
+			rf, lr, err := j.open(li)
 			if err != nil {
 				return fmt.Errorf("part %s: %v", q.opt.Out, err)
 			}
@@ -143,7 +143,7 @@ func (q *quantizer) writePart(ol *outline, mine []int, opts []safetensors.Option
 	defer w.Abort()
 	for i := range hdr.Layers {
 		lr := &hdr.Layers[i]
-		rf, _, err := j.open(ol, lr.Index)
+		rf, _, err := j.open(lr.Index)
 		if err != nil {
 			return err
 		}
