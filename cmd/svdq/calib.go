@@ -86,20 +86,35 @@ func parseMergeArgs(args []string) (mergeArgs, error) {
 	return a, nil
 }
 
-func calibMergeAction(c *cli.Context) error {
-	a, err := parseMergeArgs(c.Args().Slice())
+// readMergeArgs reads the arguments of command cmd (a merge: FILE...
+// --out FILE, flags parsed by parseMergeArgs; --seed only when seed):
+// ok false, with a nil error, when it showed the help instead. none names
+// the missing files in the error for none given.
+func readMergeArgs(c *cli.Context, cmd, none, usage string, seed bool) (a mergeArgs, ok bool, err error) {
+	a, err = parseMergeArgs(c.Args().Slice())
+	if err == nil && !seed && a.seed != 0 {
+		err = fmt.Errorf("unknown flag --seed")
+	}
 	if err != nil {
-		return fmt.Errorf("calib merge: %v", err)
+		return a, false, fmt.Errorf("%s: %v", cmd, err)
 	}
 	if a.help {
-		return cli.ShowSubcommandHelp(c)
+		return a, false, cli.ShowSubcommandHelp(c)
 	}
-	const usage = "usage: svdq calib merge A.safetensors B.safetensors ... --out C.safetensors"
 	if len(a.paths) == 0 {
-		return fmt.Errorf("calib merge: no input files (%s)", usage)
+		return a, false, fmt.Errorf("%s: no %s (%s)", cmd, none, usage)
 	}
 	if a.out == "" {
-		return fmt.Errorf("calib merge: --out is required (%s)", usage)
+		return a, false, fmt.Errorf("%s: --out is required (%s)", cmd, usage)
+	}
+	return a, true, nil
+}
+
+func calibMergeAction(c *cli.Context) error {
+	a, ok, err := readMergeArgs(c, "calib merge", "input files",
+		"usage: svdq calib merge A.safetensors B.safetensors ... --out C.safetensors", true)
+	if !ok {
+		return err
 	}
 	paths, out := a.paths, a.out
 	start := time.Now()

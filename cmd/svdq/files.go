@@ -66,18 +66,8 @@ var commandFiles = map[string]func(c *cli.Context) *iofiles.Set{
 		}
 		return s
 	},
-	"calib merge": func(c *cli.Context) *iofiles.Set {
-		s := &iofiles.Set{}
-		a, err := parseMergeArgs(c.Args().Slice())
-		if err != nil || a.help {
-			return s
-		}
-		for _, p := range a.paths {
-			s.Input("input", p)
-		}
-		s.Output("--out", a.out)
-		return s
-	},
+	"calib merge": mergeFiles("input"),
+	"merge":       mergeFiles("part"),
 	"synth": func(c *cli.Context) *iofiles.Set {
 		s := &iofiles.Set{}
 		if dir := c.String("out"); dir != "" {
@@ -86,6 +76,23 @@ var commandFiles = map[string]func(c *cli.Context) *iofiles.Set{
 		}
 		return s
 	},
+}
+
+// mergeFiles declares the files of a merge command (readMergeArgs'
+// arguments), each input called what.
+func mergeFiles(what string) func(c *cli.Context) *iofiles.Set {
+	return func(c *cli.Context) *iofiles.Set {
+		s := &iofiles.Set{}
+		a, err := parseMergeArgs(c.Args().Slice())
+		if err != nil || a.help {
+			return s
+		}
+		for _, p := range a.paths {
+			s.Input(what, p)
+		}
+		s.Output("--out", a.out)
+		return s
+	}
 }
 
 // loraInputs declares the files of --lora FILE[:STRENGTH] values.

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/svdq/svdq/quant/model"
-	"github.com/svdq/svdq/quant/model/iofiles"
 	"github.com/urfave/cli/v2"
 )
 
@@ -25,37 +24,12 @@ func init() {
 		SkipFlagParsing: true,
 		Action:          mergeAction,
 	})
-	commandFiles["merge"] = func(c *cli.Context) *iofiles.Set {
-		s := &iofiles.Set{}
-		a, err := parseMergeArgs(c.Args().Slice())
-		if err != nil || a.help {
-			return s
-		}
-		for _, p := range a.paths {
-			s.Input("part", p)
-		}
-		s.Output("--out", a.out)
-		return s
-	}
 }
 
 func mergeAction(c *cli.Context) error {
-	a, err := parseMergeArgs(c.Args().Slice())
-	if err == nil && a.seed != 0 {
-		err = fmt.Errorf("unknown flag --seed")
-	}
-	if err != nil {
-		return fmt.Errorf("merge: %v", err)
-	}
-	if a.help {
-		return cli.ShowSubcommandHelp(c)
-	}
-	const usage = "usage: svdq merge PART... --out FILE"
-	if len(a.paths) == 0 {
-		return fmt.Errorf("merge: no parts (%s)", usage)
-	}
-	if a.out == "" {
-		return fmt.Errorf("merge: --out is required (%s)", usage)
+	a, ok, err := readMergeArgs(c, "merge", "parts", "usage: svdq merge PART... --out FILE", false)
+	if !ok {
+		return err
 	}
 	rep, err := model.Merge(model.MergeOptions{Parts: a.paths, Out: a.out})
 	if err != nil {

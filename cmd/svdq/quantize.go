@@ -174,8 +174,9 @@ func quantizeAction(c *cli.Context) error {
 		workers = model.DefaultWorkers()
 	}
 	if d, ok := plan.Expected(search, workers); ok && d >= time.Minute && opt.Shard.N == 0 { // the model is calibrated at full size
-		fmt.Fprintf(c.App.Writer, "quantizing %d layers, %d workers: expect about %s here (measured: full-size FLUX.1-dev %s on a 2-core EPYC; a busy or slower CPU takes longer)\n",
-			len(plan.Layers), workers, roundDuration(d), map[quant.SearchMode]string{quant.SearchFast: "12 min 25 s", quant.SearchFull: "45 min 38 s"}[search])
+		m, _ := model.Measured(search)
+		fmt.Fprintf(c.App.Writer, "quantizing %d layers, %d workers: expect about %s here (measured: full-size FLUX.1-dev %d min %d s on a 2-core EPYC; a busy or slower CPU takes longer)\n",
+			len(plan.Layers), workers, roundDuration(d), int(m/time.Minute), int(m%time.Minute/time.Second))
 	}
 	b := newBar(c.App.Writer, int64(plan.ShardLayers(opt.Shard)), "quantize", false)
 	opt.OnLayer = func(l model.LayerReport) { b.println(layerLine(l, width), 1) }

@@ -8,13 +8,16 @@ import (
 )
 
 // catchSignals are the signals whose default action ends the process
-// (SIGPROF, which the Go profiler uses, aside). SIGPIPE is among them: a
-// closed pipe on stdout (`svdq quantize … | head`) would otherwise end the
-// process mid-write.
-var catchSignals = []os.Signal{
-	syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGPIPE, syscall.SIGALRM,
-	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGXCPU, syscall.SIGXFSZ, syscall.SIGVTALRM,
-}
+// (SIGPROF, which the Go profiler uses, aside), in signalNames' order.
+// SIGPIPE is among them: a closed pipe on stdout (`svdq quantize … | head`)
+// would otherwise end the process mid-write.
+var catchSignals = func() []os.Signal {
+	out := make([]os.Signal, len(signalNames))
+	for i, n := range signalNames {
+		out[i] = n.s
+	}
+	return out
+}()
 
 // die ends the process with sig's default action (its handler was reset),
 // so the exit status says which signal stopped it (128 + its number in a
@@ -40,6 +43,7 @@ func signalName(sig os.Signal) string {
 	return sig.String()
 }
 
+// signalNames are the caught signals with their names.
 var signalNames = []struct {
 	s    syscall.Signal
 	name string

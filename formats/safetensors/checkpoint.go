@@ -55,14 +55,9 @@ var denoiserDirs = []string{"transformer", "unet"}
 // the shard it names, and every tensor of every shard is in the weight_map
 // under that shard.
 func OpenCheckpoint(path string) (Reader, error) {
-	st, err := os.Stat(path)
+	path, err := resolvePath(path)
 	if err != nil {
 		return nil, err
-	}
-	if st.IsDir() {
-		if path, err = resolveDir(path, true); err != nil {
-			return nil, err
-		}
 	}
 	// A failed open returns a nil Reader, not a nil *File or *Checkpoint
 	// inside a non-nil interface, so that callers can test it against nil.
@@ -86,14 +81,9 @@ func OpenCheckpoint(path string) (Reader, error) {
 // reads no tensor header, only the index's weight_map, and does not check
 // that the shards exist; a path OpenCheckpoint would reject is an error.
 func CheckpointFiles(path string) ([]string, error) {
-	st, err := os.Stat(path)
+	path, err := resolvePath(path)
 	if err != nil {
 		return nil, err
-	}
-	if st.IsDir() {
-		if path, err = resolveDir(path, true); err != nil {
-			return nil, err
-		}
 	}
 	if !strings.HasSuffix(path, ".index.json") {
 		return []string{path}, nil
@@ -110,6 +100,19 @@ func CheckpointFiles(path string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// resolvePath returns path itself for a file, or the checkpoint file a
+// directory resolves to (resolveDir).
+func resolvePath(path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if st.IsDir() {
+		return resolveDir(path, true)
+	}
+	return path, nil
 }
 
 // notModel are the .safetensors files of a model folder that are never its

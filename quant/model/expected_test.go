@@ -11,8 +11,8 @@ import (
 
 func TestExpected(t *testing.T) {
 	p := &Plan{Layers: []PlannedLayer{
-		{Layer: preset.Layer{N: 3072, K: 3072}, Precision: "int4"},
-		{Layer: preset.Layer{N: 18432, K: 3072}, Precision: "w4a16"},
+		{Layer: preset.Layer{N: 3072, K: 3072, Role: preset.W4A4}, Precision: "int4"},
+		{Layer: preset.Layer{N: 18432, K: 3072, Role: preset.W4A16}, Precision: "w4a16"},
 	}}
 	// 9.437184 M + 0.24·56.623104 M = 23.0267 M weights of the measured
 	// 8607 + 0.24·3228 = 9381.72 M; fast 745 s on 2 cores, here 1 worker.

@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -93,10 +92,10 @@ func (j *journal) write(lr layerRecord, ts []nunchaku.Tensor) error {
 	return safetensors.WriteFile(j.path(lr.Index), recordTensors(lr.Meta.Name, ts), meta, j.opts...)
 }
 
-// open opens the record of plan layer i and checks that it is that
-// layer of ol, computed from the journal's inputs; os.ErrNotExist when
-// there is none.
-func (j *journal) open(ol *outline, i int) (*recordFile, *layerRecord, error) {
+// open opens the record of plan layer i and checks that it is the
+// record of that layer, computed from the journal's inputs;
+// os.ErrNotExist when there is none.
+func (j *journal) open(i int) (*recordFile, *layerRecord, error) {
 	p := j.path(i)
 	if _, err := os.Stat(p); err != nil {
 		return nil, nil, err
@@ -118,15 +117,17 @@ func (j *journal) open(ol *outline, i int) (*recordFile, *layerRecord, error) {
 	return rf, &rf.hdr.Layers[0], nil
 }
 
-// reuse loads the records of every layer of unit u: all valid, or an
-// error saying why not (errors.Is os.ErrNotExist: some layer has none).
-// The caller closes the files.
-func (j *journal) reuse(ol *outline, u []int) ([]*recordFile, error) {
+// reuse loads the records of every layer of unit u and their checked
+// tensors (tss[i] those of rfs[i]): all valid, or an error saying why not
+// (errors.Is os.ErrNotExist: some layer has none). The caller closes the
+// files; the tensors' bytes are valid until then.
+func (j *journal) reuse(ol *outline, u []int) ([]*recordFile, [][]nunchaku.Tensor, error) {
 	var rfs []*recordFile
+	var tss [][]nunchaku.Tensor
 	for _, i := range u {
-		rf, lr, err := j.open(ol, i)
+		rf, lr, err := j.open(i)
+		var ts []nunchaku.Tensor
 		if err == nil {
-			var ts []nunchaku.Tensor
 			if ts, err = rf.layerTensors(lr); err == nil {
 				err = ol.check(lr, ts)
 			}
@@ -139,11 +140,12 @@ func (j *journal) reuse(ol *outline, u []int) ([]*recordFile, error) {
 			for _, f := range rfs {
 				f.Close()
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		rfs = append(rfs, rf)
+		tss = append(tss, ts)
 	}
-	return rfs, nil
+	return rfs, tss, nil
 }
 
 // remove deletes the records and the temporary files of interrupted
@@ -252,17 +254,7 @@ func checkpointDigest(r safetensors.Reader, meta map[string]string) (string, err
 	var line []byte
 	for i, n := range names {
 		info, _ := r.Info(n)
-		line = append(line[:0], n...)
-		line = append(line, 0)
-		line = append(line, info.DType...)
-		line = append(line, 0)
-		for j, d := range info.Shape {
-			if j > 0 {
-				line = append(line, ',')
-			}
-			line = strconv.AppendInt(line, d, 10)
-		}
-		line = append(line, 0)
+		line = appendTensorLine(line[:0], n, string(info.DType), info.Shape)
 		line = append(line, sums[i][:]...)
 		h.Write(line)
 	}
@@ -361,11 +353,10 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 	}
 
 	units := p.units()
-	reused, layers, ignored := 0, 0, []string{}
+	reused, ignored := 0, []string{}
 	for _, ui := range mine {
 		u := units[ui]
-		layers += len(u.layers)
-		rfs, err := j.reuse(ol, u.layers)
+		rfs, tss, err := j.reuse(ol, u.layers)
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
 				ignored = append(ignored, err.Error())
@@ -373,7 +364,7 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 			q.todo = append(q.todo, u)
 			continue
 		}
-		err = q.putReused(rfs)
+		err = q.putReused(rfs, tss)
 		for _, rf := range rfs {
 			rf.Close()
 		}
@@ -388,9 +379,9 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 	}
 	switch {
 	case reused > 0:
-		q.note("resume: reused %d of %d layers%s from %s; quantizing the other %d", reused, layers, what, j.dir, layers-reused)
+		q.note("resume: reused %d of %d layers%s from %s; quantizing the other %d", reused, q.total, what, j.dir, q.total-reused)
 	case opt.Resume:
-		q.note("resume: no finished layer%s in %s matches these inputs and options; quantizing all %d", what, j.dir, layers)
+		q.note("resume: no finished layer%s in %s matches these inputs and options; quantizing all %d", what, j.dir, q.total)
 	}
 	for _, s := range ignored {
 		q.note("resume: ignored %s", s)
@@ -436,18 +427,15 @@ func (q *quantizer) job(start time.Time) (*QuantizeReport, error) {
 	return rep, nil
 }
 
-// putReused writes reused records to the output (when there is one: not
-// for a shard, whose part is assembled from the journal at the end) and
-// reports their layers.
-func (q *quantizer) putReused(rfs []*recordFile) error {
-	for _, rf := range rfs {
+// putReused writes reused records, with their checked tensors tss
+// (journal.reuse), to the output (when there is one: not for a shard,
+// whose part is assembled from the journal at the end) and reports their
+// layers.
+func (q *quantizer) putReused(rfs []*recordFile, tss [][]nunchaku.Tensor) error {
+	for i, rf := range rfs {
 		lr := rf.hdr.Layers[0]
 		if q.a != nil {
-			ts, err := rf.layerTensors(&lr)
-			if err != nil {
-				return err
-			}
-			if err := q.a.putLayer(&lr, ts); err != nil {
+			if err := q.a.putLayer(&lr, tss[i]); err != nil {
 				return err
 			}
 		}

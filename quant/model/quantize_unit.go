@@ -29,17 +29,12 @@ func (q *quantizer) unit(u unit) error {
 	var dt quant.Float16
 	for i, li := range u.layers {
 		pl := &q.plan.Layers[li]
-		srcs := presetSources(&pl.Layer)
-		w, b, d, err := readWeight(q.r, q.opt.Model, srcs, pl.N, pl.K)
+		w, b, d, err := q.readLayer(pl)
 		if err != nil {
 			return err
 		}
-		q.release(srcs)
 		if i == 0 {
 			dt = d
-			if q.plan.DType != 0 {
-				dt = q.plan.DType
-			}
 		}
 		ins[i] = quant.Input{Name: q.opt.Model + ": " + pl.Name, W: w, N: pl.N, K: pl.K, Bias: b}
 	}
@@ -84,15 +79,10 @@ func (q *quantizer) unit(u unit) error {
 // nunchaku's T5 W4Linear) and measures it on its rows.
 func (q *quantizer) weightOnly(li int, c quant.Calib, start time.Time) error {
 	pl := &q.plan.Layers[li]
-	srcs := presetSources(&pl.Layer)
-	w, b, dt, err := readWeight(q.r, q.opt.Model, srcs, pl.N, pl.K)
+	w, b, dt, err := q.readLayer(pl)
 	if err != nil {
 		return err
 	}
-	if q.plan.DType != 0 {
-		dt = q.plan.DType
-	}
-	q.release(srcs)
 	group := 0 // 64
 	if pl.Role == preset.W4A16G128 {
 		group = nunchaku.W4LinearGroup
@@ -208,6 +198,21 @@ func subtractBias(y, bias []float32, m int) {
 			row[j] -= b
 		}
 	}
+}
+
+// readLayer reads planned layer pl's weight [N, K] and bias
+// (readWeight), releases its sources' pages, and returns the 16-bit type
+// of the output: the plan's (--dtype), else the source's.
+func (q *quantizer) readLayer(pl *PlannedLayer) (w, bias []float32, dt quant.Float16, err error) {
+	srcs := presetSources(&pl.Layer)
+	if w, bias, dt, err = readWeight(q.r, q.opt.Model, srcs, pl.N, pl.K); err != nil {
+		return nil, nil, 0, err
+	}
+	q.release(srcs)
+	if q.plan.DType != 0 {
+		dt = q.plan.DType
+	}
+	return w, bias, dt, nil
 }
 
 // release drops the mapped pages of the tensors a layer was read from

@@ -101,22 +101,29 @@ func tensorDigest(ts []nunchaku.Tensor) string {
 	h := sha256.New()
 	var line []byte
 	for _, t := range ts {
-		line = append(line[:0], t.Suffix...)
-		line = append(line, 0)
-		line = append(line, t.DType...)
-		line = append(line, 0)
-		for i, d := range t.Shape {
-			if i > 0 {
-				line = append(line, ',')
-			}
-			line = strconv.AppendInt(line, d, 10)
-		}
-		line = append(line, 0)
+		line = appendTensorLine(line[:0], t.Suffix, t.DType, t.Shape)
 		line = binary.LittleEndian.AppendUint64(line, uint64(len(t.Data)))
 		h.Write(line)
 		h.Write(t.Data)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// appendTensorLine appends "name NUL dtype NUL shape NUL" (the shape
+// comma-separated) to b: the head of a tensor's line in tensorDigest and
+// checkpointDigest.
+func appendTensorLine(b []byte, name, dtype string, shape []int64) []byte {
+	b = append(b, name...)
+	b = append(b, 0)
+	b = append(b, dtype...)
+	b = append(b, 0)
+	for i, d := range shape {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, d, 10)
+	}
+	return append(b, 0)
 }
 
 // recordTensors returns the safetensors tensors of a layer's packed

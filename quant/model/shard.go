@@ -56,12 +56,16 @@ var roleCost = map[preset.Role]float64{
 	preset.W4A16G128: 0.24,
 }
 
+// cost estimates the time of quantizing l in units of one W4A4 weight.
+func (l *PlannedLayer) cost() float64 {
+	return float64(l.N) * float64(l.K) * roleCost[l.Role]
+}
+
 // unitCost estimates the time of unit u in units of one W4A4 weight.
 func (p *Plan) unitCost(u unit) float64 {
 	var c float64
 	for _, i := range u.layers {
-		l := &p.Layers[i]
-		c += float64(l.N) * float64(l.K) * roleCost[l.Role]
+		c += p.Layers[i].cost()
 	}
 	return c
 }
@@ -104,7 +108,7 @@ func (q *quantizer) writePart(ol *outline, mine []int, opts []safetensors.Option
 	var specs []safetensors.Spec
 	for _, ui := range mine {
 		for _, li := range ol.Units[ui] {
-			rf, lr, err := j.open(ol, li)
+			rf, lr, err := j.open(li)
 			if err != nil {
 				return fmt.Errorf("part %s: %v", q.opt.Out, err)
 			}
@@ -139,7 +143,7 @@ func (q *quantizer) writePart(ol *outline, mine []int, opts []safetensors.Option
 	defer w.Abort()
 	for i := range hdr.Layers {
 		lr := &hdr.Layers[i]
-		rf, _, err := j.open(ol, lr.Index)
+		rf, _, err := j.open(lr.Index)
 		if err != nil {
 			return err
 		}
